@@ -1,0 +1,15 @@
+from django.urls import path
+
+from . import api
+
+urlpatterns = [
+    path("campaigns/", api.campaigns, name="api-campaigns"),
+    path("campaigns/<slug:slug>/", api.campaign_detail, name="api-campaign"),
+    path("campaigns/<slug:slug>/members/", api.members, name="api-members"),
+    path("campaigns/<slug:slug>/prompts/", api.prompts, name="api-prompts"),
+    path("campaigns/<slug:slug>/responses/", api.responses, name="api-responses"),
+    path("campaigns/<slug:slug>/tasks/next/", api.next_task, name="api-next-task"),
+    path("campaigns/<slug:slug>/progress/", api.progress, name="api-progress"),
+    path("tasks/<int:task_id>/judgements/", api.submit_judgement, name="api-judgements"),
+    path("tasks/<int:task_id>/skip/", api.skip_task, name="api-skip"),
+]

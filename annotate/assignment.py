@@ -1,0 +1,140 @@
+"""The assignment engine: what does this labeler see next, and what happens to leases.
+
+Rules
+- A task is served to at most `judgements_needed` labelers at a time: `Task.remaining`
+  counts the slots not held by an open lease or a counted judgement, and it only
+  changes under a row lock on the task (`SELECT ... FOR UPDATE SKIP LOCKED`, so
+  concurrent labelers never wait on each other: each takes the next free task).
+- Never twice to the same labeler: one Assignment row per (task, labeler), enforced
+  by a unique constraint, whatever its state (open, submitted, expired, skipped).
+- Higher priority first, then oldest (lowest id).
+- A labeler who already holds an open, unexpired lease in the campaign gets that
+  task again (a reload or a second tab continues the same task, nothing is hoarded).
+- Leases lapse after the campaign's lease time: `reclaim_expired_leases` marks them
+  expired and returns their slots to the pool. A judgement submitted on a lapsed
+  lease is still accepted (see `annotate.judgements`).
+- Skipping returns the slot to the pool; the task is not served to that labeler again.
+
+Lock order everywhere: task row first, then its assignment rows.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+
+from django.db import IntegrityError, transaction
+from django.db.models import Count, F, Q, Sum
+from django.db.models.functions import Coalesce
+from django.utils import timezone
+
+from .errors import CampaignNotOpen, NotLeased
+from .models import Assignment, Campaign, Task
+
+State = Assignment.State
+
+
+@dataclass
+class Lease:
+    assignment: Assignment
+    task: Task
+    is_new: bool
+
+
+def next_task_for(labeler, campaign: Campaign) -> Lease | None:
+    """Lease the next task for `labeler` in `campaign`, or None when nothing is left for them."""
+    if campaign.status != Campaign.Status.ACTIVE:
+        raise CampaignNotOpen(f"Campaign {campaign.slug!r} is {campaign.status}, not active.")
+    now = timezone.now()
+    current = (
+        Assignment.objects.select_related("task")
+        .filter(labeler=labeler, campaign=campaign, state=State.OPEN, leased_until__gt=now)
+        .order_by("leased_at")
+        .first()
+    )
+    if current is not None:
+        return Lease(current, current.task, is_new=False)
+    for _ in range(3):  # a lost race on the unique constraint: try the next task
+        try:
+            return _lease_free_task(labeler, campaign, now)
+        except IntegrityError:
+            continue
+    return None
+
+
+def _lease_free_task(labeler, campaign: Campaign, now) -> Lease | None:
+    with transaction.atomic():
+        task = (
+            Task.objects.filter(campaign=campaign, remaining__gt=0)
+            .exclude(assignments__labeler=labeler)
+            .order_by("-priority", "id")
+            .select_for_update(skip_locked=True, of=("self",))
+            .first()
+        )
+        if task is None:
+            return None
+        assignment = Assignment.objects.create(
+            task=task,
+            labeler=labeler,
+            campaign=campaign,
+            state=State.OPEN,
+            leased_at=now,
+            leased_until=now + timedelta(seconds=campaign.lease_seconds),
+        )
+        Task.objects.filter(pk=task.pk).update(remaining=F("remaining") - 1)
+        task.remaining -= 1
+    return Lease(assignment, task, is_new=True)
+
+
+def skip(labeler, task: Task) -> None:
+    """Give the task back; it is never served to this labeler again."""
+    with transaction.atomic():
+        Task.objects.select_for_update().get(pk=task.pk)
+        assignment = Assignment.objects.select_for_update().filter(task=task, labeler=labeler).first()
+        if assignment is None:
+            raise NotLeased("This task is not leased to you.")
+        if assignment.state != State.OPEN:
+            return  # already submitted, skipped or expired: its slot is not held
+        assignment.state = State.SKIPPED
+        assignment.finished_at = timezone.now()
+        assignment.save(update_fields=["state", "finished_at"])
+        Task.objects.filter(pk=task.pk).update(remaining=F("remaining") + 1)
+
+
+def reclaim_expired_leases(campaign: Campaign | None = None, now=None) -> int:
+    """Mark lapsed open leases expired and return their slots; returns how many were reclaimed.
+
+    Tasks locked by someone else are skipped this round (they will be reclaimed next time).
+    """
+    now = now or timezone.now()
+    lapsed = Assignment.objects.filter(state=State.OPEN, leased_until__lte=now)
+    if campaign is not None:
+        lapsed = lapsed.filter(campaign=campaign)
+    task_ids = list(lapsed.values_list("task_id", flat=True).distinct()[:1000])
+    reclaimed = 0
+    for task_id in task_ids:
+        with transaction.atomic():
+            if not Task.objects.select_for_update(skip_locked=True).filter(pk=task_id).exists():
+                continue
+            count = Assignment.objects.filter(task_id=task_id, state=State.OPEN, leased_until__lte=now).update(
+                state=State.EXPIRED, finished_at=now
+            )
+            if count:
+                Task.objects.filter(pk=task_id).update(remaining=F("remaining") + count)
+                reclaimed += count
+    return reclaimed
+
+
+def progress(campaign: Campaign, labeler=None) -> dict:
+    """Counts for progress bars and the API, in one query over the campaign's tasks."""
+    result = Task.objects.filter(campaign=campaign).aggregate(
+        tasks=Count("id"),
+        open_tasks=Count("id", filter=Q(remaining__gt=0)),
+        complete_tasks=Count("id", filter=Q(judgements_received__gte=F("judgements_needed"))),
+        judgements_needed=Coalesce(Sum("judgements_needed"), 0),
+        judgements_received=Coalesce(Sum("judgements_received"), 0),
+    )
+    if labeler is not None:
+        result["labeler_submitted"] = Assignment.objects.filter(
+            campaign=campaign, labeler=labeler, state=State.SUBMITTED
+        ).count()
+    return result

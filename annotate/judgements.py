@@ -1,0 +1,146 @@
+"""Writes of judgements: validate, then store. The only way a judgement is written.
+
+A judgement on a lease that lapsed (expired) or was skipped is still a human's work:
+- if the task still has a free slot, it takes the slot and counts;
+- otherwise it is stored as surplus (`is_surplus=True`): kept and exported, not counted
+  toward the task's overlap.
+A replay with the same idempotency key returns the judgement already stored.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from django.db import IntegrityError, transaction
+from django.db.models import F
+from django.utils import timezone
+
+from .errors import AlreadySubmitted, IdempotencyConflict, InvalidRanking, NotLeased
+from .models import Assignment, Judgement, Task, TaskResponse
+
+State = Assignment.State
+ALLOWED_FLAGS = frozenset({"all_bad", "unsafe", "needs_expert", "prompt_problem"})
+MAX_RATIONALE = 10_000
+
+
+@dataclass
+class Submission:
+    judgement: Judgement
+    replayed: bool
+
+
+def validate_ranking(ranking, response_ids: list[int]) -> list[list[int]]:
+    """A ranking as groups of ids, best first, covering each of the task's responses exactly once."""
+    if not isinstance(ranking, list) or not ranking:
+        raise InvalidRanking("ranking must be a non-empty list of groups of response ids.", field="ranking")
+    seen: list[int] = []
+    groups: list[list[int]] = []
+    for group in ranking:
+        if not isinstance(group, list) or not group:
+            raise InvalidRanking("each group in ranking must be a non-empty list of response ids.", field="ranking")
+        for rid in group:
+            if isinstance(rid, bool) or not isinstance(rid, int):
+                raise InvalidRanking(f"response id {rid!r} is not an integer.", field="ranking")
+        groups.append(list(group))
+        seen.extend(group)
+    expected = set(response_ids)
+    unknown = [rid for rid in seen if rid not in expected]
+    if unknown:
+        raise InvalidRanking(f"ranking names responses that are not in this task: {unknown}.", field="ranking")
+    repeated = sorted({rid for rid in seen if seen.count(rid) > 1})
+    if repeated:
+        raise InvalidRanking(f"ranking repeats responses: {repeated}.", field="ranking")
+    missing = sorted(expected - set(seen))
+    if missing:
+        raise InvalidRanking(f"ranking misses responses: {missing}.", field="ranking")
+    return groups
+
+
+def validate_flags(flags) -> list[str]:
+    if flags is None:
+        return []
+    if not isinstance(flags, list) or not all(isinstance(f, str) for f in flags):
+        raise InvalidRanking("flags must be a list of strings.", field="flags")
+    unknown = sorted(set(flags) - ALLOWED_FLAGS)
+    if unknown:
+        raise InvalidRanking(f"unknown flags {unknown}; allowed: {sorted(ALLOWED_FLAGS)}.", field="flags")
+    return sorted(set(flags))
+
+
+def task_response_ids(task: Task) -> list[int]:
+    return list(TaskResponse.objects.filter(task=task).order_by("position").values_list("response_id", flat=True))
+
+
+def submit(
+    labeler,
+    task: Task,
+    ranking,
+    *,
+    rationale: str = "",
+    flags=None,
+    time_spent_ms: int | None = None,
+    key: str | None = None,
+) -> Submission:
+    """Store the labeler's judgement of `task`. Raises a DomainError for anything invalid; writes nothing then."""
+    if rationale is None:
+        rationale = ""
+    if not isinstance(rationale, str) or len(rationale) > MAX_RATIONALE:
+        raise InvalidRanking(f"rationale must be text of at most {MAX_RATIONALE} characters.", field="rationale")
+    if time_spent_ms is not None and (isinstance(time_spent_ms, bool) or not isinstance(time_spent_ms, int) or time_spent_ms < 0):
+        raise InvalidRanking("time_spent_ms must be a non-negative integer.", field="time_spent_ms")
+    if key is not None and (not isinstance(key, str) or not 0 < len(key) <= 100):
+        raise InvalidRanking("the idempotency key must be 1 to 100 characters.", field="idempotency_key")
+    flags = validate_flags(flags)
+    groups = validate_ranking(ranking, task_response_ids(task))
+    try:
+        with transaction.atomic():
+            return _store(labeler, task, groups, rationale, flags, time_spent_ms, key)
+    except IntegrityError:
+        # The same key on another task (a concurrent twin on this task is caught under the lock).
+        raise IdempotencyConflict("This idempotency key was already used for another judgement.", field="idempotency_key")
+
+
+def _store(labeler, task, groups, rationale, flags, time_spent_ms, key) -> Submission:
+    # lock first: two tabs (or a retry) can submit the same task at once
+    locked_task = Task.objects.select_for_update().get(pk=task.pk)
+    assignment = Assignment.objects.select_for_update().filter(task=task, labeler=labeler).first()
+    if assignment is None:
+        raise NotLeased("This task is not leased to you: ask for the next task first.")
+    if key is not None:
+        existing = Judgement.objects.filter(labeler=labeler, idempotency_key=key).first()
+        if existing is not None:
+            if existing.task_id != task.pk:
+                raise IdempotencyConflict("This idempotency key was already used for another task.", field="idempotency_key")
+            return Submission(existing, replayed=True)
+    if assignment.state == State.SUBMITTED:
+        raise AlreadySubmitted("You already submitted a judgement for this task.")
+    counted = _take_slot(locked_task, assignment)
+    now = timezone.now()
+    assignment.state = State.SUBMITTED
+    assignment.finished_at = now
+    assignment.save(update_fields=["state", "finished_at"])
+    judgement = Judgement.objects.create(
+        assignment=assignment,
+        task=locked_task,
+        labeler=labeler,
+        ranking=groups,
+        rationale=rationale,
+        flags=flags,
+        time_spent_ms=time_spent_ms,
+        idempotency_key=key,
+        is_surplus=not counted,
+    )
+    return Submission(judgement, replayed=False)
+
+
+def _take_slot(task: Task, assignment: Assignment) -> bool:
+    """Count the judgement toward the task's overlap if a slot is (still) held or free; False means surplus."""
+    if assignment.state == State.OPEN:
+        # The lease holds a slot, even if it lapsed a moment ago and was not reclaimed yet.
+        Task.objects.filter(pk=task.pk).update(judgements_received=F("judgements_received") + 1)
+        return True
+    if task.remaining > 0:
+        Task.objects.filter(pk=task.pk).update(
+            remaining=F("remaining") - 1, judgements_received=F("judgements_received") + 1
+        )
+        return True
+    return False

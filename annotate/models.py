@@ -1,0 +1,188 @@
+"""Arbiter's data: campaigns, prompts, model versions, responses, tasks, assignments, judgements.
+
+The counters on Task (`remaining`, `judgements_received`) are only changed by
+`annotate.assignment` and `annotate.judgements`, under a row lock on the task.
+"""
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+
+
+class Campaign(models.Model):
+    class TaskType(models.TextChoices):
+        PAIRWISE = "pairwise", "Pairwise (A/B)"
+        RANKING = "ranking", "k-way ranking"
+
+    class Status(models.TextChoices):
+        DRAFT = "draft"
+        ACTIVE = "active"
+        PAUSED = "paused"
+        CLOSED = "closed"
+
+    name = models.CharField(max_length=200)
+    slug = models.SlugField(max_length=80, unique=True)
+    instructions = models.TextField(blank=True, help_text="Markdown shown to labelers.")
+    task_type = models.CharField(max_length=16, choices=TaskType.choices, default=TaskType.PAIRWISE)
+    responses_per_task = models.PositiveSmallIntegerField(default=2)
+    overlap = models.PositiveSmallIntegerField(default=1, help_text="Judgements wanted per task.")
+    lease_seconds = models.PositiveIntegerField(default=600)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.ACTIVE)
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(condition=Q(responses_per_task__gte=2, responses_per_task__lte=8), name="campaign_k_2_to_8"),
+            models.CheckConstraint(condition=Q(overlap__gte=1), name="campaign_overlap_positive"),
+            models.CheckConstraint(condition=Q(lease_seconds__gte=10), name="campaign_lease_at_least_10s"),
+            models.CheckConstraint(
+                condition=~Q(task_type="pairwise") | Q(responses_per_task=2), name="campaign_pairwise_is_k2"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Membership(models.Model):
+    class Role(models.TextChoices):
+        ADMIN = "admin"
+        RESEARCHER = "researcher"
+        LABELER = "labeler"
+
+    campaign = models.ForeignKey(Campaign, on_delete=models.CASCADE, related_name="memberships")
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="memberships")
+    role = models.CharField(max_length=16, choices=Role.choices)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["campaign", "user"], name="one_membership_per_campaign")]
+
+    def __str__(self) -> str:
+        return f"{self.user} as {self.role} of {self.campaign}"
+
+
+class Prompt(models.Model):
+    campaign = models.ForeignKey(Campaign, on_delete=models.CASCADE, related_name="prompts")
+    external_id = models.CharField(max_length=200)
+    messages = models.JSONField(help_text="Chat turns: [{role, content}, ...].")
+    context = models.JSONField(default=list, blank=True, help_text="Retrieved passages shown beside the prompt.")
+    metadata = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["campaign", "external_id"], name="prompt_external_id_unique")]
+
+    def __str__(self) -> str:
+        return self.external_id
+
+
+class ModelVersion(models.Model):
+    class Kind(models.TextChoices):
+        BASE = "base"
+        POLICY = "policy"
+        REWARD = "reward"
+
+    name = models.CharField(max_length=200, unique=True)
+    kind = models.CharField(max_length=16, choices=Kind.choices, default=Kind.POLICY)
+    parent = models.ForeignKey("self", null=True, blank=True, on_delete=models.SET_NULL, related_name="children")
+    checkpoint_path = models.CharField(max_length=500, blank=True)
+    metadata = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Response(models.Model):
+    prompt = models.ForeignKey(Prompt, on_delete=models.CASCADE, related_name="responses")
+    model_version = models.ForeignKey(ModelVersion, on_delete=models.PROTECT, related_name="responses")
+    text = models.TextField()
+    generation_params = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["prompt", "model_version"])]
+
+
+class Task(models.Model):
+    campaign = models.ForeignKey(Campaign, on_delete=models.CASCADE, related_name="tasks")
+    prompt = models.ForeignKey(Prompt, on_delete=models.CASCADE, related_name="tasks")
+    responses = models.ManyToManyField(Response, through="TaskResponse", related_name="tasks")
+    priority = models.IntegerField(default=0)
+    judgements_needed = models.PositiveSmallIntegerField()
+    judgements_received = models.PositiveIntegerField(default=0)
+    # Slots not taken by an open lease or a counted judgement; a task is servable while > 0.
+    remaining = models.IntegerField()
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        indexes = [
+            # The queue: servable tasks of a campaign, highest priority first, then oldest.
+            models.Index(
+                fields=["campaign", "-priority", "id"], name="task_queue", condition=Q(remaining__gt=0)
+            ),
+        ]
+        constraints = [models.CheckConstraint(condition=Q(remaining__gte=0), name="task_remaining_not_negative")]
+
+
+class TaskResponse(models.Model):
+    task = models.ForeignKey(Task, on_delete=models.CASCADE, related_name="slots")
+    response = models.ForeignKey(Response, on_delete=models.CASCADE, related_name="+")
+    position = models.PositiveSmallIntegerField(help_text="Display order, shuffled per task.")
+
+    class Meta:
+        ordering = ["position"]
+        constraints = [
+            models.UniqueConstraint(fields=["task", "response"], name="task_response_unique"),
+            models.UniqueConstraint(fields=["task", "position"], name="task_position_unique"),
+        ]
+
+
+class Assignment(models.Model):
+    class State(models.TextChoices):
+        OPEN = "open"
+        SUBMITTED = "submitted"
+        EXPIRED = "expired"
+        SKIPPED = "skipped"
+
+    task = models.ForeignKey(Task, on_delete=models.CASCADE, related_name="assignments")
+    labeler = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="assignments")
+    campaign = models.ForeignKey(Campaign, on_delete=models.CASCADE, related_name="+")
+    state = models.CharField(max_length=16, choices=State.choices, default=State.OPEN)
+    leased_at = models.DateTimeField()
+    leased_until = models.DateTimeField()
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["task", "labeler"], name="one_assignment_per_labeler")]
+        indexes = [
+            models.Index(fields=["leased_until"], name="open_leases", condition=Q(state="open")),
+            models.Index(fields=["labeler", "campaign", "state"]),
+        ]
+
+
+class Judgement(models.Model):
+    assignment = models.OneToOneField(Assignment, on_delete=models.PROTECT, related_name="judgement")
+    task = models.ForeignKey(Task, on_delete=models.PROTECT, related_name="judgements")
+    labeler = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="judgements")
+    ranking = models.JSONField(help_text="Groups of response ids, best first; a group of several is a tie.")
+    rationale = models.TextField(blank=True)
+    flags = models.JSONField(default=list, blank=True)
+    time_spent_ms = models.PositiveIntegerField(null=True, blank=True)
+    idempotency_key = models.CharField(max_length=100, null=True, blank=True)
+    # Submitted after the lease lapsed and the task had meanwhile been fully served: kept, not counted.
+    is_surplus = models.BooleanField(default=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["labeler", "idempotency_key"],
+                name="judgement_idempotency_key",
+                condition=Q(idempotency_key__isnull=False),
+            )
+        ]
+        indexes = [models.Index(fields=["task", "created_at"])]

@@ -1,0 +1,70 @@
+"""Shared people and campaigns: alice and bob label, carol administers, rita researches, mallory is in another campaign."""
+from __future__ import annotations
+
+import pytest
+from django.contrib.auth import get_user_model
+from rest_framework.authtoken.models import Token
+from rest_framework.test import APIClient
+
+from annotate.imports import import_prompts, import_responses
+from annotate.models import Campaign, Membership
+
+
+def make_user(username: str, **extra):
+    return get_user_model().objects.create_user(username=username, password="pw-" + username, **extra)
+
+
+def make_campaign(slug: str = "helpful", *, task_type="pairwise", k=2, overlap=2, prompts=5, lease_seconds=600, models=("m1", "m2")):
+    """A campaign with `prompts` prompts, each with k responses from alternating models, so one task per prompt."""
+    campaign = Campaign.objects.create(
+        name=slug.title(), slug=slug, task_type=task_type, responses_per_task=k, overlap=overlap, lease_seconds=lease_seconds
+    )
+    import_prompts(campaign, [{"external_id": f"p{i}", "text": f"Question {i}?"} for i in range(prompts)])
+    import_responses(
+        campaign,
+        [{"prompt": f"p{i}", "model": models[j % len(models)], "text": f"Answer {j} to {i}"} for i in range(prompts) for j in range(k)],
+    )
+    return campaign
+
+
+def join(user, campaign, role):
+    Membership.objects.create(user=user, campaign=campaign, role=role)
+    return user
+
+
+def api_client(user) -> APIClient:
+    client = APIClient()
+    token, _ = Token.objects.get_or_create(user=user)
+    client.credentials(HTTP_AUTHORIZATION=f"Token {token.key}")
+    return client
+
+
+@pytest.fixture
+def campaign(db):
+    return make_campaign()
+
+
+@pytest.fixture
+def alice(campaign):
+    return join(make_user("alice"), campaign, "labeler")
+
+
+@pytest.fixture
+def bob(campaign):
+    return join(make_user("bob"), campaign, "labeler")
+
+
+@pytest.fixture
+def carol(campaign):
+    return join(make_user("carol", is_staff=True), campaign, "admin")
+
+
+@pytest.fixture
+def rita(campaign):
+    return join(make_user("rita"), campaign, "researcher")
+
+
+@pytest.fixture
+def mallory(db):
+    other = make_campaign("other", prompts=2)
+    return join(make_user("mallory"), other, "labeler")
