@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from django.contrib.auth import get_user_model
 from django.core.exceptions import PermissionDenied
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import status
 from rest_framework.decorators import api_view
@@ -38,11 +38,12 @@ def campaigns(request):
         raise PermissionDenied("Only staff can create campaigns.")
     serializer = CampaignSerializer(data=request.data)
     serializer.is_valid(raise_exception=True)
-    if Campaign.objects.filter(slug=serializer.validated_data["slug"]).exists():
+    try:
+        with transaction.atomic():
+            campaign = serializer.save(created_by=request.user)
+            Membership.objects.create(campaign=campaign, user=request.user, role=Membership.Role.ADMIN)
+    except IntegrityError:
         return Response({"slug": ["a campaign with this slug already exists."]}, status=status.HTTP_409_CONFLICT)
-    with transaction.atomic():
-        campaign = serializer.save(created_by=request.user)
-        Membership.objects.create(campaign=campaign, user=request.user, role=Membership.Role.ADMIN)
     return Response(CampaignSerializer(campaign).data, status=status.HTTP_201_CREATED)
 
 

@@ -11,7 +11,7 @@ class CampaignSerializer(serializers.ModelSerializer):
         model = Campaign
         fields = ["name", "slug", "instructions", "task_type", "responses_per_task", "overlap", "lease_seconds", "status", "created_at"]
         read_only_fields = ["created_at"]
-        extra_kwargs = {"responses_per_task": {"min_value": 2, "max_value": 8}, "overlap": {"min_value": 1, "max_value": 100}, "lease_seconds": {"min_value": 10, "max_value": 7 * 24 * 3600}}
+        extra_kwargs = {"slug": {"validators": []}, "responses_per_task": {"min_value": 2, "max_value": 8}, "overlap": {"min_value": 1, "max_value": 100}, "lease_seconds": {"min_value": 10, "max_value": 7 * 24 * 3600}}
 
     def validate(self, attrs):
         task_type = attrs.get("task_type", getattr(self.instance, "task_type", Campaign.TaskType.PAIRWISE))
