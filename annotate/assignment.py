@@ -11,7 +11,9 @@ Rules
 - A labeler who already holds an open, unexpired lease in the campaign gets that
   task again (a reload or a second tab continues the same task, nothing is hoarded).
 - Leases lapse after the campaign's lease time: `reclaim_expired_leases` marks them
-  expired and returns their slots to the pool. A judgement submitted on a lapsed
+  expired and returns their slots to the pool. It runs whenever a labeler finds the
+  queue empty, and from `manage.py reclaim_leases` (run it every minute or so to
+  keep lapsed high-priority tasks from waiting until the queue drains). A judgement submitted on a lapsed
   lease is still accepted (see `annotate.judgements`).
 - Skipping returns the slot to the pool; the task is not served to that labeler again.
 
@@ -53,6 +55,13 @@ def next_task_for(labeler, campaign: Campaign) -> Lease | None:
     )
     if current is not None:
         return Lease(current, current.task, is_new=False)
+    lease = _lease_with_retries(labeler, campaign, now)
+    if lease is None and reclaim_expired_leases(campaign, now):
+        lease = _lease_with_retries(labeler, campaign, now)
+    return lease
+
+
+def _lease_with_retries(labeler, campaign: Campaign, now) -> Lease | None:
     for _ in range(3):  # a lost race on the unique constraint: try the next task
         try:
             return _lease_free_task(labeler, campaign, now)
