@@ -1,0 +1,190 @@
+"""Labeling throughput: N concurrent simulated labelers (next, then submit) against a running server.
+
+    DATABASE_URL=postgres://postgres@127.0.0.1:5432/arbiter_bench \\
+        .venv/bin/python bench/labeling.py --labelers 100 --tasks 100000 --seconds 60 --server gunicorn
+
+Seeds a campaign of --tasks pairwise tasks (once; reused on later runs), starts the server
+(gunicorn WSGI workers, or daphne, or --url for one you started), drives the labelers over
+loopback with aiohttp, then prints judgements/s, p50/p95/p99 latency of next and submit, and
+a consistency check straight from the database: no task over-served, every 201 stored.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
+
+import django  # noqa: E402
+
+django.setup()
+
+import aiohttp  # noqa: E402
+from django.contrib.auth import get_user_model  # noqa: E402
+from django.db import connection, transaction  # noqa: E402
+from rest_framework.authtoken.models import Token  # noqa: E402
+
+from annotate.models import Campaign, Judgement, Membership, ModelVersion, Prompt, Response, Task, TaskResponse  # noqa: E402
+
+
+def seed(slug: str, tasks: int, labelers: int, overlap: int) -> list[str]:
+    """The campaign (created once, with bulk inserts) and the labelers' API tokens."""
+    campaign = Campaign.objects.filter(slug=slug).first()
+    if campaign is None:
+        campaign = _create_campaign(slug, tasks, overlap)
+    User = get_user_model()
+    tokens = []
+    for i in range(labelers):
+        user, _ = User.objects.get_or_create(username=f"bench-labeler-{i}")
+        Membership.objects.get_or_create(campaign=campaign, user=user, defaults={"role": "labeler"})
+        tokens.append(Token.objects.get_or_create(user=user)[0].key)
+    return tokens
+
+
+def _create_campaign(slug: str, tasks: int, overlap: int) -> Campaign:
+    started = time.perf_counter()
+    with transaction.atomic():
+        campaign = Campaign.objects.create(name=slug, slug=slug, task_type="pairwise", responses_per_task=2, overlap=overlap, lease_seconds=600)
+        models = [ModelVersion.objects.get_or_create(name=f"bench-model-{m}")[0] for m in "ab"]
+        for start in range(0, tasks, 10_000):
+            count = min(10_000, tasks - start)
+            prompts = Prompt.objects.bulk_create(
+                Prompt(campaign=campaign, external_id=f"p{start + i}", messages=[{"role": "user", "content": f"Question {start + i}?"}]) for i in range(count)
+            )
+            responses = Response.objects.bulk_create(
+                Response(prompt=p, model_version=m, text=f"{m.name} answers {p.external_id}. " * 8) for p in prompts for m in models
+            )
+            new_tasks = Task.objects.bulk_create(Task(campaign=campaign, prompt=p, judgements_needed=overlap, remaining=overlap) for p in prompts)
+            TaskResponse.objects.bulk_create(
+                TaskResponse(task=t, response=r, position=j) for t, i in zip(new_tasks, range(count)) for j, r in enumerate(responses[2 * i : 2 * i + 2])
+            )
+    print(f"seeded {tasks} tasks in {time.perf_counter() - started:.1f} s")
+    return campaign
+
+
+def start_server(kind: str, port: int, workers: int) -> subprocess.Popen:
+    env = {**os.environ, "CONN_MAX_AGE": "600", "LOG_LEVEL": "WARNING"}
+    if kind == "gunicorn":
+        cmd = [sys.executable, "-m", "gunicorn", "config.wsgi:application", "-b", f"127.0.0.1:{port}", "-w", str(workers),
+               "-k", "gthread", "--threads", "8", "--log-level", "warning", "--backlog", "2048"]
+    else:
+        cmd = [str(Path(sys.executable).parent / "daphne"), "-b", "127.0.0.1", "-p", str(port), "-v", "0", "config.asgi:application"]
+    server = subprocess.Popen(cmd, cwd=ROOT, env=env)
+    time.sleep(3 if kind == "gunicorn" else 4)
+    return server
+
+
+async def labeler(session, base: str, slug: str, token: str, deadline: float, stats: dict) -> None:
+    headers = {"Authorization": f"Token {token}"}
+    while time.perf_counter() < deadline:
+        t0 = time.perf_counter()
+        async with session.get(f"{base}/api/v1/campaigns/{slug}/tasks/next/", headers=headers) as r:
+            if r.status == 204:
+                return
+            body = await r.json()
+        t1 = time.perf_counter()
+        stats["next"].append(t1 - t0)
+        ids = [x["id"] for x in body["responses"]]
+        key = uuid.uuid4().hex
+        async with session.post(
+            f"{base}/api/v1/tasks/{body['task_id']}/judgements/",
+            json={"ranking": [[ids[0]], [ids[1]]], "time_spent_ms": 1000},
+            headers={**headers, "Idempotency-Key": key},
+        ) as r:
+            if r.status != 201:
+                stats["errors"].append((r.status, await r.text()))
+                continue
+            stored = await r.json()
+        stats["submit"].append(time.perf_counter() - t1)
+        stats["stored"].append(stored["id"])
+
+
+async def drive(base: str, slug: str, tokens: list[str], seconds: float) -> tuple[dict, float]:
+    stats: dict = {"next": [], "submit": [], "stored": [], "errors": []}
+    connector = aiohttp.TCPConnector(limit=len(tokens) + 10)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        started = time.perf_counter()
+        deadline = started + seconds
+        await asyncio.gather(*(labeler(session, base, slug, t, deadline, stats) for t in tokens))
+        return stats, time.perf_counter() - started
+
+
+def percentiles(samples: list[float]) -> str:
+    if len(samples) < 2:
+        return "n/a"
+    q = statistics.quantiles(samples, n=100)
+    return f"p50 {q[49] * 1000:6.1f} ms  p95 {q[94] * 1000:6.1f} ms  p99 {q[98] * 1000:6.1f} ms"
+
+
+def consistency(slug: str, stored_ids: list[int]) -> list[str]:
+    """Problems found in the database after the run (an empty list is a pass)."""
+    problems = []
+    campaign = Campaign.objects.get(slug=slug)
+    with connection.cursor() as cur:
+        cur.execute(
+            """SELECT count(*) FROM annotate_task t
+               WHERE t.campaign_id = %s AND (t.remaining < 0 OR t.judgements_received > t.judgements_needed
+                 OR t.judgements_received <> (SELECT count(*) FROM annotate_judgement j WHERE j.task_id = t.id AND NOT j.is_surplus)
+                 OR (SELECT count(*) FROM annotate_assignment a WHERE a.task_id = t.id AND a.state IN ('open', 'submitted')) > t.judgements_needed)""",
+            [campaign.pk],
+        )
+        if (bad := cur.fetchone()[0]):
+            problems.append(f"{bad} tasks over-served or with counters out of step")
+        cur.execute("SELECT count(*) FROM (SELECT task_id, labeler_id FROM annotate_assignment GROUP BY 1, 2 HAVING count(*) > 1) d")
+        if (twice := cur.fetchone()[0]):
+            problems.append(f"{twice} tasks served twice to one labeler")
+    found = Judgement.objects.filter(pk__in=stored_ids).count()
+    if found != len(set(stored_ids)):
+        problems.append(f"{len(set(stored_ids)) - found} acknowledged judgements missing")
+    return problems
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--labelers", type=int, default=100)
+    parser.add_argument("--tasks", type=int, default=100_000)
+    parser.add_argument("--overlap", type=int, default=3)
+    parser.add_argument("--seconds", type=float, default=60)
+    parser.add_argument("--server", choices=["gunicorn", "daphne"], default="gunicorn")
+    parser.add_argument("--workers", type=int, default=3, help="gunicorn worker processes")
+    parser.add_argument("--port", type=int, default=8123)
+    parser.add_argument("--url", help="drive a server you started instead of starting one")
+    parser.add_argument("--slug", help="campaign slug (default: bench-<tasks>)")
+    args = parser.parse_args()
+    if connection.vendor != "postgresql":
+        sys.exit("Set DATABASE_URL to a PostgreSQL database: this benchmark is about PostgreSQL under concurrency.")
+    slug = args.slug or f"bench-{args.tasks}"
+    tokens = seed(slug, args.tasks, args.labelers, args.overlap)
+    connection.close()
+    server = None if args.url else start_server(args.server, args.port, args.workers)
+    base = args.url or f"http://127.0.0.1:{args.port}"
+    try:
+        stats, elapsed = asyncio.run(drive(base, slug, tokens, args.seconds))
+    finally:
+        if server:
+            server.send_signal(signal.SIGTERM)
+            server.wait(timeout=30)
+    done = len(stats["submit"])
+    print(f"server: {args.url or f'{args.server} ({args.workers} workers)' if args.server == 'gunicorn' else 'daphne'}  labelers: {args.labelers}  tasks: {args.tasks}  cpus: {os.cpu_count()}")
+    print(f"judgements/s: {done / elapsed:8.1f}   ({done} in {elapsed:.1f} s, {len(stats['errors'])} errors)")
+    print(f"next:   {percentiles(stats['next'])}")
+    print(f"submit: {percentiles(stats['submit'])}")
+    problems = consistency(slug, stats["stored"])
+    print("consistency: " + ("OK (no task over-served, none served twice, every acknowledged judgement stored)" if not problems else "; ".join(problems)))
+    if stats["errors"]:
+        print("first errors:", stats["errors"][:3])
+    sys.exit(1 if problems else 0)
+
+
+if __name__ == "__main__":
+    main()
