@@ -41,7 +41,7 @@ demo: install
 	@echo "  Stop with Ctrl-C."
 	@echo
 	$(PY) manage.py db_worker --queue-name '*' -v0 & worker=$$!; \
-	  $(PY) manage.py reclaim_leases --every 60 -v0 & reclaimer=$$!; \
+	  $(PY) manage.py housekeeping --every 30 -v0 & reclaimer=$$!; \
 	  trap 'kill $$worker $$reclaimer 2>/dev/null' EXIT INT TERM; \
 	  $(VENV)/bin/daphne -b $(HOST) -p $(PORT) config.asgi:application
 

@@ -1,6 +1,6 @@
 from django.urls import path
 
-from . import api
+from . import api, api_runs
 
 urlpatterns = [
     path("campaigns/", api.campaigns, name="api-campaigns"),
@@ -12,4 +12,8 @@ urlpatterns = [
     path("campaigns/<slug:slug>/progress/", api.progress, name="api-progress"),
     path("tasks/<int:task_id>/judgements/", api.submit_judgement, name="api-judgements"),
     path("tasks/<int:task_id>/skip/", api.skip_task, name="api-skip"),
+    path("campaigns/<slug:slug>/runs/", api_runs.campaign_runs, name="api-campaign-runs"),
+    path("runs/<int:run_id>/", api_runs.run_detail, name="api-run"),
+    path("runs/<int:run_id>/cancel/", api_runs.run_cancel, name="api-run-cancel"),
+    path("models/", api_runs.models, name="api-models"),
 ]

@@ -12,7 +12,7 @@ Rules
   task again (a reload or a second tab continues the same task, nothing is hoarded).
 - Leases lapse after the campaign's lease time: `reclaim_expired_leases` marks them
   expired and returns their slots to the pool. It runs whenever a labeler finds the
-  queue empty, and from `manage.py reclaim_leases` (run it every minute or so to
+  queue empty, and from `manage.py housekeeping` (run it every minute or so to
   keep lapsed high-priority tasks from waiting until the queue drains). A judgement submitted on a lapsed
   lease is still accepted (see `annotate.judgements`).
 - Skipping returns the slot to the pool; the task is not served to that labeler again.

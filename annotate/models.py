@@ -88,7 +88,8 @@ class ModelVersion(models.Model):
     name = models.CharField(max_length=200, unique=True)
     kind = models.CharField(max_length=16, choices=Kind.choices, default=Kind.POLICY)
     parent = models.ForeignKey("self", null=True, blank=True, on_delete=models.SET_NULL, related_name="children")
-    checkpoint_path = models.CharField(max_length=500, blank=True)
+    checkpoint_path = models.CharField(max_length=500, blank=True, help_text="Under ARTIFACTS_DIR, or absolute.")
+    run = models.ForeignKey("Run", null=True, blank=True, on_delete=models.SET_NULL, related_name="models_made")
     metadata = models.JSONField(default=dict, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
@@ -186,3 +187,68 @@ class Judgement(models.Model):
             )
         ]
         indexes = [models.Index(fields=["task", "created_at"])]
+
+
+class Run(models.Model):
+    """A background job as people see it: what it is, who started it, how far it got, what it made."""
+
+    class Kind(models.TextChoices):
+        GENERATE = "generate"
+        REWARD = "reward"
+        PPO = "ppo"
+        SFT = "sft"
+        DPO = "dpo"
+        RLOO = "rloo"
+        OPTIMIZE = "optimize"
+
+    class Status(models.TextChoices):
+        QUEUED = "queued"
+        RUNNING = "running"
+        SUCCEEDED = "succeeded"
+        FAILED = "failed"
+        CANCELLED = "cancelled"
+
+    FINISHED = (Status.SUCCEEDED, Status.FAILED, Status.CANCELLED)
+
+    kind = models.CharField(max_length=16, choices=Kind.choices)
+    campaign = models.ForeignKey(Campaign, null=True, blank=True, on_delete=models.CASCADE, related_name="runs")
+    params = models.JSONField(default=dict, blank=True)
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED)
+    queue_name = models.CharField(max_length=32, default="default")
+    progress = models.FloatField(default=0.0, help_text="0 to 1.")
+    progress_message = models.CharField(max_length=300, blank=True)
+    log_tail = models.TextField(blank=True)
+    artifacts = models.JSONField(default=dict, blank=True)
+    result = models.JSONField(default=dict, blank=True)
+    error = models.TextField(blank=True)
+    cancel_requested = models.BooleanField(default=False)
+    worker = models.CharField(max_length=200, blank=True)
+    task_result_id = models.CharField(max_length=64, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["campaign", "-created_at"]), models.Index(fields=["status", "heartbeat_at"])]
+
+    def __str__(self) -> str:
+        return f"{self.kind} run {self.pk} ({self.status})"
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status in self.FINISHED
+
+
+class RunMetric(models.Model):
+    """One point of a run's metric time series (loss, accuracy, reward, ...)."""
+
+    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="metrics")
+    step = models.IntegerField()
+    name = models.CharField(max_length=100)
+    value = models.FloatField()
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["run", "name", "step"])]

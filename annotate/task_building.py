@@ -16,7 +16,7 @@ from django.db import transaction
 
 from .models import Campaign, Response, Task, TaskResponse
 
-_shuffle = random.SystemRandom().shuffle
+shuffle = random.SystemRandom().shuffle
 
 
 def interleave_by_model(responses: list[Response]) -> list[Response]:
@@ -60,7 +60,7 @@ def build_tasks(campaign: Campaign, prompt_ids, *, priority: int = 0) -> int:
         slots = []
         for task, (_, members) in zip(tasks, groups):
             members = list(members)
-            _shuffle(members)
+            shuffle(members)
             slots.extend(TaskResponse(task=task, response=r, position=i) for i, r in enumerate(members))
         TaskResponse.objects.bulk_create(slots, batch_size=5000)
     return len(tasks)

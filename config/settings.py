@@ -45,6 +45,10 @@ ALLOWED_HOSTS = [h.strip() for h in os.environ.get("ALLOWED_HOSTS", "localhost,1
 CSRF_TRUSTED_ORIGINS = [o.strip() for o in os.environ.get("CSRF_TRUSTED_ORIGINS", "").split(",") if o.strip()]
 ARTIFACTS_DIR = Path(os.environ.get("ARTIFACTS_DIR", VAR_DIR / "artifacts"))
 REDIS_URL = os.environ.get("REDIS_URL", "")
+# The queue that model work (generation, training) goes to; a GPU box runs `db_worker --queue-name gpu`.
+ML_QUEUE = os.environ.get("ML_QUEUE", "default")
+if ML_QUEUE not in ("default", "gpu"):
+    raise ImproperlyConfigured(f"ML_QUEUE must be 'default' or 'gpu', got {ML_QUEUE!r}")
 
 INSTALLED_APPS = [
     "daphne",

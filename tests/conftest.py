@@ -68,3 +68,21 @@ def rita(campaign):
 def mallory(db):
     other = make_campaign("other", prompts=2)
     return join(make_user("mallory"), other, "labeler")
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory):
+    """A tiny random SmolLM2-shaped policy with the real tokenizer (built once per session)."""
+    import os
+
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    from training.models import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-policy") / "model", seed=0)
+
+
+@pytest.fixture
+def artifacts(db, settings, tmp_path):
+    settings.ARTIFACTS_DIR = tmp_path / "artifacts"
+    settings.ARTIFACTS_DIR.mkdir()
+    return settings.ARTIFACTS_DIR

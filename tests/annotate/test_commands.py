@@ -44,11 +44,11 @@ def test_load_demo_twice_gives_one_demo(db):
     assert counts[1] == 20 + 10  # 40 responses in pairs, and in fours
 
 
-def test_reclaim_leases_command(db):
+def test_housekeeping_reclaims_lapsed_leases(db):
     campaign = make_campaign(prompts=1, overlap=1, lease_seconds=10)
     alice = join(make_user("alice"), campaign, "labeler")
     lease = assignment.next_task_for(alice, campaign)
     Assignment.objects.filter(pk=lease.assignment.pk).update(leased_until=lease.assignment.leased_at - timedelta(seconds=1))
-    call_command("reclaim_leases", stdout=StringIO())
+    call_command("housekeeping", stdout=StringIO())
     assert Task.objects.get(pk=lease.task.pk).remaining == 1
     assert not Judgement.objects.exists()

@@ -1,0 +1,146 @@
+"""The generation job: sample responses from model versions and put them straight into the queue.
+
+Responses are stored batch by batch and tasks are built as they arrive, so labelers can start
+before the job ends. With `head_to_head_with`, each new response is paired with the latest
+response of that model to the same prompt (new policy against the previous one).
+"""
+from __future__ import annotations
+
+from django.db import transaction
+
+from .jobs import InvalidParams, RunContext, RunFailed, register
+from .models import Campaign, ModelVersion, Response, Task, TaskResponse
+from .registry import RegistryError, can_generate, checkpoint_dir, resolve_for_generation
+from .task_building import build_tasks, shuffle
+
+LIMITS = {"n_per_prompt": (1, 16), "max_new_tokens": (1, 2048), "batch_size": (1, 1024), "limit": (1, 1_000_000)}
+
+
+def validate_params(campaign: Campaign | None, params: dict) -> dict:
+    """Checked, complete params; InvalidParams names the first bad field."""
+    if campaign is None:
+        raise InvalidParams("a generation run belongs to a campaign.", field="campaign")
+    allowed = {"models", "n_per_prompt", "temperature", "top_p", "max_new_tokens", "batch_size", "seed", "limit", "prompts", "head_to_head_with"}
+    if unknown := sorted(set(params) - allowed):
+        raise InvalidParams(f"unknown params {unknown}; allowed: {sorted(allowed)}.", field=unknown[0])
+    models = params.get("models")
+    if not isinstance(models, list) or not models or not all(isinstance(m, str) for m in models):
+        raise InvalidParams("models must be a non-empty list of model names.", field="models")
+    for name in models:
+        if not can_generate(name):
+            raise InvalidParams(f"model {name!r} is unknown or has no checkpoint to generate with.", field="models")
+    clean = {
+        "models": models,
+        "n_per_prompt": _integer(params, "n_per_prompt", 1),
+        "max_new_tokens": _integer(params, "max_new_tokens", 128),
+        "batch_size": _integer(params, "batch_size", None),
+        "limit": _integer(params, "limit", None),
+        "seed": _integer(params, "seed", 0, low=0, high=2**31 - 1),
+        "temperature": _number(params, "temperature", 0.7, low=0.0, high=2.0, low_open=True),
+        "top_p": _number(params, "top_p", 1.0, low=0.0, high=1.0, low_open=True),
+    }
+    prompts = params.get("prompts")
+    if prompts is not None and (not isinstance(prompts, list) or not all(isinstance(p, str) for p in prompts)):
+        raise InvalidParams("prompts must be a list of prompt external ids.", field="prompts")
+    clean["prompts"] = prompts
+    baseline = params.get("head_to_head_with")
+    if baseline is not None:
+        if campaign.responses_per_task != 2:
+            raise InvalidParams("head-to-head pairs need a campaign with 2 responses per task.", field="head_to_head_with")
+        if not Response.objects.filter(prompt__campaign=campaign, model_version__name=baseline).exists():
+            raise InvalidParams(f"model {baseline!r} has no responses in this campaign to pair against.", field="head_to_head_with")
+    clean["head_to_head_with"] = baseline
+    return clean
+
+
+def _integer(params, name, default, low=None, high=None):
+    value = params.get(name, default)
+    if value is None and default is None:
+        return None
+    low, high = (low, high) if low is not None else LIMITS.get(name, (0, 2**31 - 1))
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise InvalidParams(f"{name} must be an integer from {low} to {high}.", field=name)
+    return value
+
+
+def _number(params, name, default, *, low, high, low_open=False):
+    value = params.get(name, default)
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and (low < value if low_open else low <= value) and value <= high
+    if not ok:
+        raise InvalidParams(f"{name} must be a number in {'(' if low_open else '['}{low}, {high}].", field=name)
+    return float(value)
+
+
+def run_generation(ctx: RunContext) -> dict:
+    from training.generate import GenerationConfig, generate
+    from training.models import CheckpointError
+
+    params, campaign = ctx.params, ctx.run.campaign
+    prompts = campaign.prompts.order_by("id")
+    if params["prompts"]:
+        prompts = prompts.filter(external_id__in=params["prompts"])
+    prompt_rows = list(prompts.values_list("id", "messages")[: params["limit"]])
+    if not prompt_rows:
+        raise RunFailed("the campaign has no prompts to generate for.")
+    config = GenerationConfig(
+        temperature=params["temperature"], top_p=params["top_p"], max_new_tokens=params["max_new_tokens"],
+        n_per_prompt=params["n_per_prompt"], batch_size=params["batch_size"], seed=params["seed"],
+    )
+    total = len(prompt_rows) * config.n_per_prompt * len(params["models"])
+    done, built = 0, 0
+    for name in params["models"]:
+        try:
+            version = resolve_for_generation(name)
+            path = checkpoint_dir(version)
+        except (RegistryError, CheckpointError) as exc:
+            raise RunFailed(str(exc)) from exc
+        ctx.log(f"generating with {name} ({path})")
+        try:
+            for batch in generate(path, [m for _, m in prompt_rows], config, should_stop=ctx.should_stop):
+                built += store_batch(campaign, version, prompt_rows, batch, config.to_dict(), params["head_to_head_with"])
+                done += len(batch)
+                ctx.progress(done / total, f"{done} of {total} responses")
+        except CheckpointError as exc:
+            raise RunFailed(f"model {name!r} does not load: {exc}") from exc
+        ctx.check_cancelled()
+    ctx.log(f"stored {done} responses, built {built} tasks")
+    return {"responses": done, "tasks_built": built}
+
+
+@transaction.atomic
+def store_batch(campaign: Campaign, version: ModelVersion, prompt_rows, batch, config: dict, baseline: str | None) -> int:
+    """Store one batch of completions and build the tasks they complete; returns tasks built."""
+    responses = Response.objects.bulk_create(
+        Response(
+            prompt_id=prompt_rows[c.prompt_index][0],
+            model_version=version,
+            text=c.text,
+            generation_params={**config, "num_tokens": c.num_tokens, "finished_with_eos": c.finished_with_eos},
+        )
+        for c in batch
+    )
+    if baseline:
+        return build_head_to_head(campaign, responses, baseline)
+    return build_tasks(campaign, {r.prompt_id for r in responses})
+
+
+def build_head_to_head(campaign: Campaign, responses: list[Response], baseline: str) -> int:
+    """One task per new response, paired with the latest `baseline` response to the same prompt."""
+    latest = {}
+    for prompt_id, response_id in (
+        Response.objects.filter(prompt_id__in={r.prompt_id for r in responses}, model_version__name=baseline).order_by("id").values_list("prompt_id", "id")
+    ):
+        latest[prompt_id] = response_id
+    pairs = [(r.prompt_id, [r.pk, latest[r.prompt_id]]) for r in responses if r.prompt_id in latest]
+    tasks = Task.objects.bulk_create(
+        Task(campaign=campaign, prompt_id=prompt_id, judgements_needed=campaign.overlap, remaining=campaign.overlap) for prompt_id, _ in pairs
+    )
+    slots = []
+    for task, (_, ids) in zip(tasks, pairs):
+        shuffle(ids)
+        slots.extend(TaskResponse(task=task, response_id=rid, position=i) for i, rid in enumerate(ids))
+    TaskResponse.objects.bulk_create(slots)
+    return len(tasks)
+
+
+register("generate", validate_params, run_generation)

