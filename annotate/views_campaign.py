@@ -1,0 +1,75 @@
+"""Campaign pages for admins and researchers: progress, runs, starting a generation, a run's page."""
+from __future__ import annotations
+
+from django.contrib.auth.decorators import login_required
+from django.shortcuts import redirect, render
+from django.views.decorators.http import require_GET, require_POST
+
+from . import access, assignment, jobs
+from .api_runs import run_for
+from .forms import GenerationForm
+from .models import Membership
+from .plots import metric_panels
+
+ADMIN = (Membership.Role.ADMIN,)
+
+
+@login_required
+@require_GET
+def overview(request, slug):
+    campaign = access.campaign_for(request.user, slug, access.READING_ROLES)
+    context = {"campaign": campaign, "progress": assignment.progress(campaign), **_runs_context(campaign)}
+    if campaign.user_role == Membership.Role.ADMIN:
+        context["form"] = GenerationForm(campaign=campaign)
+    return render(request, "annotate/campaign.html", context)
+
+
+@login_required
+@require_GET
+def runs_partial(request, slug):
+    """The runs table alone, polled by htmx while a run is active."""
+    campaign = access.campaign_for(request.user, slug, access.READING_ROLES)
+    return render(request, "annotate/_runs.html", {"campaign": campaign, **_runs_context(campaign)})
+
+
+@login_required
+@require_POST
+def start_generation(request, slug):
+    campaign = access.campaign_for(request.user, slug, ADMIN)
+    form = GenerationForm(request.POST, campaign=campaign)
+    if form.is_valid():
+        try:
+            jobs.start_run("generate", campaign=campaign, params=form.params(), user=request.user)
+            return redirect("campaign", slug=slug)
+        except jobs.InvalidParams as exc:
+            form.add_error(exc.field if exc.field in form.fields else None, exc.message)
+    context = {"campaign": campaign, "progress": assignment.progress(campaign), "form": form, **_runs_context(campaign)}
+    return render(request, "annotate/campaign.html", context, status=422)
+
+
+@login_required
+@require_GET
+def run_page(request, run_id):
+    jobs.fail_stale_runs()
+    run = run_for(request.user, run_id)
+    series = jobs.metric_series(run)
+    return render(request, "annotate/run.html", {"run": run, "plots": metric_panels(series), "can_cancel": _is_admin(request.user, run)})
+
+
+@login_required
+@require_POST
+def cancel_run(request, run_id):
+    run = run_for(request.user, run_id, ADMIN)
+    if not run.is_finished:
+        jobs.request_cancel(run)
+    return redirect("run", run_id=run.pk)
+
+
+def _runs_context(campaign) -> dict:
+    jobs.fail_stale_runs()
+    runs = list(campaign.runs.select_related("created_by").order_by("-created_at")[:50])
+    return {"runs": runs, "any_active": any(not r.is_finished for r in runs)}
+
+
+def _is_admin(user, run) -> bool:
+    return run.campaign is not None and access.role_in(user, run.campaign) == Membership.Role.ADMIN
