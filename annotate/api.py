@@ -130,6 +130,7 @@ def submit_judgement(request, task_id):
         data["ranking"],
         rationale=data.get("rationale", ""),
         flags=data.get("flags"),
+        ratings=data.get("ratings"),
         time_spent_ms=data.get("time_spent_ms"),
         key=request.headers.get("Idempotency-Key") or None,
     )
@@ -159,6 +160,7 @@ def judgement_body(judgement) -> dict:
         "ranking": judgement.ranking,
         "rationale": judgement.rationale,
         "flags": judgement.flags,
+        "ratings": judgement.ratings,
         "time_spent_ms": judgement.time_spent_ms,
         "is_surplus": judgement.is_surplus,
         "created_at": judgement.created_at,

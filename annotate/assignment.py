@@ -16,11 +16,16 @@ Rules
   keep lapsed high-priority tasks from waiting until the queue drains). A judgement submitted on a lapsed
   lease is still accepted (see `annotate.judgements`).
 - Skipping returns the slot to the pool; the task is not served to that labeler again.
+- Gold tasks (known answer) stay out of the normal queue (`remaining` 0) and are mixed
+  into each labeler's stream at the campaign's `gold_rate`: the n-th task a labeler gets
+  is gold when floor(n * rate) > floor((n - 1) * rate). Each labeler sees each gold task once.
+- Paused labelers (see `annotate.quality`) get no tasks.
 
 Lock order everywhere: task row first, then its assignment rows.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -29,8 +34,8 @@ from django.db.models import Count, F, Q, Sum
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
-from .errors import CampaignNotOpen, NotLeased
-from .models import Assignment, Campaign, Task
+from .errors import CampaignNotOpen, LabelerPaused, NotLeased
+from .models import Assignment, Campaign, Membership, Task
 
 State = Assignment.State
 
@@ -55,6 +60,12 @@ def next_task_for(labeler, campaign: Campaign) -> Lease | None:
     )
     if current is not None:
         return Lease(current, current.task, is_new=False)
+    if Membership.objects.filter(campaign=campaign, user=labeler, is_paused=True).exists():
+        raise LabelerPaused("You are paused in this campaign; ask its admins.")
+    if campaign.gold_rate > 0 and _gold_turn(labeler, campaign):
+        lease = _lease_gold_task(labeler, campaign, now)
+        if lease is not None:
+            return lease
     lease = _lease_with_retries(labeler, campaign, now)
     if lease is None and reclaim_expired_leases(campaign, now):
         lease = _lease_with_retries(labeler, campaign, now)
@@ -94,6 +105,27 @@ def _lease_free_task(labeler, campaign: Campaign, now) -> Lease | None:
     return Lease(assignment, task, is_new=True)
 
 
+def _gold_turn(labeler, campaign: Campaign) -> bool:
+    served = Assignment.objects.filter(labeler=labeler, campaign=campaign).count()
+    return math.floor((served + 1) * campaign.gold_rate) > math.floor(served * campaign.gold_rate)
+
+
+def _lease_gold_task(labeler, campaign: Campaign, now) -> Lease | None:
+    """A gold task this labeler has not seen, at random (gold is not limited by overlap)."""
+    task = Task.objects.filter(campaign=campaign, is_gold=True).exclude(assignments__labeler=labeler).order_by("?").first()
+    if task is None:
+        return None
+    try:
+        with transaction.atomic():
+            assignment = Assignment.objects.create(
+                task=task, labeler=labeler, campaign=campaign, state=State.OPEN,
+                leased_at=now, leased_until=now + timedelta(seconds=campaign.lease_seconds),
+            )
+    except IntegrityError:
+        return None
+    return Lease(assignment, task, is_new=True)
+
+
 def skip(labeler, task: Task) -> None:
     """Give the task back; it is never served to this labeler again."""
     with transaction.atomic():
@@ -106,7 +138,7 @@ def skip(labeler, task: Task) -> None:
         assignment.state = State.SKIPPED
         assignment.finished_at = timezone.now()
         assignment.save(update_fields=["state", "finished_at"])
-        Task.objects.filter(pk=task.pk).update(remaining=F("remaining") + 1)
+        Task.objects.filter(pk=task.pk, is_gold=False).update(remaining=F("remaining") + 1)
 
 
 def reclaim_expired_leases(campaign: Campaign | None = None, now=None) -> int:
@@ -128,7 +160,7 @@ def reclaim_expired_leases(campaign: Campaign | None = None, now=None) -> int:
                 state=State.EXPIRED, finished_at=now
             )
             if count:
-                Task.objects.filter(pk=task_id).update(remaining=F("remaining") + count)
+                Task.objects.filter(pk=task_id, is_gold=False).update(remaining=F("remaining") + count)
                 reclaimed += count
     return reclaimed
 

@@ -49,3 +49,8 @@ class CampaignNotOpen(DomainError):
 
 class ImportRejected(DomainError):
     code = "import_rejected"
+
+
+class LabelerPaused(DomainError):
+    status = 403
+    code = "labeler_paused"

@@ -16,6 +16,7 @@ from django.utils import timezone
 
 from .errors import AlreadySubmitted, IdempotencyConflict, InvalidRanking, NotLeased
 from .models import Assignment, Judgement, Task, TaskResponse
+from .quality import apply_gold_threshold
 
 State = Assignment.State
 ALLOWED_FLAGS = frozenset({"all_bad", "unsafe", "needs_expert", "prompt_problem"})
@@ -66,6 +67,31 @@ def validate_flags(flags) -> list[str]:
     return sorted(set(flags))
 
 
+def validate_ratings(ratings, criteria: list[dict], response_ids: list[int]) -> dict:
+    """Per-response ratings on the campaign's criteria: {"<response id>": {"<criterion>": int}}; all optional."""
+    if ratings in (None, {}):
+        return {}
+    if not criteria:
+        raise InvalidRanking("this campaign asks for no ratings.", field="ratings")
+    if not isinstance(ratings, dict):
+        raise InvalidRanking("ratings must be an object keyed by response id.", field="ratings")
+    by_name = {c["name"]: c for c in criteria}
+    clean: dict[str, dict[str, int]] = {}
+    for rid, values in ratings.items():
+        if not str(rid).isdigit() or int(rid) not in response_ids:
+            raise InvalidRanking(f"ratings name response {rid!r}, which is not in this task.", field="ratings")
+        if not isinstance(values, dict):
+            raise InvalidRanking("each response's ratings must be an object of criterion: value.", field="ratings")
+        for name, value in values.items():
+            criterion = by_name.get(name)
+            if criterion is None:
+                raise InvalidRanking(f"unknown criterion {name!r}; this campaign has {sorted(by_name)}.", field="ratings")
+            if isinstance(value, bool) or not isinstance(value, int) or not criterion["min"] <= value <= criterion["max"]:
+                raise InvalidRanking(f"{name} must be an integer from {criterion['min']} to {criterion['max']}.", field="ratings")
+        clean[str(int(rid))] = dict(values)
+    return clean
+
+
 def task_response_ids(task: Task) -> list[int]:
     return list(TaskResponse.objects.filter(task=task).order_by("position").values_list("response_id", flat=True))
 
@@ -77,6 +103,7 @@ def submit(
     *,
     rationale: str = "",
     flags=None,
+    ratings=None,
     time_spent_ms: int | None = None,
     key: str | None = None,
 ) -> Submission:
@@ -90,16 +117,21 @@ def submit(
     if key is not None and (not isinstance(key, str) or not 0 < len(key) <= 100):
         raise InvalidRanking("the idempotency key must be 1 to 100 characters.", field="idempotency_key")
     flags = validate_flags(flags)
-    groups = validate_ranking(ranking, task_response_ids(task))
+    response_ids = task_response_ids(task)
+    groups = validate_ranking(ranking, response_ids)
+    ratings = validate_ratings(ratings, task.campaign.criteria, response_ids)
     try:
         with transaction.atomic():
-            return _store(labeler, task, groups, rationale, flags, time_spent_ms, key)
+            submission = _store(labeler, task, groups, rationale, flags, ratings, time_spent_ms, key)
+            if task.is_gold and not submission.replayed:
+                apply_gold_threshold(task.campaign, labeler)
+            return submission
     except IntegrityError:
         # The same key on another task (a concurrent twin on this task is caught under the lock).
         raise IdempotencyConflict("This idempotency key was already used for another judgement.", field="idempotency_key")
 
 
-def _store(labeler, task, groups, rationale, flags, time_spent_ms, key) -> Submission:
+def _store(labeler, task, groups, rationale, flags, ratings, time_spent_ms, key) -> Submission:
     # lock first: two tabs (or a retry) can submit the same task at once
     locked_task = Task.objects.select_for_update().get(pk=task.pk)
     assignment = Assignment.objects.select_for_update().filter(task=task, labeler=labeler).first()
@@ -125,6 +157,7 @@ def _store(labeler, task, groups, rationale, flags, time_spent_ms, key) -> Submi
         ranking=groups,
         rationale=rationale,
         flags=flags,
+        ratings=ratings,
         time_spent_ms=time_spent_ms,
         idempotency_key=key,
         is_surplus=not counted,

@@ -29,11 +29,18 @@ class Campaign(models.Model):
     overlap = models.PositiveSmallIntegerField(default=1, help_text="Judgements wanted per task.")
     lease_seconds = models.PositiveIntegerField(default=600)
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.ACTIVE)
+    criteria = models.JSONField(
+        default=list, blank=True, help_text='Per-response ratings asked beside the ranking: [{"name", "label", "min", "max"}].'
+    )
+    gold_rate = models.FloatField(default=0.0, help_text="Share of each labeler's stream that is gold tasks (0 to 1).")
+    gold_min_accuracy = models.FloatField(default=0.0, help_text="Labelers below this gold accuracy are paused (0: never).")
+    gold_min_answered = models.PositiveSmallIntegerField(default=5, help_text="Gold answers needed before the threshold applies.")
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
         constraints = [
+            models.CheckConstraint(condition=Q(gold_rate__gte=0, gold_rate__lte=1), name="campaign_gold_rate_0_to_1"),
             models.CheckConstraint(condition=Q(responses_per_task__gte=2, responses_per_task__lte=8), name="campaign_k_2_to_8"),
             models.CheckConstraint(condition=Q(overlap__gte=1), name="campaign_overlap_positive"),
             models.CheckConstraint(condition=Q(lease_seconds__gte=10), name="campaign_lease_at_least_10s"),
@@ -55,6 +62,9 @@ class Membership(models.Model):
     campaign = models.ForeignKey(Campaign, on_delete=models.CASCADE, related_name="memberships")
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="memberships")
     role = models.CharField(max_length=16, choices=Role.choices)
+    # Paused labelers get no tasks; their judgements are left out of exports and training by default.
+    is_paused = models.BooleanField(default=False)
+    paused_reason = models.CharField(max_length=200, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -90,6 +100,7 @@ class ModelVersion(models.Model):
     parent = models.ForeignKey("self", null=True, blank=True, on_delete=models.SET_NULL, related_name="children")
     checkpoint_path = models.CharField(max_length=500, blank=True, help_text="Under ARTIFACTS_DIR, or absolute.")
     run = models.ForeignKey("Run", null=True, blank=True, on_delete=models.SET_NULL, related_name="models_made")
+    round = models.PositiveIntegerField(null=True, blank=True, help_text="RLHF round that produced it (0: the base).")
     metadata = models.JSONField(default=dict, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
@@ -113,6 +124,9 @@ class Task(models.Model):
     prompt = models.ForeignKey(Prompt, on_delete=models.CASCADE, related_name="tasks")
     responses = models.ManyToManyField(Response, through="TaskResponse", related_name="tasks")
     priority = models.IntegerField(default=0)
+    # Gold tasks have a known answer; they are served to every labeler (once) at the campaign's gold rate.
+    is_gold = models.BooleanField(default=False)
+    gold_ranking = models.JSONField(null=True, blank=True, help_text="The known answer: groups of response ids, best first.")
     judgements_needed = models.PositiveSmallIntegerField()
     judgements_received = models.PositiveIntegerField(default=0)
     # Slots not taken by an open lease or a counted judgement; a task is servable while > 0.
@@ -172,6 +186,7 @@ class Judgement(models.Model):
     ranking = models.JSONField(help_text="Groups of response ids, best first; a group of several is a tie.")
     rationale = models.TextField(blank=True)
     flags = models.JSONField(default=list, blank=True)
+    ratings = models.JSONField(default=dict, blank=True, help_text='{"<response id>": {"<criterion>": value}}')
     time_spent_ms = models.PositiveIntegerField(null=True, blank=True)
     idempotency_key = models.CharField(max_length=100, null=True, blank=True)
     # Submitted after the lease lapsed and the task had meanwhile been fully served: kept, not counted.
@@ -187,6 +202,28 @@ class Judgement(models.Model):
             )
         ]
         indexes = [models.Index(fields=["task", "created_at"])]
+
+
+class Snapshot(models.Model):
+    """A frozen export: a named, versioned file with its content hash, downloadable byte for byte."""
+
+    campaign = models.ForeignKey(Campaign, on_delete=models.CASCADE, related_name="snapshots")
+    name = models.SlugField(max_length=100)
+    version = models.PositiveIntegerField(help_text="1, 2, ... per campaign, in order of creation.")
+    shape = models.CharField(max_length=16)
+    format = models.CharField(max_length=16)
+    filters = models.JSONField(default=dict, blank=True)
+    path = models.CharField(max_length=500, help_text="Under ARTIFACTS_DIR.")
+    content_hash = models.CharField(max_length=64)
+    row_counts = models.JSONField(default=dict, blank=True)
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["campaign", "name"], name="snapshot_name_unique")]
+
+    def __str__(self) -> str:
+        return f"{self.campaign.slug}/{self.name}"
 
 
 class Run(models.Model):

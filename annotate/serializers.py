@@ -49,6 +49,7 @@ class JudgementInSerializer(serializers.Serializer):
     ranking = serializers.JSONField(help_text="Groups of response ids, best first: [[3], [5, 7], [2]]. A group of several is a tie.")
     rationale = serializers.CharField(required=False, allow_blank=True, max_length=10_000, trim_whitespace=False)
     flags = serializers.ListField(child=serializers.CharField(), required=False)
+    ratings = serializers.JSONField(required=False, help_text='{"<response id>": {"<criterion>": value}} on the campaign\'s criteria.')
     time_spent_ms = serializers.IntegerField(required=False, min_value=0, allow_null=True)
 
 
@@ -58,6 +59,7 @@ class JudgementOutSerializer(serializers.Serializer):
     ranking = serializers.JSONField()
     rationale = serializers.CharField()
     flags = serializers.JSONField()
+    ratings = serializers.JSONField()
     time_spent_ms = serializers.IntegerField(allow_null=True)
     is_surplus = serializers.BooleanField()
     created_at = serializers.DateTimeField()

@@ -54,6 +54,7 @@ def submit(request, task_id):
             ranking,
             rationale=request.POST.get("rationale", ""),
             flags=request.POST.getlist("flags"),
+            ratings=_ratings_from_form(request.POST),
             time_spent_ms=int(time_spent) if time_spent and time_spent.isdigit() else None,
             key=request.POST.get("key") or None,
         )
@@ -73,6 +74,16 @@ def skip(request, task_id):
     return render(request, "annotate/_task.html", _next_task_context(request, task.campaign))
 
 
+def _ratings_from_form(post) -> dict:
+    """Fields named rating-<response id>-<criterion> into {"<response id>": {"<criterion>": int}}."""
+    ratings: dict[str, dict[str, int]] = {}
+    for name, value in post.items():
+        if name.startswith("rating-") and value:
+            _, rid, criterion = name.split("-", 2)
+            ratings.setdefault(rid, {})[criterion] = int(value) if value.lstrip("-").isdigit() else value
+    return ratings
+
+
 def _next_task_context(request, campaign: Campaign) -> dict:
     if campaign.status != Campaign.Status.ACTIVE:
         return {"campaign": campaign, "closed": True, **_progress(request, campaign)}
@@ -87,6 +98,7 @@ def _task_context(request, campaign: Campaign, task, *, error: str = "", lease_e
     return {
         "campaign": campaign,
         "content": content,
+        "criteria": [{**c, "scale": range(c["min"], c["max"] + 1)} for c in campaign.criteria],
         "pairwise": campaign.task_type == Campaign.TaskType.PAIRWISE,
         "key": uuid.uuid4().hex,
         "error": error,

@@ -164,7 +164,7 @@
     if (choice) { choosePair(choice.dataset.choice); return; }
     if (e.target.closest('[data-action="reset"]')) { reset(); return; }
     const card = e.target.closest(".response");
-    if (card && !isPairwise()) pick(Number(card.dataset.index));
+    if (card && !isPairwise() && !e.target.closest(".rating")) pick(Number(card.dataset.index));
   });
 
   document.addEventListener("submit", (e) => {
