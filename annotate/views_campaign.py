@@ -7,6 +7,7 @@ from django.views.decorators.http import require_GET, require_POST
 
 from . import access, assignment, jobs
 from .api_runs import run_for
+from .dashboard import dashboard_context
 from .forms import GenerationForm
 from .models import Membership
 from .plots import metric_panels
@@ -18,7 +19,7 @@ ADMIN = (Membership.Role.ADMIN,)
 @require_GET
 def overview(request, slug):
     campaign = access.campaign_for(request.user, slug, access.READING_ROLES)
-    context = {"campaign": campaign, "progress": assignment.progress(campaign), **_runs_context(campaign)}
+    context = {"campaign": campaign, "progress": assignment.progress(campaign), **_runs_context(campaign), **dashboard_context(campaign)}
     if campaign.user_role == Membership.Role.ADMIN:
         context["form"] = GenerationForm(campaign=campaign)
     return render(request, "annotate/campaign.html", context)
