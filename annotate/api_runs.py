@@ -8,7 +8,10 @@ from rest_framework.decorators import api_view
 from rest_framework.response import Response
 
 from . import access, jobs
+from .imports import normalise_messages
 from .models import Membership, ModelVersion, Run
+from .registry import RegistryError
+from .scoring import score_responses
 
 ADMIN = (Membership.Role.ADMIN,)
 
@@ -85,6 +88,42 @@ def run_cancel(request, run_id):
     if run.is_finished:
         return Response({"code": "finished", "detail": f"the run already ended ({run.status})."}, status=status.HTTP_409_CONFLICT)
     return Response(RunSerializer(jobs.request_cancel(run)).data)
+
+
+class ScoreInSerializer(serializers.Serializer):
+    prompt = serializers.JSONField(help_text="The prompt: a string (one user turn) or a list of chat messages.")
+    responses = serializers.ListField(child=serializers.CharField(allow_blank=True, trim_whitespace=False), min_length=1, max_length=64)
+
+
+class ScoreOutSerializer(serializers.Serializer):
+    scores = serializers.ListField(child=serializers.FloatField())
+
+
+@extend_schema(request=ScoreInSerializer, responses=ScoreOutSerializer)
+@api_view(["POST"])
+def score(request, model_id):
+    """Reward-model scores of responses to one prompt (staff, or admins/researchers of the model's campaign)."""
+    version = ModelVersion.objects.filter(pk=model_id).first()
+    if version is None or not _may_use(request.user, version):
+        raise Http404
+    body = ScoreInSerializer(data=request.data)
+    body.is_valid(raise_exception=True)
+    try:
+        messages = normalise_messages({"messages": body.validated_data["prompt"]})
+    except ValueError as exc:
+        return Response({"prompt": [str(exc)]}, status=status.HTTP_400_BAD_REQUEST)
+    try:
+        scores = score_responses(version, messages, body.validated_data["responses"])
+    except RegistryError as exc:
+        return Response({"code": "not_a_reward_model", "detail": str(exc)}, status=status.HTTP_400_BAD_REQUEST)
+    return Response({"scores": scores})
+
+
+def _may_use(user, version: ModelVersion) -> bool:
+    if user.is_staff or user.is_superuser:
+        return True
+    slug = version.metadata.get("campaign")
+    return bool(slug) and Membership.objects.filter(campaign__slug=slug, user=user, role__in=access.READING_ROLES).exists()
 
 
 @extend_schema(responses=ModelVersionSerializer(many=True))

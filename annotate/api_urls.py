@@ -16,4 +16,5 @@ urlpatterns = [
     path("runs/<int:run_id>/", api_runs.run_detail, name="api-run"),
     path("runs/<int:run_id>/cancel/", api_runs.run_cancel, name="api-run-cancel"),
     path("models/", api_runs.models, name="api-models"),
+    path("models/<int:model_id>/score/", api_runs.score, name="api-model-score"),
 ]

@@ -9,6 +9,7 @@ from __future__ import annotations
 from django.db import transaction
 
 from .jobs import InvalidParams, RunContext, RunFailed, register
+from .params import integer, number
 from .models import Campaign, ModelVersion, Response, Task, TaskResponse
 from .registry import RegistryError, can_generate, checkpoint_dir, resolve_for_generation
 from .task_building import build_tasks, shuffle
@@ -31,13 +32,13 @@ def validate_params(campaign: Campaign | None, params: dict) -> dict:
             raise InvalidParams(f"model {name!r} is unknown or has no checkpoint to generate with.", field="models")
     clean = {
         "models": models,
-        "n_per_prompt": _integer(params, "n_per_prompt", 1),
-        "max_new_tokens": _integer(params, "max_new_tokens", 128),
-        "batch_size": _integer(params, "batch_size", None),
-        "limit": _integer(params, "limit", None),
-        "seed": _integer(params, "seed", 0, low=0, high=2**31 - 1),
-        "temperature": _number(params, "temperature", 0.7, low=0.0, high=2.0, low_open=True),
-        "top_p": _number(params, "top_p", 1.0, low=0.0, high=1.0, low_open=True),
+        "n_per_prompt": integer(params, "n_per_prompt", 1, *LIMITS["n_per_prompt"]),
+        "max_new_tokens": integer(params, "max_new_tokens", 128, *LIMITS["max_new_tokens"]),
+        "batch_size": integer(params, "batch_size", None, *LIMITS["batch_size"]),
+        "limit": integer(params, "limit", None, *LIMITS["limit"]),
+        "seed": integer(params, "seed", 0, 0, 2**31 - 1),
+        "temperature": number(params, "temperature", 0.7, low=0.0, high=2.0, low_open=True),
+        "top_p": number(params, "top_p", 1.0, low=0.0, high=1.0, low_open=True),
     }
     prompts = params.get("prompts")
     if prompts is not None and (not isinstance(prompts, list) or not all(isinstance(p, str) for p in prompts)):
@@ -51,24 +52,6 @@ def validate_params(campaign: Campaign | None, params: dict) -> dict:
             raise InvalidParams(f"model {baseline!r} has no responses in this campaign to pair against.", field="head_to_head_with")
     clean["head_to_head_with"] = baseline
     return clean
-
-
-def _integer(params, name, default, low=None, high=None):
-    value = params.get(name, default)
-    if value is None and default is None:
-        return None
-    low, high = (low, high) if low is not None else LIMITS.get(name, (0, 2**31 - 1))
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise InvalidParams(f"{name} must be an integer from {low} to {high}.", field=name)
-    return value
-
-
-def _number(params, name, default, *, low, high, low_open=False):
-    value = params.get(name, default)
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and (low < value if low_open else low <= value) and value <= high
-    if not ok:
-        raise InvalidParams(f"{name} must be a number in {'(' if low_open else '['}{low}, {high}].", field=name)
-    return float(value)
 
 
 def run_generation(ctx: RunContext) -> dict:
