@@ -67,17 +67,6 @@ def _smollm2_tokenizer() -> PreTrainedTokenizerBase:
     return tokenizer
 
 
-def smollm2_tokenizer() -> PreTrainedTokenizerBase:
-    """A fresh copy of the real SmolLM2 tokenizer (chat template, EOS <|im_end|>, pad <|endoftext|>)."""
-    return _copy_tokenizer(_smollm2_tokenizer())
-
-
-def _copy_tokenizer(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:
-    with tempfile.TemporaryDirectory() as tmp:
-        tokenizer.save_pretrained(tmp)
-        return AutoTokenizer.from_pretrained(tmp)
-
-
 def export_tokenizer(out_dir: Path) -> Path:
     """Write the real SmolLM2 tokenizer to out_dir (once) and return out_dir."""
     out_dir = Path(out_dir)
@@ -224,19 +213,18 @@ def _gguf_llama_config(reader, tokenizer: PreTrainedTokenizerBase) -> LlamaConfi
 
     if field("general.architecture") != "llama":
         raise CheckpointError(f"expected a llama GGUF, got {field('general.architecture')}")
-    hidden, heads = field("llama.embedding_length"), field("llama.attention.head_count")
     if "llama.rope.scaling.type" in reader.fields:
         raise CheckpointError("rope scaling in the GGUF is not supported by this converter")
     return LlamaConfig(
         vocab_size=field("llama.vocab_size"),
-        hidden_size=hidden,
+        hidden_size=field("llama.embedding_length"),
         intermediate_size=field("llama.feed_forward_length"),
         num_hidden_layers=field("llama.block_count"),
-        num_attention_heads=heads,
+        num_attention_heads=field("llama.attention.head_count"),
         num_key_value_heads=field("llama.attention.head_count_kv"),
         head_dim=field("llama.rope.dimension_count"),
         max_position_embeddings=field("llama.context_length"),
-        # the GGUF stores eps as float32 (9.9999997e-06): 1e-5 is what was trained
+        # stored as float32 (9.9999997e-06); the original config says 1e-5
         rms_norm_eps=round(float(field("llama.attention.layer_norm_rms_epsilon")), 10),
         rope_parameters={"rope_type": "default", "rope_theta": float(field("llama.rope.freq_base"))},
         bos_token_id=tokenizer.bos_token_id,
@@ -281,7 +269,8 @@ def _load_exactly(model: PreTrainedModel, state_dict: dict[str, torch.Tensor]) -
     tied = {"lm_head.weight"} if model.config.tie_word_embeddings else set()
     if set(missing) - tied or unexpected:
         raise CheckpointError(f"GGUF tensors do not fit the model: missing {missing}, unexpected {unexpected}")
-    if model.config.tie_word_embeddings and model.get_output_embeddings().weight is not model.get_input_embeddings().weight:
+    output, embeddings = model.get_output_embeddings().weight, model.get_input_embeddings().weight
+    if model.config.tie_word_embeddings and output is not embeddings:
         raise CheckpointError("lm_head is not tied to the embeddings")
 
 

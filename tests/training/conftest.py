@@ -19,8 +19,9 @@ import transformers  # noqa: E402
 
 from training.models import build_tiny_model, convert_smollm2, export_tokenizer  # noqa: E402
 
-# The machine's few cores are shared with other test runs.
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+# One thread: the 2 cores are shared with other test runs, and when they are busy two
+# torch threads wait on each other and run several times slower than one.
+torch.set_num_threads(1)
 transformers.utils.logging.disable_progress_bar()
 transformers.utils.logging.set_verbosity_error()
 

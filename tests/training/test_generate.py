@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from collections import Counter
+from operator import attrgetter
 
 import pytest
 
 from training.generate import GenerationConfig, generate
+from training.models import load_causal_lm, load_tokenizer
 
 PROMPTS = [
     [{"role": "user", "content": "Hi"}],
@@ -41,16 +43,32 @@ def test_the_same_seed_gives_the_same_responses(tiny_model_dir):
     assert [c.text for c in first] != [c.text for c in other]
 
 
+def test_a_tiny_top_p_leaves_only_the_most_likely_token(tiny_model_dir):
+    nucleus = sample(tiny_model_dir, top_p=1e-6, temperature=2.0, seed=1)
+    greedy = sample(tiny_model_dir, greedy=True)
+
+    assert nucleus == greedy
+
+
 def test_left_padded_batches_give_the_one_at_a_time_greedy_answers(smollm2_dir):
     # the real model: a random tiny one greedily repeats its last token whatever the padding
     batched = sample(smollm2_dir, greedy=True, max_new_tokens=10, batch_size=3)
     alone = sample(smollm2_dir, greedy=True, max_new_tokens=10, batch_size=1)
 
-    key = lambda c: c.prompt_index  # noqa: E731
-    assert sorted(batched, key=key) == sorted(alone, key=key)
+    by_prompt = attrgetter("prompt_index")
+    assert sorted(batched, key=by_prompt) == sorted(alone, key=by_prompt)
     assert len({c.text for c in batched}) == 3
     short = next(c for c in batched if c.prompt_index == 2)
     assert short.finished_with_eos and short.num_tokens < 10
+
+
+def test_greedy_responses_match_transformers_generate(smollm2_dir):
+    model, tokenizer = load_causal_lm(smollm2_dir, device="cpu"), load_tokenizer(smollm2_dir)
+    inputs = tokenizer.apply_chat_template(PROMPTS[1], add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    expected = model.generate(**inputs, do_sample=False, max_new_tokens=10, top_k=None, top_p=None, temperature=None)
+
+    [ours] = sample(smollm2_dir, PROMPTS[1:2], greedy=True, max_new_tokens=10)
+    assert ours.text == tokenizer.decode(expected[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
 
 
 @pytest.mark.parametrize(
@@ -79,10 +97,10 @@ def test_should_stop_cancels_between_batches_and_progress_is_reported(tiny_model
     progress: list[tuple[int, int]] = []
     config = GenerationConfig(n_per_prompt=2, batch_size=2, max_new_tokens=3, device="cpu")
 
-    batches = list(
-        generate(tiny_model_dir, PROMPTS, config, on_batch=lambda done, total: progress.append((done, total)),
-                 should_stop=lambda: len(progress) >= 2)
-    )
+    def report(done: int, total: int) -> None:
+        progress.append((done, total))
+
+    batches = list(generate(tiny_model_dir, PROMPTS, config, on_batch=report, should_stop=lambda: len(progress) == 2))
 
     assert [len(batch) for batch in batches] == [2, 2]
     assert progress == [(2, 6), (4, 6)]
