@@ -1,6 +1,8 @@
 from django.urls import path
+from django.urls import include
 
 from . import api, api_runs
+from . import api_exports
 
 urlpatterns = [
     path("campaigns/", api.campaigns, name="api-campaigns"),
@@ -16,5 +18,9 @@ urlpatterns = [
     path("runs/<int:run_id>/", api_runs.run_detail, name="api-run"),
     path("runs/<int:run_id>/cancel/", api_runs.run_cancel, name="api-run-cancel"),
     path("models/", api_runs.models, name="api-models"),
+    path("campaigns/<slug:slug>/export/", api_exports.export, name="api-export"),
+    path("campaigns/<slug:slug>/snapshots/", api_exports.snapshot_list, name="api-snapshots"),
+    path("campaigns/<slug:slug>/snapshots/<slug:name>/download/", api_exports.snapshot_download, name="api-snapshot-download"),
+    path("campaigns/<slug:slug>/data/", include(api_exports.data_router.urls)),
     path("models/<int:model_id>/score/", api_runs.score, name="api-model-score"),
 ]

@@ -6,4 +6,4 @@ class AnnotateConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self):
-        from . import generation, reward_job  # noqa: F401  (register the job kinds)
+        from . import generation, guidance, reward_job  # noqa: F401  (register the job kinds)

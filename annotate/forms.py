@@ -32,3 +32,18 @@ class GenerationForm(forms.Form):
     def params(self) -> dict:
         data = {k: v for k, v in self.cleaned_data.items() if v not in (None, "")}
         return data
+
+
+class RewardForm(forms.Form):
+    base_model = forms.ChoiceField(label="Backbone")
+    epochs = forms.FloatField(min_value=0.1, max_value=100, initial=1.0)
+    learning_rate = forms.FloatField(min_value=1e-7, max_value=1.0, initial=1e-4, label="Learning rate")
+    aggregation = forms.ChoiceField(choices=[("all", "keep every labeler's pairs"), ("majority", "majority per pair")])
+    use_lora = forms.BooleanField(required=False, initial=True, label="LoRA (off: full fine-tuning)")
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["base_model"].choices = [(n, n) for n in generatable_models()]
+
+    def params(self) -> dict:
+        return dict(self.cleaned_data)

@@ -2,9 +2,13 @@
 
 Responses are stored batch by batch and tasks are built as they arrive, so labelers can start
 before the job ends. With `head_to_head_with`, each new response is paired with the latest
-response of that model to the same prompt (new policy against the previous one).
+response of that model to the same prompt (new policy against the previous one). With
+`reward_model` and `best_of`, each kept response is the best of `best_of` samples by that
+reward model's score (guidance without changing the model).
 """
 from __future__ import annotations
+
+from collections import defaultdict
 
 from django.db import transaction
 
@@ -21,7 +25,8 @@ def validate_params(campaign: Campaign | None, params: dict) -> dict:
     """Checked, complete params; InvalidParams names the first bad field."""
     if campaign is None:
         raise InvalidParams("a generation run belongs to a campaign.", field="campaign")
-    allowed = {"models", "n_per_prompt", "temperature", "top_p", "max_new_tokens", "batch_size", "seed", "limit", "prompts", "head_to_head_with"}
+    allowed = {"models", "n_per_prompt", "temperature", "top_p", "max_new_tokens", "batch_size", "seed", "limit", "prompts",
+               "head_to_head_with", "reward_model", "best_of"}
     if unknown := sorted(set(params) - allowed):
         raise InvalidParams(f"unknown params {unknown}; allowed: {sorted(allowed)}.", field=unknown[0])
     models = params.get("models")
@@ -51,6 +56,13 @@ def validate_params(campaign: Campaign | None, params: dict) -> dict:
         if not Response.objects.filter(prompt__campaign=campaign, model_version__name=baseline).exists():
             raise InvalidParams(f"model {baseline!r} has no responses in this campaign to pair against.", field="head_to_head_with")
     clean["head_to_head_with"] = baseline
+    reward_model = params.get("reward_model")
+    if reward_model is not None and not ModelVersion.objects.filter(name=reward_model, kind=ModelVersion.Kind.REWARD).exists():
+        raise InvalidParams(f"{reward_model!r} is not a registered reward model.", field="reward_model")
+    clean["reward_model"] = reward_model
+    clean["best_of"] = integer(params, "best_of", 4 if reward_model else 1, 1, 32)
+    if clean["best_of"] > 1 and reward_model is None:
+        raise InvalidParams("best_of needs a reward_model to pick the best sample.", field="best_of")
     return clean
 
 
@@ -65,11 +77,13 @@ def run_generation(ctx: RunContext) -> dict:
     prompt_rows = list(prompts.values_list("id", "messages")[: params["limit"]])
     if not prompt_rows:
         raise RunFailed("the campaign has no prompts to generate for.")
+    keep, best_of = params["n_per_prompt"], params.get("best_of", 1)
     config = GenerationConfig(
         temperature=params["temperature"], top_p=params["top_p"], max_new_tokens=params["max_new_tokens"],
-        n_per_prompt=params["n_per_prompt"], batch_size=params["batch_size"], seed=params["seed"],
+        n_per_prompt=keep * best_of, batch_size=params["batch_size"], seed=params["seed"],
     )
-    total = len(prompt_rows) * config.n_per_prompt * len(params["models"])
+    total = len(prompt_rows) * keep * len(params["models"])
+    score_fn = _reward_scorer(params.get("reward_model"), prompt_rows)
     done, built = 0, 0
     for name in params["models"]:
         try:
@@ -79,7 +93,8 @@ def run_generation(ctx: RunContext) -> dict:
             raise RunFailed(str(exc)) from exc
         ctx.log(f"generating with {name} ({path})")
         try:
-            for batch in generate(path, [m for _, m in prompt_rows], config, should_stop=ctx.should_stop):
+            batches = generate(path, [m for _, m in prompt_rows], config, should_stop=ctx.should_stop)
+            for batch in keep_best(batches, keep * best_of, keep, score_fn):
                 built += store_batch(campaign, version, prompt_rows, batch, config.to_dict(), params["head_to_head_with"])
                 done += len(batch)
                 ctx.progress(done / total, f"{done} of {total} responses")
@@ -90,17 +105,48 @@ def run_generation(ctx: RunContext) -> dict:
     return {"responses": done, "tasks_built": built}
 
 
+def _reward_scorer(name: str | None, prompt_rows):
+    """score(prompt_index, texts) with the named reward model, or None."""
+    if name is None:
+        return None
+    from .scoring import score_responses
+
+    version = ModelVersion.objects.get(name=name, kind=ModelVersion.Kind.REWARD)
+    return lambda index, texts: score_responses(version, prompt_rows[index][1], texts)
+
+
+def keep_best(batches, per_prompt: int, keep: int, score_fn):
+    """Batches of (completion, extra params); with score_fn, only each prompt's `keep` best of `per_prompt`."""
+    if score_fn is None:
+        for batch in batches:
+            yield [(c, {}) for c in batch]
+        return
+    pending: dict[int, list] = defaultdict(list)
+    for batch in batches:
+        ready = []
+        for completion in batch:
+            candidates = pending[completion.prompt_index]
+            candidates.append(completion)
+            if len(candidates) == per_prompt:
+                del pending[completion.prompt_index]
+                scores = score_fn(completion.prompt_index, [c.text for c in candidates])
+                best = sorted(zip(scores, range(len(candidates))), reverse=True)[:keep]
+                ready.extend((candidates[i], {"reward_score": score, "best_of": per_prompt}) for score, i in best)
+        if ready:
+            yield ready
+
+
 @transaction.atomic
 def store_batch(campaign: Campaign, version: ModelVersion, prompt_rows, batch, config: dict, baseline: str | None) -> int:
-    """Store one batch of completions and build the tasks they complete; returns tasks built."""
+    """Store one batch of (completion, extra params) and build the tasks they complete; returns tasks built."""
     responses = Response.objects.bulk_create(
         Response(
             prompt_id=prompt_rows[c.prompt_index][0],
             model_version=version,
             text=c.text,
-            generation_params={**config, "num_tokens": c.num_tokens, "finished_with_eos": c.finished_with_eos},
+            generation_params={**config, "num_tokens": c.num_tokens, "finished_with_eos": c.finished_with_eos, **extra},
         )
-        for c in batch
+        for c, extra in batch
     )
     if baseline:
         return build_head_to_head(campaign, responses, baseline)

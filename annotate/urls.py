@@ -10,6 +10,7 @@ urlpatterns = [
     path("c/<slug:slug>/", views_campaign.overview, name="campaign"),
     path("c/<slug:slug>/runs/", views_campaign.runs_partial, name="campaign-runs"),
     path("c/<slug:slug>/generate/", views_campaign.start_generation, name="start-generation"),
+    path("c/<slug:slug>/runs/<str:kind>/start/", views_campaign.start_run, name="start-run"),
     path("runs/<int:run_id>/", views_campaign.run_page, name="run"),
     path("runs/<int:run_id>/cancel/", views_campaign.cancel_run, name="cancel-run"),
     path("c/<slug:slug>/label/", views.label, name="label"),

@@ -1,6 +1,7 @@
 """Campaign pages for admins and researchers: progress, runs, starting a generation, a run's page."""
 from __future__ import annotations
 
+from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_GET, require_POST
@@ -8,9 +9,10 @@ from django.views.decorators.http import require_GET, require_POST
 from . import access, assignment, jobs
 from .api_runs import run_for
 from .dashboard import dashboard_context
-from .forms import GenerationForm
+from .forms import GenerationForm, RewardForm
+from .guidance import latest_reward_model
 from .models import Membership
-from .plots import metric_panels
+from .plots import histograms, metric_panels
 
 ADMIN = (Membership.Role.ADMIN,)
 
@@ -20,8 +22,10 @@ ADMIN = (Membership.Role.ADMIN,)
 def overview(request, slug):
     campaign = access.campaign_for(request.user, slug, access.READING_ROLES)
     context = {"campaign": campaign, "progress": assignment.progress(campaign), **_runs_context(campaign), **dashboard_context(campaign)}
+    context.update(_reward_context(campaign))
     if campaign.user_role == Membership.Role.ADMIN:
         context["form"] = GenerationForm(campaign=campaign)
+        context["reward_form"] = RewardForm()
     return render(request, "annotate/campaign.html", context)
 
 
@@ -49,12 +53,32 @@ def start_generation(request, slug):
 
 
 @login_required
+@require_POST
+def start_run(request, slug, kind):
+    """The one-click runs of the campaign page (reward model, active selection, drift) with their defaults or form values."""
+    campaign = access.campaign_for(request.user, slug, ADMIN)
+    form = RewardForm(request.POST) if kind == "reward" else None
+    if form is not None and not form.is_valid():
+        return redirect("campaign", slug=slug)
+    try:
+        run = jobs.start_run(kind, campaign=campaign, params=form.params() if form else {}, user=request.user)
+    except jobs.InvalidParams as exc:
+        messages.error(request, exc.message)
+        return redirect("campaign", slug=slug)
+    return redirect("run", run_id=run.pk)
+
+
+@login_required
 @require_GET
 def run_page(request, run_id):
     jobs.fail_stale_runs()
     run = run_for(request.user, run_id)
-    series = jobs.metric_series(run)
-    return render(request, "annotate/run.html", {"run": run, "plots": metric_panels(series), "can_cancel": _is_admin(request.user, run)})
+    context = {"run": run, "plots": metric_panels(jobs.metric_series(run)), "can_cancel": _is_admin(request.user, run)}
+    if run.kind == "reward" and run.result.get("chosen_scores"):
+        context["score_histogram"] = histograms(
+            {"chosen": run.result["chosen_scores"], "rejected": run.result["rejected_scores"]}, "Held-out reward scores"
+        )
+    return render(request, "annotate/run.html", context)
 
 
 @login_required
@@ -70,6 +94,16 @@ def _runs_context(campaign) -> dict:
     jobs.fail_stale_runs()
     runs = list(campaign.runs.select_related("created_by").order_by("-created_at")[:50])
     return {"runs": runs, "any_active": any(not r.is_finished for r in runs)}
+
+
+def _reward_context(campaign) -> dict:
+    """The current reward model, its held-out accuracy, and its agreement with newer human judgements."""
+    version = latest_reward_model(campaign)
+    if version is None:
+        return {"reward_model": None}
+    drift = version.metadata.get("drift", [])
+    plot = metric_panels({"agreement with new judgements": [(i, p["agreement"]) for i, p in enumerate(drift, 1)]}) if len(drift) > 1 else None
+    return {"reward_model": version, "reward_accuracy": version.metadata.get("metrics", {}).get("eval/accuracy"), "drift": drift, "drift_plot": plot}
 
 
 def _is_admin(user, run) -> bool:

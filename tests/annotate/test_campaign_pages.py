@@ -52,3 +52,25 @@ def test_the_run_page_plots_metrics_and_cancels(carol, rita, campaign):
 def test_runs_of_other_campaigns_are_404(mallory, carol, campaign):
     run = Run.objects.create(kind="generate", campaign=campaign, created_by=carol)
     assert browser(mallory).get(f"/runs/{run.pk}/").status_code == 404
+
+
+def test_reward_buttons_start_runs_and_explain_what_is_missing(carol, campaign):
+    client = browser(carol)
+    response = client.post(f"/c/{campaign.slug}/runs/reward/start/", {"base_model": "SmolLM2-135M-Instruct", "epochs": 1, "learning_rate": 1e-4, "aggregation": "all", "use_lora": "on"})
+    run = Run.objects.get()
+    assert response.status_code == 302 and run.kind == "reward" and run.params["use_lora"] is True
+    page = client.post(f"/c/{campaign.slug}/runs/drift/start/", follow=True).content.decode()
+    assert "no reward model has been trained" in page and Run.objects.count() == 1
+
+
+def test_a_reward_run_page_shows_the_held_out_score_histogram(carol, campaign):
+    run = Run.objects.create(kind="reward", campaign=campaign, status="succeeded", result={"chosen_scores": [1.0, 2.0, 1.5], "rejected_scores": [0.1, -0.5, 0.3]})
+    page = browser(carol).get(f"/runs/{run.pk}/").content.decode()
+    assert "chosen against rejected" in page and page.count("<svg") >= 1
+
+
+def test_the_campaign_page_shows_the_reward_model_and_its_drift(carol, campaign):
+    ModelVersion.objects.create(name="rm-1", kind="reward", metadata={"campaign": campaign.slug, "metrics": {"eval/accuracy": 0.91},
+                                "drift": [{"agreement": 0.8, "pairs": 10}, {"agreement": 0.7, "pairs": 12}]})
+    page = browser(carol).get(f"/c/{campaign.slug}/").content.decode()
+    assert "rm-1" in page and "0.910" in page and "0.700" in page and "<svg" in page

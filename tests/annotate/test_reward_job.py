@@ -95,3 +95,43 @@ def test_bad_reward_params_name_the_field(params, field):
     response = api_client(carol).post("/api/v1/campaigns/rmp/runs/", {"kind": "reward", "params": params}, format="json")
     assert response.status_code == 400 and response.json()["field"] == field
     assert not Run.objects.exists()
+
+
+def test_a_trained_reward_model_guides_the_queue_and_tracks_drift(tiny_checkpoint, artifacts):
+    from annotate.guidance import latest_reward_model
+
+    ModelVersion.objects.create(name="tiny-base", kind="base", checkpoint_path=str(tiny_checkpoint))
+    campaign = banana_campaign(prompts=64)
+    alice = join(make_user("alice"), campaign, "labeler")
+    label_all(campaign, alice)
+    jobs.start_run("reward", campaign=campaign, params={"base_model": "tiny-base", "learning_rate": 1e-3, "epochs": 4, "eval_fraction": 0.25})
+    work_off_queue()
+    assert latest_reward_model(campaign) is not None
+    # new work arrives: clear pairs (one banana) and hard ones (both banana)
+    import_prompts(campaign, [{"external_id": f"n{i}", "text": f"Tell me something, {WORDS[i]}."} for i in range(6)])
+    clear = [{"prompt": f"n{i}", "model": m, "text": t} for i in range(3) for m, t in (("plain", f"{WORDS[i]} stone is nice."), ("fruity", f"{WORDS[i]} banana is nice."))]
+    hard = [{"prompt": f"n{i}", "model": m, "text": t} for i in range(3, 6) for m, t in (("plain", f"{WORDS[i]} banana is nice."), ("fruity", f"{WORDS[i + 1]} banana is nice."))]
+    import_responses(campaign, clear + hard)
+    jobs.start_run("prioritize", campaign=campaign, params={})
+    work_off_queue()
+    priorities = dict(campaign.tasks.filter(prompt__external_id__startswith="n").values_list("prompt__external_id", "priority"))
+    assert min(priorities[f"n{i}"] for i in range(3, 6)) > max(priorities[f"n{i}"] for i in range(3))
+    # the humans keep preferring bananas: the reward model agrees with them
+    label_all(campaign, join(make_user("bob"), campaign, "labeler"))
+    run = jobs.start_run("drift", campaign=campaign, params={})
+    work_off_queue()
+    run.refresh_from_db()
+    assert run.status == "succeeded", run.error
+    assert run.result["pairs"] >= 3 and run.result["agreement"] >= 0.6
+    assert latest_reward_model(campaign).metadata["drift"][-1]["agreement"] == run.result["agreement"]
+
+
+def test_best_of_n_keeps_each_prompts_best_samples():
+    from annotate.generation import keep_best
+    from training.generate import Completion
+
+    batches = [[Completion(p, s, f"p{p}s{s}", 3, True) for p in (0, 1) for s in range(2)], [Completion(p, s, f"p{p}s{s}", 3, True) for p in (0, 1) for s in range(2, 4)]]
+    scores = {"p0s0": 0.1, "p0s1": 0.9, "p0s2": 0.5, "p0s3": 0.2, "p1s0": 0.3, "p1s1": 0.0, "p1s2": 0.8, "p1s3": 0.7}
+    kept = [c for batch in keep_best(iter(batches), 4, 2, lambda i, texts: [scores[t] for t in texts]) for c in batch]
+    assert sorted(c.text for c, _ in kept) == ["p0s1", "p0s2", "p1s2", "p1s3"]
+    assert all(extra["best_of"] == 4 and extra["reward_score"] == scores[c.text] for c, extra in kept)
