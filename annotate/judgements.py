@@ -14,6 +14,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import F
 from django.utils import timezone
 
+from . import broadcast
 from .errors import AlreadySubmitted, IdempotencyConflict, InvalidRanking, NotLeased
 from .models import Assignment, Judgement, Task, TaskResponse
 from .quality import apply_gold_threshold
@@ -125,6 +126,8 @@ def submit(
             submission = _store(labeler, task, groups, rationale, flags, ratings, time_spent_ms, key)
             if task.is_gold and not submission.replayed:
                 apply_gold_threshold(task.campaign, labeler)
+            if not submission.replayed:
+                broadcast.judgement_stored(submission.judgement)
             return submission
     except IntegrityError:
         # The same key on another task (a concurrent twin on this task is caught under the lock).
@@ -137,19 +140,17 @@ def _store(labeler, task, groups, rationale, flags, ratings, time_spent_ms, key)
     assignment = Assignment.objects.select_for_update().filter(task=task, labeler=labeler).first()
     if assignment is None:
         raise NotLeased("This task is not leased to you: ask for the next task first.")
-    if key is not None:
-        existing = Judgement.objects.filter(labeler=labeler, idempotency_key=key).first()
-        if existing is not None:
-            if existing.task_id != task.pk:
-                raise IdempotencyConflict("This idempotency key was already used for another task.", field="idempotency_key")
-            return Submission(existing, replayed=True)
     if assignment.state == State.SUBMITTED:
+        existing = Judgement.objects.filter(assignment=assignment).first()
+        if key is not None and existing is not None and existing.idempotency_key == key:
+            return Submission(existing, replayed=True)
         raise AlreadySubmitted("You already submitted a judgement for this task.")
     counted = _take_slot(locked_task, assignment)
     now = timezone.now()
     assignment.state = State.SUBMITTED
     assignment.finished_at = now
     assignment.save(update_fields=["state", "finished_at"])
+    # A key already used on another task violates the unique constraint: IdempotencyConflict.
     judgement = Judgement.objects.create(
         assignment=assignment,
         task=locked_task,

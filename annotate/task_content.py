@@ -24,8 +24,12 @@ class TaskContent:
 
 
 def task_content(task: Task) -> TaskContent:
-    """Two queries whatever the campaign's size: the prompt, then the responses in order."""
-    prompt = Prompt.objects.only("messages", "context").get(pk=task.prompt_id)
-    rows = TaskResponse.objects.filter(task=task).order_by("position").values_list("response_id", "response__text")
-    responses = [ShownResponse(id=rid, text=text, letter=chr(ord("A") + i)) for i, (rid, text) in enumerate(rows)]
-    return TaskContent(task=task, prompt=prompt, responses=responses)
+    """One query whatever the campaign's size: the responses in order, each row carrying the prompt."""
+    rows = list(
+        TaskResponse.objects.filter(task=task)
+        .order_by("position")
+        .values_list("response_id", "response__text", "task__prompt_id", "task__prompt__messages", "task__prompt__context")
+    )
+    _, _, prompt_id, messages, context = rows[0]
+    responses = [ShownResponse(id=rid, text=text, letter=chr(ord("A") + i)) for i, (rid, text, *_) in enumerate(rows)]
+    return TaskContent(task=task, prompt=Prompt(pk=prompt_id, messages=messages, context=context), responses=responses)

@@ -106,6 +106,10 @@ DATABASES = {
         conn_max_age=int(os.environ.get("CONN_MAX_AGE", "60")),
     )
 }
+if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql" and env_bool("PG_PREPARED_STATEMENTS", True):
+    # Server-side parameters and prepared statements: PostgreSQL parses and plans each hot query
+    # once per connection. Turn off (PG_PREPARED_STATEMENTS=0) behind a transaction-mode pooler.
+    DATABASES["default"]["OPTIONS"] = {"server_side_binding": True, "prepare_threshold": 5}
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # WAL and a busy timeout let the web server and the worker share the demo database.
     DATABASES["default"]["OPTIONS"] = {
