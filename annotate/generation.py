@@ -67,10 +67,15 @@ def validate_params(campaign: Campaign | None, params: dict) -> dict:
 
 
 def run_generation(ctx: RunContext) -> dict:
+    return generate_into_queue(ctx, ctx.params)
+
+
+def generate_into_queue(ctx: RunContext, params: dict) -> dict:
+    """Sample from each model in params["models"], store responses and build tasks batch by batch."""
     from training.generate import GenerationConfig, generate
     from training.models import CheckpointError
 
-    params, campaign = ctx.params, ctx.run.campaign
+    campaign = ctx.run.campaign
     prompts = campaign.prompts.order_by("id")
     if params["prompts"]:
         prompts = prompts.filter(external_id__in=params["prompts"])

