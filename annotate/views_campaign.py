@@ -13,6 +13,7 @@ from .forms import GenerationForm, RewardForm
 from .guidance import latest_reward_model
 from .models import Membership
 from .plots import histograms, metric_panels
+from .rounds import round_summaries
 
 ADMIN = (Membership.Role.ADMIN,)
 
@@ -23,9 +24,11 @@ def overview(request, slug):
     campaign = access.campaign_for(request.user, slug, access.READING_ROLES)
     context = {"campaign": campaign, "progress": assignment.progress(campaign), **_runs_context(campaign), **dashboard_context(campaign)}
     context.update(_reward_context(campaign))
+    context["rounds"] = round_summaries(campaign)
     if campaign.user_role == Membership.Role.ADMIN:
         context["form"] = GenerationForm(campaign=campaign)
         context["reward_form"] = RewardForm()
+        context["round_form"] = RewardForm(prefix="round")
     return render(request, "annotate/campaign.html", context)
 
 
@@ -58,10 +61,15 @@ def start_run(request, slug, kind):
     """The one-click runs of the campaign page (reward model, active selection, drift) with their defaults or form values."""
     campaign = access.campaign_for(request.user, slug, ADMIN)
     form = RewardForm(request.POST) if kind == "reward" else None
+    if kind == "round":
+        form = RewardForm(request.POST, prefix="round")  # the round's reward phase takes the same choices
     if form is not None and not form.is_valid():
         return redirect("campaign", slug=slug)
     try:
-        run = jobs.start_run(kind, campaign=campaign, params=form.params() if form else {}, user=request.user)
+        params = form.params() if form else {}
+        if kind == "round":
+            params = {"method": request.POST.get("method", "ppo"), "reward": params}
+        run = jobs.start_run(kind, campaign=campaign, params=params, user=request.user)
     except jobs.InvalidParams as exc:
         messages.error(request, exc.message)
         return redirect("campaign", slug=slug)

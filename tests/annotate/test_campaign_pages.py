@@ -74,3 +74,12 @@ def test_the_campaign_page_shows_the_reward_model_and_its_drift(carol, campaign)
                                 "drift": [{"agreement": 0.8, "pairs": 10}, {"agreement": 0.7, "pairs": 12}]})
     page = browser(carol).get(f"/c/{campaign.slug}/").content.decode()
     assert "rm-1" in page and "0.910" in page and "0.700" in page and "<svg" in page
+
+
+def test_run_a_round_from_the_page_needs_judgements_first(carol, campaign):
+    page = browser(carol).get(f"/c/{campaign.slug}/").content.decode()
+    assert "No rounds yet" in page and "Run a round" in page
+    response = browser(carol).post(f"/c/{campaign.slug}/runs/round/start/", {"round-base_model": "SmolLM2-135M-Instruct", "round-epochs": 1,
+                                   "round-learning_rate": 1e-4, "round-aggregation": "all", "method": "ppo"})
+    run = Run.objects.get()
+    assert response.status_code == 302 and run.kind == "round" and run.params["method"] == "ppo"
