@@ -6,5 +6,5 @@ class AnnotateConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self):
-        from . import generation, guidance, policy_jobs, reward_job, rounds  # noqa: F401  (register the job kinds)
+        from . import generation, guidance, policy_alternatives, policy_jobs, reward_job, rounds  # noqa: F401  (register the job kinds)
         from . import file_imports  # noqa: F401  (registers the "import" job kind)

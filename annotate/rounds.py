@@ -19,7 +19,7 @@ from .policy_jobs import current_policy, optimise_with_ppo
 from .reward_job import train_and_register
 from .reward_job import validate_params as validate_reward
 
-METHODS = ("ppo",)
+METHODS = ("ppo", "dpo", "rloo")
 # Progress: the three phases share the bar in these proportions.
 PHASES = {"reward": (0.0, 0.3), "policy": (0.3, 0.85), "generate": (0.85, 1.0)}
 
@@ -65,15 +65,12 @@ def validate_params(campaign: Campaign | None, params: dict) -> dict:
 
 
 def run_round(ctx: RunContext) -> dict:
-    from .policy_jobs import validate_ppo
-
-    campaign = ctx.run.campaign
+    campaign, method = ctx.run.campaign, ctx.params["method"]
     previous = current_policy(campaign)
-    ctx.log(f"round from {previous.name} (round {previous.round or 0})")
+    ctx.log(f"round from {previous.name} (round {previous.round or 0}), policy optimisation: {method}")
     reward, _ = train_and_register(PhaseContext(ctx, "reward"), ctx.params["reward"])
     ctx.check_cancelled()
-    policy_params = validate_ppo(campaign, {**ctx.params["policy"], "policy": previous.name, "reward_model": reward.name})
-    policy, ppo = optimise_with_ppo(PhaseContext(ctx, "policy"), policy_params)
+    policy = optimise_policy(method, PhaseContext(ctx, "policy"), campaign, previous, reward)
     ctx.check_cancelled()
     baseline = previous.name if Response.objects.filter(prompt__campaign=campaign, model_version=previous).exists() else None
     generation_params = validate_generation(campaign, {**ctx.params["generate"], "models": [policy.name], "head_to_head_with": baseline})
@@ -81,6 +78,19 @@ def run_round(ctx: RunContext) -> dict:
     return {"round": policy.round, "previous_policy": previous.name, "policy": policy.name, "reward_model": reward.name,
             "reward_accuracy": reward.metadata["metrics"]["eval/accuracy"], "final_metrics": policy.metadata.get("final_metrics", {}),
             **generated}
+
+
+def optimise_policy(method: str, ctx, campaign: Campaign, previous: ModelVersion, reward: ModelVersion) -> ModelVersion:
+    overrides = {"policy": previous.name}
+    if method == "ppo":
+        from .policy_jobs import validate_ppo
+
+        return optimise_with_ppo(ctx, validate_ppo(campaign, {**ctx.params["policy"], **overrides, "reward_model": reward.name}))[0]
+    from .policy_alternatives import train_and_register_policy, validate_params as validate_alternative
+
+    if method == "rloo":
+        overrides["reward_model"] = reward.name
+    return train_and_register_policy(method, ctx, validate_alternative(method)(campaign, {**ctx.params["policy"], **overrides}))
 
 
 def human_win_rate(new: ModelVersion, old: ModelVersion) -> tuple[float | None, int]:

@@ -1,0 +1,48 @@
+"""Policy jobs: SFT and DPO from the judgements register a new policy with its lineage; PPO/RLOO need a reward model."""
+from __future__ import annotations
+
+import pytest
+
+from annotate import jobs
+from annotate.models import ModelVersion, Run
+from tests.annotate.test_jobs import work_off_queue
+from tests.annotate.test_reward_job import banana_campaign, label_all
+from tests.conftest import api_client, join, make_campaign, make_user
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.mark.parametrize("kind", ["sft", "dpo"])
+def test_a_policy_run_trains_from_judgements_and_registers_the_next_round(kind, tiny_checkpoint, artifacts):
+    base = ModelVersion.objects.create(name="tiny-base", kind="base", checkpoint_path=str(tiny_checkpoint), round=0)
+    campaign = banana_campaign(prompts=24)
+    label_all(campaign, join(make_user("alice"), campaign, "labeler"))
+    run = jobs.start_run(kind, campaign=campaign, params={"policy": "tiny-base", "max_steps": 2, "batch_size": 4})
+    work_off_queue()
+    run.refresh_from_db()
+    assert run.status == "succeeded", run.error
+    version = ModelVersion.objects.get(kind="policy", run=run)
+    assert (version.parent, version.round, version.metadata["method"], version.metadata["campaign"]) == (base, 1, kind, "fruit")
+    assert run.metrics.exists()
+    from training.models import load_causal_lm
+    from annotate.registry import checkpoint_dir
+
+    assert load_causal_lm(checkpoint_dir(version), device="cpu") is not None
+
+
+@pytest.mark.parametrize("kind", ["ppo", "rloo"])
+def test_reward_driven_methods_need_a_reward_model_first(kind):
+    campaign = make_campaign("noreward", prompts=1)
+    carol = join(make_user("carol", is_staff=True), campaign, "admin")
+    response = api_client(carol).post("/api/v1/campaigns/noreward/runs/", {"kind": kind, "params": {}}, format="json")
+    assert response.status_code == 400 and response.json()["field"] == "reward_model"
+    assert "reward model" in response.json()["detail"]
+    assert not Run.objects.exists()
+
+
+@pytest.mark.parametrize("params, field", [({"method": "gradient"}, "method"), ({"policy": {"reward_model": "x"}}, "policy"), ({"generate": {"models": ["x"]}}, "generate")])
+def test_bad_round_params_name_the_field(params, field):
+    campaign = make_campaign("badround", prompts=1)
+    carol = join(make_user("carol", is_staff=True), campaign, "admin")
+    response = api_client(carol).post("/api/v1/campaigns/badround/runs/", {"kind": "round", "params": params}, format="json")
+    assert response.status_code == 400 and response.json()["field"] == field
