@@ -35,7 +35,7 @@ import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, fields
-from datetime import datetime, time
+from datetime import UTC, datetime, time
 from itertools import combinations, groupby
 from operator import itemgetter
 from pathlib import Path
@@ -53,7 +53,7 @@ from django.utils.dateparse import parse_date, parse_datetime
 from training.preferences import ranking_to_pairs, split_prompts
 
 from .errors import DomainError
-from .models import Campaign, Judgement, Membership, Task, TaskResponse
+from .models import Campaign, Judgement, Membership, ModelVersion, Task, TaskResponse
 from .quality import gold_accuracy, paused_labeler_ids, rank_of
 
 SHAPES = ("pairs", "rankings", "tasks")
@@ -261,17 +261,27 @@ def _moment(params, key) -> datetime | None:
             parsed = None
     if parsed is None:
         raise InvalidExport(f"{key} must be an ISO date or datetime (2025-01-31 or 2025-01-31T12:00:00Z); got {value!r}.", field=key)
-    return parsed if timezone.is_aware(parsed) else timezone.make_aware(parsed, timezone.utc)
+    return parsed if timezone.is_aware(parsed) else timezone.make_aware(parsed, UTC)
 
 
 # ---------------------------------------------------------------- selection
 
 
+def select_tasks(campaign: Campaign, filters: ExportFilters) -> QuerySet[Task]:
+    """The tasks the task-level filters keep: campaign, gold, model versions, rounds."""
+    tasks = Task.objects.filter(campaign=campaign)
+    if not filters.include_gold:
+        tasks = tasks.filter(is_gold=False)
+    if filters.models:
+        tasks = tasks.filter(Exists(TaskResponse.objects.filter(task_id=OuterRef("pk"), response__model_version__name__in=filters.models)))
+    if filters.round:
+        tasks = tasks.filter(Exists(TaskResponse.objects.filter(task_id=OuterRef("pk"), response__model_version__round__in=filters.round)))
+    return tasks
+
+
 def select_judgements(campaign: Campaign, filters: ExportFilters) -> QuerySet[Judgement]:
     """The judgements the SQL-side filters keep, in task order (agreement is checked per task while streaming)."""
-    qs = Judgement.objects.filter(task__campaign=campaign)
-    if not filters.include_gold:
-        qs = qs.filter(task__is_gold=False)
+    qs = Judgement.objects.filter(task__in=select_tasks(campaign, filters))
     if not filters.include_surplus:
         qs = qs.filter(is_surplus=False)
     if not filters.include_paused and (paused := paused_labeler_ids(campaign)):
@@ -280,10 +290,6 @@ def select_judgements(campaign: Campaign, filters: ExportFilters) -> QuerySet[Ju
         qs = qs.filter(created_at__gte=filters.since)
     if filters.until:
         qs = qs.filter(created_at__lt=filters.until)
-    if filters.models:
-        qs = qs.filter(Exists(TaskResponse.objects.filter(task_id=OuterRef("task_id"), response__model_version__name__in=filters.models)))
-    if filters.round:
-        qs = qs.filter(Exists(TaskResponse.objects.filter(task_id=OuterRef("task_id"), response__model_version__round__in=filters.round)))
     if filters.flagged == "exclude":
         qs = qs.filter(flags=[])
     elif filters.flagged == "only":
@@ -373,6 +379,7 @@ class LabelerNames:
 
 JUDGEMENT_COLUMNS = ("id", "task_id", "labeler_id", "ranking", "rationale", "flags", "ratings", "time_spent_ms", "is_surplus", "created_at")
 J_ID, J_TASK, J_LABELER, J_RANKING, J_RATIONALE, J_FLAGS, J_RATINGS, J_TIME, J_SURPLUS, J_CREATED = range(len(JUDGEMENT_COLUMNS))
+PAIR_COLUMNS = JUDGEMENT_COLUMNS[: J_RANKING + 1]
 
 
 @dataclass
@@ -406,10 +413,12 @@ def export_rows(campaign: Campaign, options: ExportOptions, filters: ExportFilte
     stats = stats if stats is not None else ExportStats()
     names = LabelerNames(campaign, real=options.identities == "real")
     build = {"pairs": _pair_rows_text if options.text else _pair_rows, "rankings": _ranking_rows, "tasks": _task_rows}[options.shape]
-    # One transaction on PostgreSQL: the server-side cursor then streams instead of being
+    columns = PAIR_COLUMNS if options.shape == "pairs" else JUDGEMENT_COLUMNS  # decode only the JSON a shape uses
+    judgements = select_judgements(campaign, filters).values_list(*columns)
+    # One transaction on PostgreSQL: the server-side cursors then stream instead of being
     # materialised whole (WITH HOLD). Not on SQLite, where BEGIN IMMEDIATE would lock out writers.
     with transaction.atomic() if connection.vendor == "postgresql" else nullcontext():
-        for info, group in _groups_with_content(select_judgements(campaign, filters), filters.min_agreement):
+        for info, group in _groups_with_content(select_tasks(campaign, filters), judgements, filters.min_agreement):
             stats.tasks += 1
             stats.judgements += len(group)
             for row in build(info, group, names):
@@ -417,44 +426,56 @@ def export_rows(campaign: Campaign, options: ExportOptions, filters: ExportFilte
                 yield row
 
 
-def _groups_with_content(qs: QuerySet, min_agreement: float | None) -> Iterator[tuple[TaskInfo, list[tuple]]]:
-    """(task content, its judgements) per task, texts fetched for CHUNK judgements' tasks at a time."""
-    rows = qs.values_list(*JUDGEMENT_COLUMNS).iterator(chunk_size=CHUNK)
-    batch: list[list[tuple]] = []
-    size = 0
-    for _, group in groupby(rows, key=itemgetter(J_TASK)):
+def _groups_with_content(tasks: QuerySet, judgements: QuerySet, min_agreement: float | None) -> Iterator[tuple[TaskInfo, list[tuple]]]:
+    """(task content, its judgements) per task: three queries in task order, read side by side.
+
+    Streams merged in Python rather than a query of texts per batch of judgements: on
+    PostgreSQL such batch queries (IN lists, joins) get sequential scans, one per batch.
+    """
+    prompts = TaskOrdered(tasks.order_by("id").values_list("id", "prompt__external_id", "prompt__messages", "is_gold"))
+    slots = TaskOrdered(
+        TaskResponse.objects.filter(task__in=tasks).order_by("task_id", "position")
+        .values_list("task_id", "response_id", "response__model_version_id", "response__text")
+    )
+    models = ModelNames()
+    for task_id, group in groupby(judgements.iterator(chunk_size=CHUNK), key=itemgetter(J_TASK)):
         group = list(group)
         if min_agreement is not None:
             agreement = pairwise_agreement([j[J_RANKING] for j in group])
             if agreement is None or agreement < min_agreement:
                 continue
-        batch.append(group)
-        size += len(group)
-        if size >= CHUNK:
-            yield from _with_content(batch)
-            batch, size = [], 0
-    yield from _with_content(batch)
+        [(_, prompt_id, messages, is_gold)] = prompts.take(task_id)
+        info = TaskInfo(prompt_id, messages, is_gold, responses=[])
+        for _, rid, model_id, text in slots.take(task_id):
+            name, round_ = models[model_id]
+            info.by_id[rid] = response = {"id": rid, "model": name, "round": round_, "text": text}
+            info.responses.append(response)
+        yield info, group
 
 
-def _with_content(batch: list[list[tuple]]) -> Iterator[tuple[TaskInfo, list[tuple]]]:
-    if not batch:
-        return
-    ids = [group[0][J_TASK] for group in batch]
-    infos = {
-        task_id: TaskInfo(prompt_id=external_id, messages=messages, is_gold=is_gold, responses=[])
-        for task_id, external_id, messages, is_gold in Task.objects.filter(pk__in=ids).values_list(
-            "id", "prompt__external_id", "prompt__messages", "is_gold"
-        )
-    }
-    slots = TaskResponse.objects.filter(task_id__in=ids).order_by("task_id", "position").values_list(
-        "task_id", "response_id", "response__model_version__name", "response__model_version__round", "response__text"
-    )
-    for task_id, rid, model, round_, text in slots:
-        response = {"id": rid, "model": model, "round": round_, "text": text}
-        infos[task_id].responses.append(response)
-        infos[task_id].by_id[rid] = response
-    for group in batch:
-        yield infos[group[0][J_TASK]], group
+class TaskOrdered:
+    """The rows of a query ordered by task id (the first column), taken task by task in increasing order."""
+
+    def __init__(self, rows: QuerySet):
+        self.rows = rows.iterator(chunk_size=CHUNK)
+        self.head = next(self.rows, None)
+
+    def take(self, task_id: int) -> list[tuple]:
+        while self.head is not None and self.head[0] < task_id:
+            self.head = next(self.rows, None)
+        taken = []
+        while self.head is not None and self.head[0] == task_id:
+            taken.append(self.head)
+            self.head = next(self.rows, None)
+        return taken
+
+
+class ModelNames(dict):
+    """model version id -> (name, round), read once per version."""
+
+    def __missing__(self, model_id: int) -> tuple[str, int | None]:
+        self[model_id] = ModelVersion.objects.values_list("name", "round").get(pk=model_id)
+        return self[model_id]
 
 
 def _pair_rows(info: TaskInfo, group: list[tuple], names: LabelerNames) -> Iterator[dict]:
@@ -708,7 +729,8 @@ def write_dataset_dict(rows: Iterable[dict], schema: pa.Schema, is_test: Callabl
         dataset = DatasetDict({split: Dataset.from_file(str(path)) for split, path in paths.items()})
         if out_dir.exists():
             shutil.rmtree(out_dir)
-        dataset.save_to_disk(str(out_dir))
+        # one shard per empty split: `datasets` writes none otherwise, and then cannot load it back
+        dataset.save_to_disk(str(out_dir), num_shards={split: 1 for split, n in counts.items() if n == 0} or None)
         del dataset  # release the memory maps before the temporary files go
     return counts
 

@@ -35,6 +35,8 @@ SMOLLM2_GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 # an existing special token the chat model never emits: the vocabulary keeps its size.
 PAD_TOKEN = "<|endoftext|>"
 MODEL_MAX_LENGTH = 8192
+# Written by training.optimize into int8 / bitsandbytes checkpoints, which load through it.
+QUANTIZED_MARKER = "quantization.json"
 
 
 class CheckpointError(RuntimeError):
@@ -305,11 +307,17 @@ def load_causal_lm(
     """The checkpoint as a causal LM on `device` (default: CUDA if present) in eval mode.
 
     dtype defaults to bf16 on CUDA and fp32 on the CPU. Raises CheckpointError if it won't load.
+    A checkpoint with a quantization.json (int8 or bitsandbytes, from training.optimize) loads
+    through training.optimize.load_quantized.
     """
     device = torch.device(device) if device is not None else default_device()
     dtype = dtype or default_dtype(device)
     if not (Path(path) / "config.json").is_file():
         raise CheckpointError(f"no checkpoint at {path} (config.json missing)")
+    if (Path(path) / QUANTIZED_MARKER).is_file():
+        from training.optimize import load_quantized  # here: training.optimize imports this module
+
+        return load_quantized(path, device, dtype)
     try:
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
     except Exception as exc:  # safetensors, json and config errors share no base class

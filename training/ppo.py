@@ -1,0 +1,534 @@
+"""PPO for a chat policy with LoRA adapters, on torch, transformers and peft.
+
+One file you can read top to bottom, like CleanRL: the config, the reward interface,
+model setup, then the training loop in `# ROLLOUT`, `# REWARDS`, `# ADVANTAGES`,
+`# POLICY AND VALUE UPDATE`, `# LOGGING` sections, then checkpoints.
+It follows the checklist in shared/RLHF-NOTES.md and Huang et al. 2024,
+"The N+ Implementation Details of RLHF with PPO".
+
+The reference policy is the policy with its adapters disabled (no second copy). The critic
+is a separate sequence-classification model (initialised from the reward checkpoint when
+given, else from the policy) with its own LoRA adapter and a trainable linear head.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import random
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model, load_peft_weights, set_peft_model_state_dict
+from torch import Tensor, nn
+from transformers import (
+    AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
+    GenerationConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
+
+from training.losses import (
+    adaptive_kl_coef,
+    clipped_policy_loss,
+    clipped_value_loss,
+    entropy_from_logits,
+    explained_variance,
+    gae,
+    kl_rewards,
+    logprobs_from_logits,
+    masked_mean,
+    masked_whiten,
+    truncate_after_eos,
+)
+from training.models import default_device, load_tokenizer
+
+Messages = list[dict]
+
+
+@dataclass
+class PPOConfig:
+    policy_path: str
+    """Checkpoint directory of the starting policy (a causal LM with its chat tokenizer)."""
+    output_dir: str
+    """Where the config, checkpoints, metrics, final adapter and merged policy are written."""
+    reward_model_path: str | None = None
+    """Sequence-classification checkpoint to initialise the critic from; None: the policy backbone."""
+    lora_r: int = 16
+    """LoRA rank, for the policy and the critic."""
+    lora_alpha: int = 32
+    """LoRA scaling numerator (the update is scaled by alpha / r)."""
+    lora_target_modules: list[str] = field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    )
+    """Linear layers that get LoRA adapters."""
+    learning_rate: float = 3e-5
+    """AdamW learning rate (eps 1e-5), decayed linearly to 0 over total_iterations."""
+    total_iterations: int = 100
+    """Rollout-then-update iterations."""
+    rollout_batch_size: int = 16
+    """Prompts (one completion each) per iteration."""
+    minibatch_size: int = 4
+    """Sequences per gradient step."""
+    ppo_epochs: int = 4
+    """Passes over each rollout batch, a fresh permutation each."""
+    clip_eps: float = 0.2
+    """Policy ratio clip ε."""
+    value_clip: float = 0.2
+    """Values may move at most this far from the rollout's values before the loss is clipped."""
+    vf_coef: float = 0.1
+    """Weight of the value loss."""
+    gamma: float = 1.0
+    """Discount over response tokens."""
+    lam: float = 0.95
+    """GAE λ."""
+    kl_coef: float = 0.05
+    """β of the per-token KL penalty against the reference (the starting value when adaptive)."""
+    target_kl: float | None = None
+    """If set, β adapts so that the summed per-sequence KL approaches this (Ziegler et al. 2019)."""
+    kl_horizon: int = 10_000
+    """Adaptive KL horizon, in episodes."""
+    temperature: float = 0.7
+    """Sampling temperature; the logits are divided by it in every log-prob computation."""
+    max_new_tokens: int = 53
+    """Longest completion; one cut here has no EOS and gets the missing-EOS penalty."""
+    missing_eos_penalty: float | None = 1.0
+    """Subtracted from the score of a completion without EOS; None: no penalty."""
+    normalize_scores: bool = True
+    """Subtract the mean score of the starting policy's completions (measured once), so it scores ≈0."""
+    max_grad_norm: float = 1.0
+    """Global gradient-norm clip over policy and critic."""
+    seed: int = 0
+    """Seeds sampling, LoRA initialisation and minibatch order."""
+    save_every: int = 10
+    """Checkpoint every this many iterations (and always at the end or when stopped)."""
+    device: str | None = None
+    """'cuda' or 'cpu'; None: CUDA when available."""
+
+
+@dataclass
+class PPOResult:
+    output_dir: Path
+    """The run's directory."""
+    policy_dir: Path | None
+    """Merged full checkpoint (AutoModelForCausalLM + tokenizer); None if the run was stopped early."""
+    adapter_dir: Path | None
+    """The policy's LoRA adapter (peft) and tokenizer; None if the run was stopped early."""
+    iterations: int
+    """Iterations completed, counting those before a resume."""
+    stopped: bool
+    """True when should_stop() ended the run before total_iterations."""
+    history: list[dict[str, float]]
+    """Metrics of every completed iteration, in order."""
+
+
+class RewardFn(Protocol):
+    def __call__(
+        self, prompts: Sequence[Messages], completions: Sequence[str], completion_ids: Sequence[list[int]]
+    ) -> Tensor:
+        """One score per completion, shape (B,). completion_ids end with EOS when the completion has one."""
+        ...
+
+
+def reward_fn_from_checkpoint(path: str | Path, device: str | None = None, batch_size: int = 16) -> RewardFn:
+    """A RewardFn scoring prompt + response with a sequence-classification checkpoint (num_labels=1).
+
+    Inputs are built exactly as TRL's RewardTrainer tokenises conversational pairs: the chat
+    template over prompt + assistant message. Eval mode, no grad.
+    """
+    device = torch.device(device) if device else default_device()
+    tokenizer = load_tokenizer(path)
+    tokenizer.padding_side = "right"  # positions start at 0 without explicit position ids
+    model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, dtype=torch.float32)
+    model.config.pad_token_id = tokenizer.pad_token_id
+    model = _without_dropout(model).to(device)
+
+    @torch.no_grad()
+    def score(prompts: Sequence[Messages], completions: Sequence[str], completion_ids: Sequence[list[int]]) -> Tensor:
+        ids = [
+            tokenizer.apply_chat_template(list(p) + [{"role": "assistant", "content": c}], tokenize=True, return_dict=True)[
+                "input_ids"
+            ]
+            for p, c in zip(prompts, completions)
+        ]
+        scores = []
+        for start in range(0, len(ids), batch_size):
+            batch = tokenizer.pad({"input_ids": ids[start : start + batch_size]}, return_tensors="pt").to(device)
+            scores.append(model(**batch).logits[:, 0].float().cpu())
+        return torch.cat(scores)
+
+    return score
+
+
+# ---------------------------------------------------------------- models
+
+
+def _without_dropout(model: nn.Module) -> nn.Module:
+    """Dropout off for good: config probabilities, Dropout modules and eval mode."""
+    config = getattr(model, "config", None)
+    for name, value in vars(config).items() if config is not None else []:
+        if "dropout" in name and isinstance(value, float):
+            setattr(config, name, 0.0)
+    for module in model.modules():
+        if isinstance(module, nn.Dropout):
+            module.p = 0.0
+    return model.eval()
+
+
+def _lora(config: PPOConfig, task_type: str) -> LoraConfig:
+    return LoraConfig(
+        task_type=task_type,
+        r=config.lora_r,
+        lora_alpha=config.lora_alpha,
+        target_modules=list(config.lora_target_modules),
+        lora_dropout=0.0,
+    )
+
+
+def _load_policy(config: PPOConfig, device: torch.device) -> PeftModel:
+    base = AutoModelForCausalLM.from_pretrained(config.policy_path, dtype=torch.float32)
+    return _without_dropout(get_peft_model(base, _lora(config, "CAUSAL_LM"))).to(device)
+
+
+def _load_critic(config: PPOConfig, pad_token_id: int, device: torch.device) -> PeftModel:
+    path = config.reward_model_path or config.policy_path
+    base = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, dtype=torch.float32)
+    base.config.pad_token_id = pad_token_id
+    if config.reward_model_path is None:
+        nn.init.zeros_(base.score.weight)  # a fresh head: start the values at 0, not at noise
+    # SEQ_CLS puts the score head in modules_to_save: it trains alongside the critic's own adapter
+    return _without_dropout(get_peft_model(base, _lora(config, "SEQ_CLS"))).to(device)
+
+
+def _position_ids(attention_mask: Tensor) -> Tensor:
+    """Positions counted from each row's first real token (left padding). Shapes: (B, L) -> (B, L)."""
+    return (attention_mask.cumsum(1) - 1).clamp(min=0)
+
+
+def _response_logits(policy: nn.Module, query_responses: Tensor, attention_mask: Tensor, context_length: int) -> Tensor:
+    """Logits that predict each response token. Shapes: (B, P+T) -> (B, T, V)."""
+    response_length = query_responses.shape[1] - context_length
+    out = policy(
+        input_ids=query_responses,
+        attention_mask=attention_mask,
+        position_ids=_position_ids(attention_mask),
+        logits_to_keep=response_length + 1,
+        use_cache=False,
+    )
+    return out.logits[:, :-1]
+
+
+def _response_values(critic: PeftModel, query_responses: Tensor, attention_mask: Tensor, context_length: int) -> Tensor:
+    """V(state before each response token), from the critic's head on every position. Shapes: (B, P+T) -> (B, T)."""
+    inner = critic.get_base_model()  # the sequence classifier, its LoRA layers active
+    backbone = getattr(inner, inner.base_model_prefix)
+    hidden = backbone(
+        input_ids=query_responses,
+        attention_mask=attention_mask,
+        position_ids=_position_ids(attention_mask),
+        use_cache=False,
+    ).last_hidden_state
+    return inner.score(hidden[:, context_length - 1 : -1]).squeeze(-1).float()
+
+
+# ---------------------------------------------------------------- training
+
+
+def train_ppo(
+    config: PPOConfig,
+    prompts: list[Messages],
+    reward_fn: RewardFn,
+    on_log: Callable[[int, dict[str, float]], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    resume: bool = True,
+) -> PPOResult:
+    """Optimise the policy at config.policy_path against reward_fn on `prompts` (chat messages).
+
+    Calls on_log(iteration, metrics) after each iteration and checks should_stop() before each;
+    a stopped run saves a checkpoint that resume=True continues from. Same seed, same machine:
+    same metrics (apart from the timing ones).
+    """
+    if not prompts:
+        raise ValueError("train_ppo needs at least one prompt")
+    if config.rollout_batch_size % config.minibatch_size:
+        raise ValueError("rollout_batch_size must be a multiple of minibatch_size")
+    output_dir = Path(config.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    (output_dir / "config.json").write_text(json.dumps(dataclasses.asdict(config), indent=2))
+    _seed_everything(config.seed)
+    device = torch.device(config.device) if config.device else default_device()
+
+    tokenizer = load_tokenizer(config.policy_path)  # left padding, pad != EOS
+    eos_id, pad_id = tokenizer.eos_token_id, tokenizer.pad_token_id
+    policy = _load_policy(config, device)
+    critic = _load_critic(config, pad_id, device)
+    params = [p for m in (policy, critic) for p in m.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=config.learning_rate, eps=1e-5)
+    generation_config = GenerationConfig(
+        do_sample=True,
+        top_k=0,
+        top_p=1.0,
+        temperature=config.temperature,
+        max_new_tokens=config.max_new_tokens,
+        eos_token_id=eos_id,
+        pad_token_id=pad_id,
+    )
+    B, T = config.rollout_batch_size, config.temperature
+
+    state = {"iteration": 0, "kl_coef": config.kl_coef, "score_offset": 0.0, "history": []}
+    checkpoint_dir = output_dir / "checkpoint"
+    if resume and (checkpoint_dir / "trainer_state.pt").is_file():
+        state = _load_checkpoint(checkpoint_dir, policy, critic, optimizer)
+    elif config.normalize_scores:
+        state["score_offset"] = _reference_score(policy, tokenizer, prompts, reward_fn, generation_config, config)
+
+    stopped = False
+    for iteration in range(state["iteration"], config.total_iterations):
+        if should_stop is not None and should_stop():
+            stopped = True
+            break
+        for group in optimizer.param_groups:
+            group["lr"] = config.learning_rate * (1 - iteration / config.total_iterations)
+        kl_coef = state["kl_coef"]
+
+        # ROLLOUT
+        batch_prompts = [prompts[i] for i in _prompt_indices(len(prompts), B, iteration, config.seed)]
+        query = _encode_prompts(tokenizer, batch_prompts, device)
+        context_length = query["input_ids"].shape[1]
+        start = time.perf_counter()
+        with torch.no_grad():
+            generated = policy.generate(**query, generation_config=generation_config)
+        generation_s = time.perf_counter() - start
+        b_responses, b_mask = truncate_after_eos(generated[:, context_length:], eos_id, pad_id)
+        b_query_responses = torch.cat([query["input_ids"], b_responses], dim=1)
+        b_attention_mask = torch.cat([query["attention_mask"], b_mask.long()], dim=1)
+        b_logprobs, b_ref_logprobs, b_values = _score_rollout(
+            policy, critic, b_query_responses, b_attention_mask, b_responses, context_length, config
+        )
+
+        # REWARDS
+        completion_ids = [r[m.bool()].tolist() for r, m in zip(b_responses.cpu(), b_mask.cpu())]
+        completions = tokenizer.batch_decode(completion_ids, skip_special_tokens=True)
+        b_raw_scores = reward_fn(batch_prompts, completions, completion_ids).detach().float().to(device)
+        b_has_eos = (b_responses == eos_id).any(dim=1)  # completion tokens only: the chat prompt has EOS too
+        b_penalty = torch.zeros_like(b_raw_scores)
+        if config.missing_eos_penalty is not None:
+            b_penalty = (~b_has_eos).float() * config.missing_eos_penalty
+        b_scores = b_raw_scores - state["score_offset"] - b_penalty
+        b_rewards, b_kl = kl_rewards(b_logprobs, b_ref_logprobs, b_scores, b_mask, kl_coef)
+
+        # ADVANTAGES
+        b_advantages, b_returns = gae(b_rewards, b_values, b_mask, config.gamma, config.lam)
+        b_advantages = masked_whiten(b_advantages, b_mask)
+
+        # POLICY AND VALUE UPDATE
+        minibatch_stats: list[dict[str, float]] = []
+        for _epoch in range(config.ppo_epochs):
+            permutation = torch.randperm(B)
+            for mb_start in range(0, B, config.minibatch_size):
+                mb = permutation[mb_start : mb_start + config.minibatch_size].to(device)
+                mb_query_responses, mb_attention_mask, mb_mask = b_query_responses[mb], b_attention_mask[mb], b_mask[mb]
+                mb_logits = _response_logits(policy, mb_query_responses, mb_attention_mask, context_length)
+                mb_logprobs = logprobs_from_logits(mb_logits, b_responses[mb], T)
+                mb_values = _response_values(critic, mb_query_responses, mb_attention_mask, context_length)
+                pg_loss, pg_stats = clipped_policy_loss(mb_logprobs, b_logprobs[mb], b_advantages[mb], mb_mask, config.clip_eps)
+                vf_loss, vf_clipfrac = clipped_value_loss(mb_values, b_values[mb], b_returns[mb], mb_mask, config.value_clip)
+                loss = pg_loss + config.vf_coef * vf_loss
+                optimizer.zero_grad()
+                loss.backward()
+                grad_norm = nn.utils.clip_grad_norm_(params, config.max_grad_norm)
+                optimizer.step()
+                with torch.no_grad():
+                    entropy = masked_mean(entropy_from_logits(mb_logits, T), mb_mask)
+                minibatch_stats.append({
+                    "loss/policy": pg_loss.item(),
+                    "loss/value": vf_loss.item(),
+                    "policy/entropy": entropy.item(),
+                    "policy/clipfrac": pg_stats["clipfrac"].item(),
+                    "policy/approxkl": pg_stats["approxkl"].item(),
+                    "value/clipfrac": vf_clipfrac.item(),
+                    "val/ratio": pg_stats["ratio"].item(),
+                    "grad_norm": grad_norm.item(),
+                })
+        b_kl_sum = b_kl.sum(dim=1)
+        if config.target_kl is not None:
+            state["kl_coef"] = adaptive_kl_coef(kl_coef, b_kl_sum.mean().item(), config.target_kl, config.kl_horizon, B)
+
+        # LOGGING
+        n_tokens = b_mask.sum().item()
+        ratios = [stats["val/ratio"] for stats in minibatch_stats]
+        metrics = {
+            "objective/kl": b_kl_sum.mean().item(),
+            "objective/kl_coef": kl_coef,
+            "objective/scores": b_raw_scores.mean().item(),
+            "objective/missing_eos_penalty": b_penalty.mean().item(),
+            "objective/non_score_reward": (-kl_coef * b_kl_sum).mean().item(),
+            "objective/rlhf_reward": (b_scores - kl_coef * b_kl_sum).mean().item(),
+            **{key: float(np.mean([stats[key] for stats in minibatch_stats])) for key in minibatch_stats[0]},
+            "val/ratio_var": float(np.var(ratios)),
+            # old log-probs come from the same forward pass as the update: this must be ≈1
+            "val/ratio_first_minibatch": ratios[0],
+            "val/eos_rate": b_has_eos.float().mean().item(),
+            "value/explained_variance": explained_variance(b_values, b_returns, b_mask).item(),
+            "response_length": n_tokens / B,
+            "lr": optimizer.param_groups[0]["lr"],
+            "tokens_per_s": n_tokens / generation_s,
+        }
+        state["history"].append(metrics)
+        state["iteration"] = iteration + 1
+        _append_jsonl(output_dir / "metrics.jsonl", {"iteration": iteration, **metrics})
+        _append_jsonl(output_dir / "samples.jsonl", _samples(iteration, batch_prompts, completions, b_raw_scores))
+        if on_log is not None:
+            on_log(iteration, metrics)
+        if state["iteration"] % config.save_every == 0:
+            _save_checkpoint(checkpoint_dir, policy, critic, optimizer, state)
+
+    _save_checkpoint(checkpoint_dir, policy, critic, optimizer, state)
+    result = PPOResult(output_dir, None, None, state["iteration"], stopped, state["history"])
+    if not stopped:
+        result.adapter_dir, result.policy_dir = _save_final_policy(policy, tokenizer, output_dir)
+    return result
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _prompt_indices(n_prompts: int, batch_size: int, iteration: int, seed: int) -> list[int]:
+    """The prompts of one iteration: consecutive slices of a seeded shuffle, reshuffled on each pass.
+
+    A pure function of the iteration, so a resumed run sees the same prompts.
+    """
+    indices = []
+    for k in range(iteration * batch_size, (iteration + 1) * batch_size):
+        epoch, position = divmod(k, n_prompts)
+        generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+        indices.append(int(torch.randperm(n_prompts, generator=generator)[position]))
+    return indices
+
+
+def _encode_prompts(tokenizer: PreTrainedTokenizerBase, prompts: list[Messages], device: torch.device) -> dict[str, Tensor]:
+    """Chat-formatted, left-padded prompts ending with the assistant header. Shapes: (B, P)."""
+    encoded = tokenizer.apply_chat_template(
+        prompts, add_generation_prompt=True, padding=True, return_tensors="pt", return_dict=True
+    )
+    return {"input_ids": encoded["input_ids"].to(device), "attention_mask": encoded["attention_mask"].to(device)}
+
+
+@torch.no_grad()
+def _score_rollout(
+    policy: PeftModel,
+    critic: PeftModel,
+    query_responses: Tensor,
+    attention_mask: Tensor,
+    responses: Tensor,
+    context_length: int,
+    config: PPOConfig,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Old log-probs, reference log-probs and values, in minibatch-sized chunks (same passes as the update).
+
+    Shapes: (B, P+T) -> three (B, T).
+    """
+    logprobs, ref_logprobs, values = [], [], []
+    for start in range(0, query_responses.shape[0], config.minibatch_size):
+        chunk = slice(start, start + config.minibatch_size)
+        qr, am = query_responses[chunk], attention_mask[chunk]
+        logits = _response_logits(policy, qr, am, context_length)
+        logprobs.append(logprobs_from_logits(logits, responses[chunk], config.temperature))
+        with policy.disable_adapter():  # the reference: same weights, adapters off
+            ref_logits = _response_logits(policy, qr, am, context_length)
+        ref_logprobs.append(logprobs_from_logits(ref_logits, responses[chunk], config.temperature))
+        values.append(_response_values(critic, qr, am, context_length))
+    return torch.cat(logprobs), torch.cat(ref_logprobs), torch.cat(values)
+
+
+@torch.no_grad()
+def _reference_score(
+    policy: PeftModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: list[Messages],
+    reward_fn: RewardFn,
+    generation_config: GenerationConfig,
+    config: PPOConfig,
+) -> float:
+    """Mean score of one batch of the starting policy's completions (the offset that centres scores at 0)."""
+    batch_prompts = [prompts[i] for i in _prompt_indices(len(prompts), config.rollout_batch_size, 0, config.seed)]
+    query = _encode_prompts(tokenizer, batch_prompts, policy.device)
+    context_length = query["input_ids"].shape[1]
+    with policy.disable_adapter():
+        generated = policy.generate(**query, generation_config=generation_config)
+    responses, mask = truncate_after_eos(generated[:, context_length:], tokenizer.eos_token_id, tokenizer.pad_token_id)
+    completion_ids = [r[m.bool()].tolist() for r, m in zip(responses.cpu(), mask.cpu())]
+    completions = tokenizer.batch_decode(completion_ids, skip_special_tokens=True)
+    return reward_fn(batch_prompts, completions, completion_ids).float().mean().item()
+
+
+# ---------------------------------------------------------------- checkpoints
+
+
+def _samples(iteration: int, prompts: list[Messages], completions: list[str], scores: Tensor, n: int = 4) -> dict:
+    """A few completions of one iteration, for people to read beside the curves."""
+    rows = [
+        {"prompt": p[-1]["content"], "completion": c, "score": s}
+        for p, c, s in zip(prompts[:n], completions[:n], scores[:n].tolist())
+    ]
+    return {"iteration": iteration, "samples": rows}
+
+
+def _append_jsonl(path: Path, row: dict) -> None:
+    with path.open("a") as f:
+        f.write(json.dumps(row) + "\n")
+
+
+def _save_checkpoint(
+    checkpoint_dir: Path, policy: PeftModel, critic: PeftModel, optimizer: torch.optim.Optimizer, state: dict
+) -> None:
+    """Adapters, critic head, optimizer, RNG and progress; written beside the old one, then swapped in."""
+    tmp = checkpoint_dir.with_name(checkpoint_dir.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    policy.save_pretrained(tmp / "policy_adapter")
+    critic.save_pretrained(tmp / "critic_adapter")
+    rng = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
+    if torch.cuda.is_available():
+        rng["cuda"] = torch.cuda.get_rng_state_all()
+    torch.save({**state, "optimizer": optimizer.state_dict(), "rng": rng}, tmp / "trainer_state.pt")
+    shutil.rmtree(checkpoint_dir, ignore_errors=True)
+    tmp.rename(checkpoint_dir)
+
+
+def _load_checkpoint(
+    checkpoint_dir: Path, policy: PeftModel, critic: PeftModel, optimizer: torch.optim.Optimizer
+) -> dict:
+    """Restore what _save_checkpoint wrote into freshly built models; returns the progress state."""
+    device = policy.device
+    set_peft_model_state_dict(policy, load_peft_weights(str(checkpoint_dir / "policy_adapter"), device=str(device)))
+    set_peft_model_state_dict(critic, load_peft_weights(str(checkpoint_dir / "critic_adapter"), device=str(device)))
+    saved = torch.load(checkpoint_dir / "trainer_state.pt", weights_only=False)
+    optimizer.load_state_dict(saved.pop("optimizer"))
+    rng = saved.pop("rng")
+    torch.set_rng_state(rng["torch"])
+    random.setstate(rng["python"])
+    np.random.set_state(rng["numpy"])
+    if "cuda" in rng and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])
+    return saved
+
+
+def _save_final_policy(policy: PeftModel, tokenizer: PreTrainedTokenizerBase, output_dir: Path) -> tuple[Path, Path]:
+    """Write the LoRA adapter to output_dir/adapter and the merged model to output_dir/policy."""
+    adapter_dir, policy_dir = output_dir / "adapter", output_dir / "policy"
+    policy.save_pretrained(adapter_dir)
+    tokenizer.save_pretrained(adapter_dir)
+    merged: PreTrainedModel = policy.merge_and_unload()  # folds the adapters into the base weights, in place
+    merged.save_pretrained(policy_dir, safe_serialization=True)
+    tokenizer.save_pretrained(policy_dir)
+    return adapter_dir, policy_dir
