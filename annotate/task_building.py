@@ -31,9 +31,12 @@ def interleave_by_model(responses: list[Response]) -> list[Response]:
 def build_tasks(campaign: Campaign, prompt_ids, *, priority: int = 0) -> int:
     """Create tasks from the prompts' unused responses; returns how many tasks were made."""
     k = campaign.responses_per_task
+    prompt_ids = list(prompt_ids)
+    # A subquery on the slots, not a join through Task: SQLite plans the join badly without statistics.
+    used = TaskResponse.objects.filter(task__campaign=campaign, response__prompt_id__in=prompt_ids).values("response_id")
     unused = (
-        Response.objects.filter(prompt_id__in=list(prompt_ids), prompt__campaign=campaign)
-        .exclude(tasks__campaign=campaign)
+        Response.objects.filter(prompt_id__in=prompt_ids, prompt__campaign=campaign)
+        .exclude(pk__in=used)
         .only("id", "prompt_id", "model_version_id")
     )
     by_prompt: dict[int, list[Response]] = defaultdict(list)
