@@ -12,6 +12,7 @@ from django.core.management import call_command
 from annotate import assignment, judgements
 from annotate.judgements import task_response_ids
 from annotate.models import Campaign, ModelVersion, Response, Task
+from annotate.registry import checkpoint_dir
 from annotate.rounds import round_summaries
 from tests.annotate.test_jobs import work_off_queue
 from tests.conftest import join, make_user
@@ -75,11 +76,11 @@ def test_one_round_with_simulated_labelers_improves_the_policy_under_their_hidde
 
     new = ModelVersion.objects.get(kind="policy", round=1)
     assert new.parent == old and new.metadata["method"] == "ppo"
-    before, after = mean_rule_score(old.checkpoint_path, seed=11), mean_rule_score(new.checkpoint_path, seed=11)
+    before, after = mean_rule_score(checkpoint_dir(old), seed=11), mean_rule_score(checkpoint_dir(new), seed=11)
     assert after > before + 0.05, f"hidden-rule score {before:.3f} before the round, {after:.3f} after"
     # the new policy's responses wait in the queue, each against the old policy's
     head_to_head = Task.objects.filter(campaign=campaign, responses__model_version=new).distinct()
-    assert head_to_head.count() == 16
+    assert head_to_head.count() == 16  # one new response per prompt
     assert all(sorted(t.responses.values_list("model_version__name", flat=True)) == sorted([new.name, "toy-r0"]) for t in head_to_head)
     simulated_labeling(campaign, labelers, rng, noise=0.0)
     summary = next(r for r in round_summaries(campaign) if r["round"] == 1)
