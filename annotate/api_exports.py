@@ -19,7 +19,7 @@ from pathlib import Path
 import django_filters
 from asgiref.sync import sync_to_async
 from django.core.exceptions import PermissionDenied
-from django.db.models import F, Prefetch
+from django.db.models import F, Prefetch, Q
 from django.http import FileResponse, Http404, StreamingHttpResponse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, extend_schema_view
@@ -102,8 +102,14 @@ FILTER_PARAMETERS = [
 ]
 assert set(_FILTER_HELP) == set(FILTER_NAMES)
 EXPORT_PARAMETERS = [
-    OpenApiParameter("shape", str, enum=SHAPES, default="pairs", description="pairs (TRL prompt/chosen/rejected), rankings (one row per judgement) or tasks (aggregated)."),
-    OpenApiParameter("format", str, enum=FORMATS, default="jsonl", description="jsonl, jsonl.gz, parquet, or hf (a zipped `datasets` DatasetDict with a train/test split by prompt)."),
+    OpenApiParameter(
+        "shape", str, enum=SHAPES, default="pairs",
+        description="pairs (TRL prompt/chosen/rejected), rankings (one row per judgement) or tasks (aggregated).",
+    ),
+    OpenApiParameter(
+        "format", str, enum=FORMATS, default="jsonl",
+        description="jsonl, jsonl.gz, parquet, or hf (a zipped `datasets` DatasetDict with a train/test split by prompt).",
+    ),
     OpenApiParameter("text", bool, description="pairs only: plain-text prompt/chosen/rejected instead of chat messages."),
     OpenApiParameter("identities", str, enum=IDENTITIES, default="pseudonymous", description="real: usernames (campaign admins only)."),
     OpenApiParameter("test_fraction", float, description="hf only: share of prompts in the test split (default 0.1)."),
@@ -173,7 +179,11 @@ class SnapshotSerializer(serializers.ModelSerializer):
 
 @extend_schema(
     request=SnapshotInSerializer,
-    responses={200: SnapshotSerializer(many=True), 201: SnapshotSerializer, 409: OpenApiResponse(description="The name is taken; nothing was written.")} | ERRORS,
+    responses={
+        200: SnapshotSerializer(many=True),
+        201: SnapshotSerializer,
+        409: OpenApiResponse(description="The name is taken; nothing was written."),
+    } | ERRORS,
     description="List the campaign's snapshots (newest first), or freeze an export as a named snapshot "
     "with a version, a sha256 content hash and row counts. Snapshots are always pseudonymous.",
 )
@@ -245,7 +255,8 @@ class TaskData(serializers.ModelSerializer):
 
     class Meta:
         model = Task
-        fields = ["id", "prompt_id", "response_ids", "is_gold", "gold_ranking", "priority", "judgements_needed", "judgements_received", "created_at"]
+        fields = ["id", "prompt_id", "response_ids", "is_gold", "gold_ranking", "priority", "judgements_needed", "judgements_received",
+                  "created_at"]
 
     def get_response_ids(self, task) -> list[int]:
         return [slot.response_id for slot in task.slots.all()]
@@ -289,7 +300,9 @@ class ResponseFilter(CreatedRange):
 class TaskFilter(CreatedRange):
     prompt_id = django_filters.CharFilter(field_name="prompt__external_id", help_text="The prompt's external id.")
     is_gold = django_filters.BooleanFilter()
-    model = django_filters.CharFilter(field_name="responses__model_version__name", distinct=True, help_text="Tasks with a response from this model version.")
+    model = django_filters.CharFilter(
+        field_name="responses__model_version__name", distinct=True, help_text="Tasks with a response from this model version."
+    )
     complete = django_filters.BooleanFilter(method="filter_complete", help_text="Tasks that have all the judgements they need.")
 
     class Meta:
@@ -297,13 +310,16 @@ class TaskFilter(CreatedRange):
         fields = []
 
     def filter_complete(self, queryset, name, value):
-        return queryset.filter(judgements_received__gte=F("judgements_needed")) if value else queryset.filter(judgements_received__lt=F("judgements_needed"))
+        complete = Q(judgements_received__gte=F("judgements_needed"))
+        return queryset.filter(complete if value else ~complete)
 
 
 class JudgementFilter(CreatedRange):
     task = django_filters.NumberFilter(field_name="task_id")
     prompt_id = django_filters.CharFilter(field_name="task__prompt__external_id", help_text="The prompt's external id.")
-    labeler = django_filters.CharFilter(method="filter_labeler", help_text="A labeler's pseudonym (or username, for admins with identities=real).")
+    labeler = django_filters.CharFilter(
+        method="filter_labeler", help_text="A labeler's pseudonym (or username, for admins with identities=real)."
+    )
     is_surplus = django_filters.BooleanFilter()
     is_gold = django_filters.BooleanFilter(field_name="task__is_gold", help_text="Judgements of gold tasks.")
     flagged = django_filters.BooleanFilter(method="filter_flagged", help_text="Judgements with (true) or without (false) flags.")
@@ -331,7 +347,6 @@ class CampaignData(viewsets.ReadOnlyModelViewSet):
 
     pagination_class = DataPagination
     filter_backends = [django_filters.rest_framework.DjangoFilterBackend]
-    lookup_value_regex = "[0-9]+"
     campaign: Campaign
 
     def initial(self, request, *args, **kwargs):
@@ -354,7 +369,9 @@ class PromptDataView(CampaignData):
         return Prompt.objects.filter(campaign=campaign)
 
 
-@extend_schema_view(list=extend_schema(description="The campaign's responses with their model versions."), retrieve=extend_schema(description="One response."))
+@extend_schema_view(
+    list=extend_schema(description="The campaign's responses with their model versions."), retrieve=extend_schema(description="One response.")
+)
 class ResponseDataView(CampaignData):
     queryset = Response.objects.all()
     serializer_class = ResponseData
@@ -376,7 +393,9 @@ class TaskDataView(CampaignData):
 
 
 @extend_schema_view(
-    list=extend_schema(description="The campaign's judgements; labelers pseudonymous unless an admin asks for identities=real.", parameters=[IDENTITIES_PARAMETER]),
+    list=extend_schema(
+        description="The campaign's judgements; labelers pseudonymous unless an admin asks for identities=real.", parameters=[IDENTITIES_PARAMETER]
+    ),
     retrieve=extend_schema(description="One judgement.", parameters=[IDENTITIES_PARAMETER]),
 )
 class JudgementDataView(CampaignData):

@@ -4,6 +4,7 @@ from django.urls import include
 from . import api_admin
 from . import api, api_dashboard, api_runs
 from . import api_exports
+from . import api_optimize
 
 urlpatterns = [
     path("campaigns/", api.campaigns, name="api-campaigns"),
@@ -25,6 +26,7 @@ urlpatterns = [
     path("campaigns/<slug:slug>/snapshots/<slug:name>/download/", api_exports.snapshot_download, name="api-snapshot-download"),
     path("campaigns/<slug:slug>/data/", include(api_exports.data_router.urls)),
     path("models/<int:model_id>/score/", api_runs.score, name="api-model-score"),
+    path("models/<int:model_id>/comparison/", api_optimize.comparison, name="api-model-comparison"),
     # Campaign admins (api_admin)
     path("campaigns/<slug:slug>/imports/", api_admin.file_import, name="api-imports"),
     path("campaigns/<slug:slug>/tasks/", api_admin.tasks, name="api-tasks"),

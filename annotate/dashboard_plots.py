@@ -8,7 +8,7 @@ import matplotlib.dates as mdates
 import matplotlib.pyplot as plt
 from django.utils.safestring import SafeString
 
-from .plots import _svg
+from .plots import svg
 
 ACCENT = "#2952cc"
 BUCKET_LABEL = {"minute": "per minute", "hour": "per hour", "day": "per day"}
@@ -36,7 +36,7 @@ def activity_plot(activity: dict) -> SafeString | None:
         ax.grid(alpha=0.3)
         ax.set_ylim(bottom=0)
     fig.tight_layout()
-    return _svg(fig)
+    return svg(fig)
 
 
 def strength_plot(models: list[dict]) -> SafeString | None:
@@ -65,7 +65,7 @@ def strength_plot(models: list[dict]) -> SafeString | None:
     ax.tick_params(axis="x", labelsize=8)
     ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
-    return _svg(fig)
+    return svg(fig)
 
 
 def _bar_width(bucket: str) -> float:

@@ -37,6 +37,7 @@ from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime, time
 from itertools import combinations, groupby
+from json.encoder import encode_basestring
 from operator import itemgetter
 from pathlib import Path
 from typing import Any
@@ -410,9 +411,29 @@ class ExportStats:
 
 def export_rows(campaign: Campaign, options: ExportOptions, filters: ExportFilters, stats: ExportStats | None = None) -> Iterator[dict]:
     """The rows of the export, in task then judgement order, in constant memory."""
+    build = {"pairs": _pair_rows_text if options.text else _pair_rows, "rankings": _ranking_rows, "tasks": _task_rows}[options.shape]
+    return _export(campaign, options, filters, stats, build)
+
+
+def export_lines(campaign: Campaign, options: ExportOptions, filters: ExportFilters, stats: ExportStats | None = None) -> Iterator[str]:
+    """The rows as compact JSON, one string each (no newline).
+
+    Conversational pairs, the bulk of big exports, encode each task's prompt and texts once
+    and fill them in (the same bytes as encoding the row: a test holds them equal); encoding
+    every row whole took half of an export's time.
+    """
+    if options.shape == "pairs" and not options.text:
+        return _export(campaign, options, filters, stats, _pair_lines)
+    return map(encode_json, export_rows(campaign, options, filters, stats))
+
+
+encode_json = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+encode_string = encode_basestring  # what encode_json does to a str, without its per-call setup
+
+
+def _export(campaign: Campaign, options: ExportOptions, filters: ExportFilters, stats: ExportStats | None, build) -> Iterator:
     stats = stats if stats is not None else ExportStats()
     names = LabelerNames(campaign, real=options.identities == "real")
-    build = {"pairs": _pair_rows_text if options.text else _pair_rows, "rankings": _ranking_rows, "tasks": _task_rows}[options.shape]
     columns = PAIR_COLUMNS if options.shape == "pairs" else JUDGEMENT_COLUMNS  # decode only the JSON a shape uses
     judgements = select_judgements(campaign, filters).values_list(*columns)
     # One transaction on PostgreSQL: the server-side cursors then stream instead of being
@@ -496,6 +517,20 @@ def _pair_rows(info: TaskInfo, group: list[tuple], names: LabelerNames) -> Itera
                 "judgement_id": j[J_ID],
                 "labeler": labeler,
             }
+
+
+def _pair_lines(info: TaskInfo, group: list[tuple], names: LabelerNames) -> Iterator[str]:
+    """`encode_json` of each `_pair_rows` row, from JSON encoded once per task."""
+    prompt, prompt_id = encode_json(info.messages), encode_string(info.prompt_id)
+    said = {rid: f'[{{"role":"assistant","content":{encode_string(r["text"])}}}]' for rid, r in info.by_id.items()}
+    model = {rid: encode_string(r["model"]) for rid, r in info.by_id.items()}
+    for j in group:
+        tail = f',"task_id":{j[J_TASK]},"judgement_id":{j[J_ID]},"labeler":{encode_string(names(j[J_LABELER]))}}}'
+        for better, worse in ranking_to_pairs(j[J_RANKING]):
+            yield (
+                f'{{"prompt":{prompt},"chosen":{said[better]},"rejected":{said[worse]},"prompt_id":{prompt_id},'
+                f'"chosen_id":{better},"rejected_id":{worse},"chosen_model":{model[better]},"rejected_model":{model[worse]}{tail}'
+            )
 
 
 def _pair_rows_text(info: TaskInfo, group: list[tuple], names: LabelerNames) -> Iterator[dict]:
@@ -588,22 +623,20 @@ def schema_for(options: ExportOptions) -> pa.Schema:
 # ---------------------------------------------------------------- containers
 
 
-def stream_jsonl(rows: Iterable[dict]) -> Iterator[bytes]:
-    """One compact JSON object per line (UTF-8), in chunks of about FLUSH_BYTES."""
-    encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
-    lines: list[str] = []
+def stream_jsonl(lines: Iterable[str]) -> Iterator[bytes]:
+    """The lines, newline-terminated, as UTF-8 chunks of about FLUSH_BYTES."""
+    batch: list[str] = []
     size = 0
-    for row in rows:
-        line = encode(row)
-        lines.append(line)
+    for line in lines:
+        batch.append(line)
         size += len(line)
         if size >= FLUSH_BYTES:
-            lines.append("")
-            yield "\n".join(lines).encode()
-            lines, size = [], 0
-    if lines:
-        lines.append("")
-        yield "\n".join(lines).encode()
+            batch.append("")
+            yield "\n".join(batch).encode()
+            batch, size = [], 0
+    if batch:
+        batch.append("")
+        yield "\n".join(batch).encode()
 
 
 def stream_gzip(chunks: Iterable[bytes], level: int = 6) -> Iterator[bytes]:
@@ -668,10 +701,9 @@ def _batches(rows: Iterable[dict], size: int) -> Iterator[list[dict]]:
 
 def stream_export(campaign: Campaign, options: ExportOptions, filters: ExportFilters, stats: ExportStats | None = None) -> Iterator[bytes]:
     """The export's bytes, for the streaming containers (jsonl, jsonl.gz, parquet)."""
-    rows = export_rows(campaign, options, filters, stats)
     if options.format == "parquet":
-        return stream_parquet(rows, schema_for(options))
-    chunks = stream_jsonl(rows)
+        return stream_parquet(export_rows(campaign, options, filters, stats), schema_for(options))
+    chunks = stream_jsonl(export_lines(campaign, options, filters, stats))
     return stream_gzip(chunks) if options.format == "jsonl.gz" else chunks
 
 

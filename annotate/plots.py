@@ -13,7 +13,7 @@ from django.utils.safestring import SafeString, mark_safe  # noqa: E402
 MAX_PANELS = 12
 
 
-def _svg(fig) -> SafeString:
+def svg(fig) -> SafeString:
     buffer = io.StringIO()
     fig.savefig(buffer, format="svg", bbox_inches="tight")
     plt.close(fig)
@@ -39,7 +39,7 @@ def metric_panels(series: dict[str, list[tuple[int, float]]]) -> SafeString | No
     for ax in list(axes.flat)[len(names) :]:
         ax.axis("off")
     fig.tight_layout()
-    return _svg(fig)
+    return svg(fig)
 
 
 def histograms(groups: dict[str, list[float]], title: str) -> SafeString | None:
@@ -54,4 +54,26 @@ def histograms(groups: dict[str, list[float]], title: str) -> SafeString | None:
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    return _svg(fig)
+    return svg(fig)
+
+
+def bar_panels(labels: list[str], figures: dict[str, list[float | None]]) -> SafeString | None:
+    """One small bar chart per figure (up to 12), a bar per label (missing values left out); the first bar grey."""
+    names = [n for n in figures if any(v is not None for v in figures[n])][:MAX_PANELS]
+    if not names or not labels:
+        return None
+    cols = min(3, len(names))
+    rows = (len(names) + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 2.8 * rows), squeeze=False)
+    colours = ["#8a8f98"] + ["#2952cc"] * (len(labels) - 1)
+    for ax, name in zip(axes.flat, names):
+        shown = [(label, value, colour) for label, value, colour in zip(labels, figures[name], colours) if value is not None]
+        ax.bar(range(len(shown)), [v for _, v, _ in shown], color=[c for _, _, c in shown])
+        ax.set_xticks(range(len(shown)), [label for label, _, _ in shown], rotation=20, ha="right", fontsize=7)
+        ax.set_title(name, fontsize=10)
+        ax.tick_params(axis="y", labelsize=8)
+        ax.grid(alpha=0.3, axis="y")
+    for ax in list(axes.flat)[len(names) :]:
+        ax.axis("off")
+    fig.tight_layout()
+    return svg(fig)

@@ -2,6 +2,7 @@ from django.contrib.auth import views as auth_views
 from django.urls import path
 
 from . import views, views_admin, views_campaign
+from . import views_optimize
 
 urlpatterns = [
     path("", views.home, name="home"),
@@ -26,4 +27,7 @@ urlpatterns = [
     path("c/<slug:slug>/tasks/<int:task_id>/gold/", views_admin.gold_answer, name="campaign-gold"),
     path("c/<slug:slug>/labelers/", views_admin.labeler_list, name="campaign-labelers"),
     path("c/<slug:slug>/labelers/<int:user_id>/", views_admin.labeler_action, name="campaign-labeler"),
+    # Optimised models (views_optimize)
+    path("c/<slug:slug>/optimized/", views_optimize.optimized, name="campaign-optimized"),
+    path("c/<slug:slug>/optimized/start/", views_optimize.start_optimize, name="start-optimize"),
 ]

@@ -51,7 +51,8 @@ def start_generation(request, slug):
             return redirect("campaign", slug=slug)
         except jobs.InvalidParams as exc:
             form.add_error(exc.field if exc.field in form.fields else None, exc.message)
-    context = {"campaign": campaign, "progress": assignment.progress(campaign), "form": form, **_runs_context(campaign)}
+    context = {"campaign": campaign, "progress": assignment.progress(campaign), "form": form, **_runs_context(campaign), **dashboard_context(campaign)}
+    context.update(_reward_context(campaign))
     return render(request, "annotate/campaign.html", context, status=422)
 
 

@@ -15,7 +15,7 @@ from training.models import load_tokenizer
 WORDS = ("yes", "no", "cat", "dog", "red", "blue", "one", "two")
 
 
-def build_toy_policy(tiny_model_dir: Path, out_dir: Path, prompts: list[list[dict]], steps: int = 40, seed: int = 0) -> Path:
+def build_toy_policy(tiny_model_dir: Path, out_dir: Path, prompts: list[list[dict]], steps: int = 80, seed: int = 0) -> Path:
     tokenizer = load_tokenizer(tiny_model_dir)  # left padding: the replies line up at the end
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)

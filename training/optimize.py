@@ -34,6 +34,7 @@ and how often it orders a set of response pairs as the source does.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import math
@@ -164,10 +165,18 @@ def quantize_dynamic_int8(model: nn.Module, targets: Sequence[str]) -> nn.Module
     """The model with `targets` replaced in place by torch's dynamic int8 linears (per-channel weight scales)."""
     from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
 
-    with warnings.catch_warnings():  # torch.ao.quantization warns of its move to torchao (see the report)
-        warnings.simplefilter("ignore", DeprecationWarning)
-        warnings.simplefilter("ignore", UserWarning)
+    with _quiet_quantization():
         return quantize_dynamic(model, {name: per_channel_dynamic_qconfig for name in targets}, dtype=torch.qint8, inplace=True)
+
+
+@contextlib.contextmanager
+def _quiet_quantization():
+    # torch 2.13 warns on every use that torch.ao.quantization and quantised tensors will move to
+    # torchao; they are what this torch has (torchao is not a dependency), so the warnings are noise here
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.filterwarnings("ignore", message=".*(quantiz|deprecated).*", category=UserWarning)
+        yield
 
 
 def quantize_int8(source_dir: Path, out_dir: Path) -> dict[str, Any]:
@@ -222,17 +231,17 @@ def _load_int8(path: Path, targets: list[str], device: torch.device, dtype: torc
         raise CheckpointError(f"int8 weights do not fit the model: missing {sorted(set(missing) - expected)}, unexpected {unexpected}")
     if model.config.tie_word_embeddings:
         model.lm_head.weight = model.model.embed_tokens.weight
-    # (q - zero point) * scale is exact in float64, so re-quantising with the stored scales gives the stored integers
-    weights = {name: (q.double() - zp[:, None]) * scale[:, None] for name, (q, scale, zp) in integers.items()}
+    # re-quantising (q - zero point) * scale with the stored scales gives back the stored integers (tested)
+    weights = {name: ((q.double() - zp[:, None]) * scale[:, None]).float() for name, (q, scale, zp) in integers.items()}
     if device.type == "cpu":
         quantize_dynamic_int8(model, targets)  # the layers' structure; their weights are replaced next
-        for name, (q, scale, zp) in integers.items():
-            layer = model.get_submodule(name)
-            qweight = torch.quantize_per_channel(weights[name], scale, zp, 0, torch.qint8)
-            layer.set_weight_bias(qweight, layer.bias())
+        with _quiet_quantization():
+            for name, (q, scale, zp) in integers.items():
+                layer = model.get_submodule(name)
+                layer.set_weight_bias(torch.quantize_per_channel(weights[name], scale, zp, 0, torch.qint8), layer.bias())
     else:
         for name, weight in weights.items():
-            model.get_submodule(name).weight.data = weight.float()
+            model.get_submodule(name).weight.data = weight
         model = model.to(device=device, dtype=dtype or torch.bfloat16)
     if (path / "generation_config.json").is_file():
         model.generation_config = HFGenerationConfig.from_pretrained(path)
@@ -368,7 +377,7 @@ class Measurement:
     """One model measured: its figures, its own samples and how it orders each pair."""
 
     figures: dict[str, float | None]
-    """size_mb, load_s, tokens_per_s, tokens, reward, perplexity, agreement (see compare)."""
+    """size_mb, load_s, tokens_per_s, tokens_per_cpu_s, tokens, reward, perplexity, agreement (see compare)."""
     samples: list[tuple[Messages, str]]
     """(prompt, response) it sampled, one per prompt."""
     prefers_a: list[bool]
@@ -386,8 +395,8 @@ def compare(
 ) -> dict[str, dict[str, float | None]]:
     """Figures of the source (key "source") and of each candidate, measured the same way on the same prompts.
 
-    Each model's figures: size_mb (all files), load_s, tokens_per_s and tokens (generated, one
-    response per prompt), reward (mean reward-model score of its own samples; None without
+    Each model's figures: size_mb (all files), load_s, tokens_per_s, tokens_per_cpu_s and tokens
+    (generated, one response per prompt), reward (mean reward-model score of its own samples; None without
     reward_model), perplexity (on the source's samples) and agreement (share of the
     (prompt, a, b) `pairs` it orders as the source does; None without pairs).
     on_model(name) is called before each model.
@@ -415,11 +424,11 @@ def measure(
 ) -> Measurement:
     """One model's figures; perplexity and agreement against `reference` (None: against itself, as the source)."""
     model_dir = Path(model_dir)
-    start = time.perf_counter()
+    start, start_cpu = time.perf_counter(), time.process_time()
     model = load_causal_lm(model_dir, device=config.device)
-    load_s = time.perf_counter() - start
+    load_s, load_cpu_s = time.perf_counter() - start, time.process_time() - start_cpu
     tokenizer = load_tokenizer(model_dir)
-    samples, tokens, seconds = _sample(model_dir, prompts, config)
+    samples, tokens, seconds, cpu_seconds = _sample(model_dir, prompts, config)
     prefers_a = _prefers_a(model, tokenizer, pairs)
     reference = reference or Measurement({}, samples, prefers_a)
     same = sum(a == b for a, b in zip(prefers_a, reference.prefers_a))
@@ -428,6 +437,8 @@ def measure(
         "load_s": load_s,
         # generate() loads the model again (warm, from the page cache): that load is taken off
         "tokens_per_s": tokens / max(seconds - load_s, 1e-6),
+        # steadier than wall time when other processes share the cores (with one torch thread)
+        "tokens_per_cpu_s": tokens / max(cpu_seconds - load_cpu_s, 1e-6),
         "tokens": tokens,
         "reward": _mean_reward(scorer, samples),
         "perplexity": perplexity(model, tokenizer, reference.samples),
@@ -441,15 +452,18 @@ def directory_size(path: Path) -> int:
     return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
 
 
-def _sample(model_dir: Path, prompts: Sequence[Messages], config: MeasureConfig) -> tuple[list[tuple[Messages, str]], int, float]:
-    """(prompt, response) per prompt, generated tokens, wall seconds of generate() (its load included)."""
+def _sample(model_dir: Path, prompts: Sequence[Messages], config: MeasureConfig):
+    """(prompt, response) per prompt, generated tokens, wall and CPU seconds of generate() (its load included)."""
     gen = GenerationConfig(temperature=config.temperature, max_new_tokens=config.max_new_tokens,
                            batch_size=config.batch_size, seed=config.seed, device=config.device)
-    start = time.perf_counter()
+    start, start_cpu = time.perf_counter(), time.process_time()
     completions = [c for batch in generate(model_dir, list(prompts), gen) for c in batch]
-    seconds = time.perf_counter() - start
+    if config.device.startswith("cuda"):
+        torch.cuda.synchronize()
+    seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - start_cpu
     completions.sort(key=lambda c: c.prompt_index)
-    return [(prompts[c.prompt_index], c.text) for c in completions], sum(c.num_tokens for c in completions), seconds
+    samples = [(prompts[c.prompt_index], c.text) for c in completions]
+    return samples, sum(c.num_tokens for c in completions), seconds, cpu_seconds
 
 
 def _reward_scorer(path: Path | str | None, device: str):

@@ -280,7 +280,7 @@ def train_ppo(
         eos_token_id=eos_id,
         pad_token_id=pad_id,
     )
-    B, T = config.rollout_batch_size, config.temperature
+    B, temperature = config.rollout_batch_size, config.temperature
 
     state = {"iteration": 0, "kl_coef": config.kl_coef, "score_offset": 0.0, "history": []}
     checkpoint_dir = output_dir / "checkpoint"
@@ -288,6 +288,8 @@ def train_ppo(
         state = _load_checkpoint(checkpoint_dir, policy, critic, optimizer)
     elif config.normalize_scores:
         state["score_offset"] = _reference_score(policy, tokenizer, prompts, reward_fn, generation_config, config)
+    for log_name in ("metrics.jsonl", "samples.jsonl"):  # drop rows of iterations the checkpoint does not hold
+        _truncate_jsonl(output_dir / log_name, state["iteration"])
 
     stopped = False
     for iteration in range(state["iteration"], config.total_iterations):
@@ -336,7 +338,7 @@ def train_ppo(
                 mb = permutation[mb_start : mb_start + config.minibatch_size].to(device)
                 mb_query_responses, mb_attention_mask, mb_mask = b_query_responses[mb], b_attention_mask[mb], b_mask[mb]
                 mb_logits = _response_logits(policy, mb_query_responses, mb_attention_mask, context_length)
-                mb_logprobs = logprobs_from_logits(mb_logits, b_responses[mb], T)
+                mb_logprobs = logprobs_from_logits(mb_logits, b_responses[mb], temperature)
                 mb_values = _response_values(critic, mb_query_responses, mb_attention_mask, context_length)
                 pg_loss, pg_stats = clipped_policy_loss(mb_logprobs, b_logprobs[mb], b_advantages[mb], mb_mask, config.clip_eps)
                 vf_loss, vf_clipfrac = clipped_value_loss(mb_values, b_values[mb], b_returns[mb], mb_mask, config.value_clip)
@@ -346,7 +348,7 @@ def train_ppo(
                 grad_norm = nn.utils.clip_grad_norm_(params, config.max_grad_norm)
                 optimizer.step()
                 with torch.no_grad():
-                    entropy = masked_mean(entropy_from_logits(mb_logits, T), mb_mask)
+                    entropy = masked_mean(entropy_from_logits(mb_logits, temperature), mb_mask)
                 minibatch_stats.append({
                     "loss/policy": pg_loss.item(),
                     "loss/value": vf_loss.item(),
@@ -368,6 +370,7 @@ def train_ppo(
             "objective/kl": b_kl_sum.mean().item(),
             "objective/kl_coef": kl_coef,
             "objective/scores": b_raw_scores.mean().item(),
+            "objective/score_offset": state["score_offset"],
             "objective/missing_eos_penalty": b_penalty.mean().item(),
             "objective/non_score_reward": (-kl_coef * b_kl_sum).mean().item(),
             "objective/rlhf_reward": (b_scores - kl_coef * b_kl_sum).mean().item(),
@@ -482,6 +485,13 @@ def _samples(iteration: int, prompts: list[Messages], completions: list[str], sc
         for p, c, s in zip(prompts[:n], completions[:n], scores[:n].tolist())
     ]
     return {"iteration": iteration, "samples": rows}
+
+
+def _truncate_jsonl(path: Path, iterations: int) -> None:
+    """Keep only the rows of the first `iterations` iterations."""
+    if path.is_file():
+        rows = [line for line in path.read_text().splitlines() if json.loads(line)["iteration"] < iterations]
+        path.write_text("".join(row + "\n" for row in rows))
 
 
 def _append_jsonl(path: Path, row: dict) -> None:

@@ -79,6 +79,17 @@ def test_pairs_are_trl_conversational_rows_with_provenance(judged, rita, alice, 
     assert "margin" not in first  # TRL's RewardTrainer would use it silently
 
 
+def test_jsonl_pairs_are_exactly_the_rows_encoded(campaign, alice, bob):
+    import_prompts(campaign, [{"external_id": "ü \"q\"", "messages": [{"role": "system", "content": "Be kind.\n"}, {"role": "user", "content": "Grüße ✓"}]}])
+    import_responses(campaign, [{"prompt": "ü \"q\"", "model": m, "text": f"{m}: \"quoted\"\tand ünïcode\n"} for m in ("m1", "m2")])
+    judge_all(alice, campaign, "m1")
+    judge_all(bob, campaign, "m2")
+    for identities in exports.IDENTITIES:
+        options, filters = exports.ExportOptions(identities=identities), exports.ExportFilters()
+        rows = [exports.encode_json(row) for row in exports.export_rows(campaign, options, filters)]
+        assert list(exports.export_lines(campaign, options, filters)) == rows and len(rows) == 12
+
+
 def test_pairs_as_plain_text(judged, rita):
     row = rows_of(api_client(rita), text="true")[0]
     assert row["prompt"] == "Question 0?"
@@ -148,14 +159,14 @@ def test_agreement_and_mean_ranks_by_hand():
 # Containers
 
 
-@pytest.mark.parametrize("shape", ["pairs", "rankings", "tasks"])
-def test_every_container_holds_the_same_rows(judged, rita, shape, tmp_path):
+@pytest.mark.parametrize("params", [{"shape": "pairs"}, {"shape": "pairs", "text": "true"}, {"shape": "rankings"}, {"shape": "tasks"}])
+def test_every_container_holds_the_same_rows(judged, rita, params, tmp_path):
     client = api_client(rita)
-    plain = rows_of(client, shape=shape)
-    assert gzip.decompress(body(client.get(URL, {"shape": shape, "format": "jsonl.gz"}))) == body(client.get(URL, {"shape": shape}))
-    parquet = pq.read_table(io.BytesIO(body(client.get(URL, {"shape": shape, "format": "parquet"}))))
+    plain = rows_of(client, **params)
+    assert gzip.decompress(body(client.get(URL, params | {"format": "jsonl.gz"}))) == body(client.get(URL, params))
+    parquet = pq.read_table(io.BytesIO(body(client.get(URL, params | {"format": "parquet"}))))
     assert parquet.to_pylist() == plain
-    hf = load_hf_zip(client.get(URL, {"shape": shape, "format": "hf"}), tmp_path)
+    hf = load_hf_zip(client.get(URL, params | {"format": "hf"}), tmp_path)
     assert sorted(json.dumps(r, sort_keys=True) for split in hf.values() for r in split) == sorted(json.dumps(r, sort_keys=True) for r in plain)
 
 

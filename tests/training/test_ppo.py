@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import random
 from pathlib import Path
 
 import pytest
@@ -11,50 +10,23 @@ from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
 from training.models import load_tokenizer
+from tests.toy_policy import build_toy_policy
+from tests.toy_policy import yes_fraction as share_of_yes
 from training.ppo import PPOConfig, PPOResult, reward_fn_from_checkpoint, train_ppo
 
-WORDS = ("yes", "no", "cat", "dog", "red", "blue", "one", "two")
 PROMPTS = [[{"role": "user", "content": q}] for q in ("Say something.", "Any words?", "Talk to me.", "What now?")]
 TIMING_KEYS = {"tokens_per_s"}
 
 
 @pytest.fixture(scope="module")
 def toy_policy_dir(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The tiny random model, taught briefly to answer any prompt with 1-5 words of WORDS, then EOS.
-
-    A random model spreads its mass over 49k tokens and never ends a reply; this one ends
-    its replies and says "yes" about one word in eight: room for a rule to reward it.
-    """
-    out_dir = tmp_path_factory.mktemp("toy") / "policy"
-    tokenizer = load_tokenizer(tiny_model_dir)  # left padding: the replies line up at the end
-    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    rng = random.Random(0)
-    torch.manual_seed(0)
-    prompt_ids = [tokenizer.apply_chat_template(p, add_generation_prompt=True, return_dict=True)["input_ids"] for p in PROMPTS]
-    for _step in range(80):
-        replies = [
-            tokenizer("".join(" " + rng.choice(WORDS) for _ in range(rng.randint(1, 5))), add_special_tokens=False)["input_ids"]
-            + [tokenizer.eos_token_id]
-            for _ in range(16)
-        ]
-        batch = tokenizer.pad({"input_ids": [rng.choice(prompt_ids) + r for r in replies]}, return_tensors="pt")
-        longest = max(map(len, replies))
-        targets = torch.tensor([[-100] * (longest - len(r)) + r for r in replies])
-        positions = (batch["attention_mask"].cumsum(1) - 1).clamp(min=0)
-        logits = model(**batch, position_ids=positions, logits_to_keep=longest + 1).logits[:, :-1]
-        loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten())
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    model.save_pretrained(out_dir)
-    tokenizer.save_pretrained(out_dir)
-    return out_dir
+    """The tiny model taught to answer with 1-5 words of WORDS, then EOS (see tests/toy_policy.py)."""
+    return build_toy_policy(tiny_model_dir, tmp_path_factory.mktemp("toy") / "policy", PROMPTS, steps=80)
 
 
 def yes_fraction(prompts, completions, completion_ids) -> torch.Tensor:
     """The rule: the share of the reply's words that are "yes"."""
-    return torch.tensor([c.split().count("yes") / max(len(c.split()), 1) for c in completions])
+    return torch.tensor([share_of_yes(c) for c in completions])
 
 
 def config_for(policy_dir: Path, output_dir: Path, **overrides) -> PPOConfig:
@@ -152,6 +124,7 @@ def test_a_stopped_run_resumes_where_it_stopped_and_ends_where_an_unbroken_one_d
     assert logged == [0, 1, 2]
     assert not resumed.stopped and resumed.iterations == 3
     assert without_timing(resumed.history) == without_timing(three_iterations.history)
+    assert len((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) == 3
 
 
 # ---------------------------------------------------------------- rewards
