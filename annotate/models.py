@@ -232,11 +232,15 @@ class Run(models.Model):
     class Kind(models.TextChoices):
         GENERATE = "generate"
         REWARD = "reward"
+        PRIORITIZE = "prioritize"
+        DRIFT = "drift"
         PPO = "ppo"
         SFT = "sft"
         DPO = "dpo"
         RLOO = "rloo"
+        ROUND = "round"
         OPTIMIZE = "optimize"
+        IMPORT = "import"
 
     class Status(models.TextChoices):
         QUEUED = "queued"
