@@ -9,8 +9,6 @@ against round N-1) come from `round_summaries`.
 """
 from __future__ import annotations
 
-from django.db.models import Q
-
 from .generation import generate_into_queue
 from .generation import validate_params as validate_generation
 from .jobs import InvalidParams, RunContext, register
@@ -96,9 +94,13 @@ def optimise_policy(method: str, ctx, campaign: Campaign, previous: ModelVersion
 def human_win_rate(new: ModelVersion, old: ModelVersion) -> tuple[float | None, int]:
     """How often labelers ranked `new`'s response above `old`'s on head-to-head tasks (ties half); (rate, judgements)."""
     model_of = {}
-    judgements = Judgement.objects.filter(
-        Q(task__responses__model_version=new), task__responses__model_version=old, task__is_gold=False
-    ).distinct().values_list("ranking", flat=True)
+    # two filter() calls: the task has a response of each model (not one response of both)
+    judgements = (
+        Judgement.objects.filter(task__responses__model_version=new, task__is_gold=False)
+        .filter(task__responses__model_version=old)
+        .distinct()
+        .values_list("ranking", flat=True)
+    )
     wins = total = 0.0
     for ranking in judgements:
         ids = [rid for group in ranking for rid in group]

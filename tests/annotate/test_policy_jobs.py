@@ -46,3 +46,23 @@ def test_bad_round_params_name_the_field(params, field):
     carol = join(make_user("carol", is_staff=True), campaign, "admin")
     response = api_client(carol).post("/api/v1/campaigns/badround/runs/", {"kind": "round", "params": params}, format="json")
     assert response.status_code == 400 and response.json()["field"] == field
+
+
+def test_human_win_rate_counts_head_to_head_judgements_with_ties_as_half():
+    from annotate import assignment, judgements
+    from annotate.imports import import_prompts, import_responses
+    from annotate.models import Campaign
+    from annotate.rounds import human_win_rate
+
+    campaign = Campaign.objects.create(name="H", slug="h2h", task_type="pairwise", responses_per_task=2, overlap=1)
+    import_prompts(campaign, [{"external_id": f"p{i}", "text": "?"} for i in range(4)])
+    import_responses(campaign, [{"prompt": f"p{i}", "model": m, "text": f"{m}{i}"} for i in range(4) for m in ("new", "old")])
+    alice = join(make_user("alice"), campaign, "labeler")
+    outcomes = ["new", "new", "old", "tie"]
+    for outcome in outcomes:
+        lease = assignment.next_task_for(alice, campaign)
+        by_model = dict(lease.task.responses.values_list("model_version__name", "id"))
+        ranking = [[by_model["new"], by_model["old"]]] if outcome == "tie" else [[by_model[outcome]], [by_model["old" if outcome == "new" else "new"]]]
+        judgements.submit(alice, lease.task, ranking)
+    rate, count = human_win_rate(ModelVersion.objects.get(name="new"), ModelVersion.objects.get(name="old"))
+    assert (rate, count) == (2.5 / 4, 4)
