@@ -32,7 +32,7 @@ METHODS = ("merge", "int8", "prune", "bnb8", "bnb4")
 GPU_METHODS = ("bnb8", "bnb4")
 QUANTIZED = ("int8", "bnb8", "bnb4")
 ALLOWED = {"model", "methods", "sparsity", "structured", "reward_model", "limit", "max_new_tokens", "seed"}
-FIGURES = ("size_mb", "load_s", "tokens_per_s", "perplexity", "reward", "agreement")
+FIGURES = ("size_mb", "load_s", "tokens_per_s", "tokens_per_cpu_s", "perplexity", "reward", "agreement")
 
 
 def validate_params(campaign: Campaign | None, params: dict) -> dict:
@@ -130,18 +130,26 @@ def label(method: str, params: dict) -> str:
 
 
 def run_optimize(ctx: RunContext) -> dict:
-    from training.models import CheckpointError
-    from training.optimize import MeasureConfig, OptimizationError, OptimizeConfig, compare, optimize
-
-    p, run, campaign = ctx.params, ctx.run, ctx.run.campaign
+    p = ctx.params
     try:
         source = registry.resolve_for_generation(p["model"])
         source_dir = registry.checkpoint_dir(source)
     except registry.RegistryError as exc:
         raise RunFailed(str(exc)) from exc
-    out = Path(settings.ARTIFACTS_DIR) / "runs" / str(run.pk) / "optimize"
-    results: dict[str, tuple[str, Path, dict]] = {}
-    steps = len(p["methods"]) * 2 + 1
+    steps = len(p["methods"]) * 2 + 1  # optimise each, then measure the source and each
+    results = optimise_all(ctx, source, source_dir, steps)
+    figures = measure_all(ctx, source_dir, {name: path for name, (_, path, _) in results.items()}, steps)
+    return register_results(ctx.run, source, results, figures, p)
+
+
+def optimise_all(ctx: RunContext, source: ModelVersion, source_dir: Path, steps: int) -> dict[str, tuple[str, Path, dict]]:
+    """Write each method's checkpoint under the run's directory; {label: (method, path, details)}."""
+    from training.models import CheckpointError
+    from training.optimize import OptimizationError, OptimizeConfig, optimize
+
+    p = ctx.params
+    out = Path(settings.ARTIFACTS_DIR) / "runs" / str(ctx.run.pk) / "optimize"
+    results = {}
     for i, method in enumerate(p["methods"]):
         ctx.check_cancelled()
         name = label(method, p)
@@ -155,25 +163,31 @@ def run_optimize(ctx: RunContext) -> dict:
         ctx.log(f"{name}: {details}")
         ctx.artifact(name, out / name)
         results[name] = (method, out / name, details)
+    return results
 
+
+def measure_all(ctx: RunContext, source_dir: Path, candidates: dict[str, Path], steps: int) -> dict[str, dict]:
+    """The source's and each candidate's figures on the campaign's newest prompts and pairs."""
+    from training.models import CheckpointError
+    from training.optimize import MeasureConfig, compare
+
+    p = ctx.params
     ctx.check_cancelled()
-    prompts, pairs = measurement_data(campaign, p["limit"])
+    prompts, pairs = measurement_data(ctx.run.campaign, p["limit"])
     if not prompts:
         raise RunFailed("the campaign has no prompts to measure on.")
     reward = ModelVersion.objects.get(name=p["reward_model"]) if p["reward_model"] else None
-    measured = iter(range(len(p["methods"]), steps))
     device = "cuda" if set(p["methods"]) & set(GPU_METHODS) else "cpu"  # int8 is a CPU method; bitsandbytes a GPU one
     ctx.log(f"measuring on {len(prompts)} prompts and {len(pairs)} pairs ({device})")
+    done = iter(range(len(candidates), steps))
     try:
-        figures = compare(
-            source_dir, {name: path for name, (_, path, _) in results.items()}, prompts, pairs,
-            MeasureConfig(max_new_tokens=p["max_new_tokens"], seed=p["seed"], device=device),
+        return compare(
+            source_dir, candidates, prompts, pairs, MeasureConfig(max_new_tokens=p["max_new_tokens"], seed=p["seed"], device=device),
             reward_model=registry.checkpoint_dir(reward) if reward else None,
-            on_model=lambda name: ctx.progress(next(measured) / steps, f"measuring {name}"),
+            on_model=lambda name: ctx.progress(next(done) / steps, f"measuring {name}"),
         )
     except CheckpointError as exc:
         raise RunFailed(f"an optimised model does not load: {exc}") from exc
-    return register_results(run, source, results, figures, p)
 
 
 def measurement_data(campaign: Campaign, limit: int):

@@ -16,7 +16,7 @@ ADMIN = (Membership.Role.ADMIN,)
 FIGURE_TITLES = {
     "size_mb": "size on disk (MB)",
     "load_s": "load time (s)",
-    "tokens_per_s": "generation tokens/s",
+    "tokens_per_s": "decoding tokens/s (same work for each)",
     "perplexity": "perplexity on the source's samples",
     "reward": "mean reward-model score",
     "agreement": "pairs ordered as the source does",
