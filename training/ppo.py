@@ -39,11 +39,9 @@ from training.losses import (
     adaptive_kl_coef,
     clipped_policy_loss,
     clipped_value_loss,
-    entropy_from_logits,
     explained_variance,
     gae,
     kl_rewards,
-    logprobs_from_logits,
     masked_mean,
     masked_whiten,
     truncate_after_eos,
@@ -212,17 +210,35 @@ def _position_ids(attention_mask: Tensor) -> Tensor:
     return (attention_mask.cumsum(1) - 1).clamp(min=0)
 
 
-def _response_logits(policy: nn.Module, query_responses: Tensor, attention_mask: Tensor, context_length: int) -> Tensor:
-    """Logits that predict each response token. Shapes: (B, P+T) -> (B, T, V)."""
-    response_length = query_responses.shape[1] - context_length
-    out = policy(
+def _response_logits(
+    policy: PeftModel, query_responses: Tensor, attention_mask: Tensor, context_length: int, temperature: float
+) -> Tensor:
+    """Logits / temperature that predict each response token. Shapes: (B, P+T) -> (B, T, V).
+
+    Only the response positions go through the output projection, and (for an output layer
+    without bias or logit soft-capping, as in Llama/SmolLM2) the temperature divides the hidden
+    states before it rather than the logits after it: the same values, hidden/V times fewer
+    divisions, forward and backward. The vocabulary-sized tensors are the cost of PPO on a
+    small model.
+    """
+    causal_lm = policy.get_base_model()  # its LoRA layers active unless disable_adapter() is on
+    backbone = getattr(causal_lm, causal_lm.base_model_prefix)
+    hidden = backbone(
         input_ids=query_responses,
         attention_mask=attention_mask,
         position_ids=_position_ids(attention_mask),
-        logits_to_keep=response_length + 1,
         use_cache=False,
-    )
-    return out.logits[:, :-1]
+    ).last_hidden_state[:, context_length - 1 : -1]
+    lm_head = causal_lm.get_output_embeddings()
+    if getattr(lm_head, "bias", None) is None and getattr(causal_lm.config, "final_logit_softcapping", None) is None:
+        return lm_head(hidden / temperature)
+    return lm_head(hidden) / temperature
+
+
+def _logprobs_and_logp(logits: Tensor, tokens: Tensor) -> tuple[Tensor, Tensor]:
+    """(log-probs of the chosen tokens (B, T), the full log-softmax (B, T, V)) of already tempered logits."""
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    return torch.gather(logp, 2, tokens.unsqueeze(-1)).squeeze(-1), logp
 
 
 def _response_values(critic: PeftModel, query_responses: Tensor, attention_mask: Tensor, context_length: int) -> Tensor:
@@ -337,8 +353,8 @@ def train_ppo(
             for mb_start in range(0, B, config.minibatch_size):
                 mb = permutation[mb_start : mb_start + config.minibatch_size].to(device)
                 mb_query_responses, mb_attention_mask, mb_mask = b_query_responses[mb], b_attention_mask[mb], b_mask[mb]
-                mb_logits = _response_logits(policy, mb_query_responses, mb_attention_mask, context_length)
-                mb_logprobs = logprobs_from_logits(mb_logits, b_responses[mb], temperature)
+                mb_logits = _response_logits(policy, mb_query_responses, mb_attention_mask, context_length, temperature)
+                mb_logprobs, mb_logp = _logprobs_and_logp(mb_logits, b_responses[mb])
                 mb_values = _response_values(critic, mb_query_responses, mb_attention_mask, context_length)
                 pg_loss, pg_stats = clipped_policy_loss(mb_logprobs, b_logprobs[mb], b_advantages[mb], mb_mask, config.clip_eps)
                 vf_loss, vf_clipfrac = clipped_value_loss(mb_values, b_values[mb], b_returns[mb], mb_mask, config.value_clip)
@@ -347,8 +363,8 @@ def train_ppo(
                 loss.backward()
                 grad_norm = nn.utils.clip_grad_norm_(params, config.max_grad_norm)
                 optimizer.step()
-                with torch.no_grad():
-                    entropy = masked_mean(entropy_from_logits(mb_logits, temperature), mb_mask)
+                with torch.no_grad():  # from the log-softmax the log-probs came from: no second one
+                    entropy = masked_mean(-(mb_logp.exp() * mb_logp).sum(dim=-1), mb_mask)
                 minibatch_stats.append({
                     "loss/policy": pg_loss.item(),
                     "loss/value": vf_loss.item(),
@@ -445,11 +461,11 @@ def _score_rollout(
     for start in range(0, query_responses.shape[0], config.minibatch_size):
         chunk = slice(start, start + config.minibatch_size)
         qr, am = query_responses[chunk], attention_mask[chunk]
-        logits = _response_logits(policy, qr, am, context_length)
-        logprobs.append(logprobs_from_logits(logits, responses[chunk], config.temperature))
+        logits = _response_logits(policy, qr, am, context_length, config.temperature)
+        logprobs.append(_logprobs_and_logp(logits, responses[chunk])[0])
         with policy.disable_adapter():  # the reference: same weights, adapters off
-            ref_logits = _response_logits(policy, qr, am, context_length)
-        ref_logprobs.append(logprobs_from_logits(ref_logits, responses[chunk], config.temperature))
+            ref_logits = _response_logits(policy, qr, am, context_length, config.temperature)
+        ref_logprobs.append(_logprobs_and_logp(ref_logits, responses[chunk])[0])
         values.append(_response_values(critic, qr, am, context_length))
     return torch.cat(logprobs), torch.cat(ref_logprobs), torch.cat(values)
 
