@@ -75,7 +75,9 @@ def _create_campaign(slug: str, tasks: int, overlap: int) -> Campaign:
 
 
 def start_server(kind: str, port: int, workers: int) -> subprocess.Popen:
-    env = {**os.environ, "CONN_MAX_AGE": "600", "LOG_LEVEL": "WARNING"}
+    # gunicorn threads keep their connections; daphne runs each request in a fresh thread, so
+    # persistent connections would pile up past PostgreSQL's max_connections: close them per request.
+    env = {**os.environ, "CONN_MAX_AGE": "600" if kind == "gunicorn" else "0", "LOG_LEVEL": "WARNING"}
     if kind == "gunicorn":
         cmd = [sys.executable, "-m", "gunicorn", "config.wsgi:application", "-b", f"127.0.0.1:{port}", "-w", str(workers),
                "-k", "gthread", "--threads", "8", "--log-level", "warning", "--backlog", "2048"]
@@ -175,7 +177,10 @@ def main() -> None:
     finally:
         if server:
             server.send_signal(signal.SIGTERM)
-            server.wait(timeout=30)
+            try:
+                server.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                server.kill()
     done = len(stats["submit"])
     print(f"server: {args.url or f'{args.server} ({args.workers} workers)' if args.server == 'gunicorn' else 'daphne'}  labelers: {args.labelers}  tasks: {args.tasks}  cpus: {os.cpu_count()}")
     print(f"judgements/s: {done / elapsed:8.1f}   ({done} in {elapsed:.1f} s, {len(stats['errors'])} errors)")

@@ -13,6 +13,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from pathlib import Path  # noqa: E402
 
+import ctypes  # noqa: E402
+
 import pytest  # noqa: E402
 import torch  # noqa: E402
 import transformers  # noqa: E402
@@ -42,3 +44,29 @@ def tokenizer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def smollm2_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """SmolLM2-135M-Instruct converted from GGUF (about 10 s and 0.5 GB: use sparingly)."""
     return convert_smollm2(tmp_path_factory.mktemp("smollm2") / "model")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One thread: on a shared 2-core machine two spinning threads run several times slower under contention."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def keep_freed_memory():
+    """glibc hands big freed blocks back to the OS and faults them in again (logits over a 49k vocabulary):
+    without this the runs spend as long in the kernel as in torch."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:  # not glibc
+        yield
+        return
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    libc.mallopt(m_mmap_threshold, 1 << 30)
+    libc.mallopt(m_trim_threshold, 1 << 30)
+    yield
+    libc.mallopt(m_mmap_threshold, 128 * 1024)  # glibc's defaults
+    libc.mallopt(m_trim_threshold, 128 * 1024)

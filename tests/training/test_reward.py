@@ -30,15 +30,6 @@ WORDS = (
 ).split()
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One thread: on a shared 2-core machine two spinning threads run ~10x slower under contention."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def marker_judgements(n_prompts: int, labeler: str = "sim", flip: bool = False, weight: float = 1.0, seed: int = 0):
     """A simulated labeler who prefers the one response of three that says "banana" (and ties the others).
 

@@ -7,7 +7,6 @@ then has to make it say "blue" (about 1 answer in 9 at the start).
 
 from __future__ import annotations
 
-import ctypes
 import json
 import random
 
@@ -23,32 +22,6 @@ from training.sft import SFTConfig, train_sft
 
 COLOURS = "red blue green yellow purple".split()
 MAX_NEW_TOKENS = 4
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One thread: on a shared 2-core machine two spinning threads run several times slower under contention."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def keep_freed_memory():
-    """glibc hands big freed blocks back to the OS and faults them in again (TRL's chunked log-probs over a
-    49k vocabulary): without this the runs spend as long in the kernel as in torch."""
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:  # not glibc
-        yield
-        return
-    m_trim_threshold, m_mmap_threshold = -1, -3
-    libc.mallopt(m_mmap_threshold, 1 << 30)
-    libc.mallopt(m_trim_threshold, 1 << 30)
-    yield
-    libc.mallopt(m_mmap_threshold, 128 * 1024)  # glibc's defaults
-    libc.mallopt(m_trim_threshold, 128 * 1024)
 
 
 def colour_prompts(ids) -> list[list[dict]]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ctypes
 import json
 import random
 
@@ -14,32 +13,6 @@ from training.policy_io import PolicyTrainingError, TrainingCancelled, response_
 from training.sft import SFTConfig, chosen_to_sft_rows, train_sft
 
 COLOURS = "red blue green yellow purple".split()
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One thread: on a shared 2-core machine two spinning threads run several times slower under contention."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def keep_freed_memory():
-    """glibc hands big freed blocks back to the OS and faults them in again (logits over a 49k vocabulary):
-    without this the runs spend as long in the kernel as in torch."""
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:  # not glibc
-        yield
-        return
-    m_trim_threshold, m_mmap_threshold = -1, -3
-    libc.mallopt(m_mmap_threshold, 1 << 30)
-    libc.mallopt(m_trim_threshold, 1 << 30)
-    yield
-    libc.mallopt(m_mmap_threshold, 128 * 1024)  # glibc's defaults
-    libc.mallopt(m_trim_threshold, 128 * 1024)
 
 
 def colour_rows(n: int, seed: int = 0) -> list[dict]:
