@@ -7,8 +7,16 @@
   let tieNext = false;   // "=" pressed: the next pick joins the last group
   let allBad = false;    // pairwise "both bad"
   let shownAt = Date.now();
+  let stateForm = null;  // the form the state belongs to: a new task (a new form) starts afresh
 
-  const form = () => document.getElementById("task-form");
+  const form = () => {
+    const f = document.getElementById("task-form");
+    if (f && f !== stateForm) {  // checked on every access, so no keypress can land on a stale state
+      stateForm = f;
+      groups = []; tieNext = false; allBad = false; shownAt = Date.now();
+    }
+    return f;
+  };
   const responses = () => Array.from(form().querySelectorAll(".response"));
   const ids = () => responses().map((el) => Number(el.dataset.responseId));
   const isPairwise = () => form().dataset.taskType === "pairwise";
@@ -171,7 +179,7 @@
     if (e.target.id === "task-form" && !completed()) e.preventDefault();
   });
 
-  // A new task was swapped in (or the page loaded): start a fresh ranking.
-  document.addEventListener("htmx:load", () => { if (form()) reset(); });
-  document.addEventListener("DOMContentLoaded", () => { if (form()) reset(); });
+  // A new task was swapped in (or the page loaded): show its (fresh) state.
+  document.addEventListener("htmx:load", () => { if (form()) render(); });
+  document.addEventListener("DOMContentLoaded", () => { if (form()) render(); });
 })();
