@@ -140,6 +140,9 @@
     if (!completed()) return;
     render();
     f.querySelector('input[name="time_spent_ms"]').value = String(Date.now() - shownAt);
+    // A key pressed the instant a task is swapped in can beat htmx to the new form: wire it first,
+    // so the submit always goes through htmx (never as a plain page navigation).
+    if (window.htmx) window.htmx.process(f);
     f.requestSubmit();
   }
 
