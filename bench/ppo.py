@@ -63,7 +63,7 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 import transformers  # noqa: E402
-from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer, GenerationConfig  # noqa: E402
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, GenerationConfig  # noqa: E402
 
 from training.models import convert_smollm2, export_tokenizer, load_tokenizer, tiny_config  # noqa: E402
 from training.ppo import PPOConfig, reward_fn_from_checkpoint, train_ppo  # noqa: E402

@@ -6,7 +6,7 @@ import json
 import pytest
 from django.test import override_settings
 
-from annotate.models import Campaign, Judgement, Membership, Prompt, Response, Task
+from annotate.models import Campaign, Judgement, Membership, Prompt, Response
 from tests.conftest import api_client, make_user
 
 

@@ -19,7 +19,7 @@ from annotate import assignment, exports, judgements, quality
 from annotate.exports import pseudonym
 from annotate.imports import import_prompts, import_responses
 from annotate.judgements import task_response_ids
-from annotate.models import Judgement, Membership, ModelVersion, Response, Snapshot, Task
+from annotate.models import Judgement, ModelVersion, Response, Snapshot, Task
 from tests.conftest import api_client, join, make_campaign, make_user
 
 URL = "/api/v1/campaigns/helpful/export/"

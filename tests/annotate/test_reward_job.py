@@ -5,11 +5,10 @@ import pytest
 
 from annotate import assignment, jobs, judgements
 from annotate.judgements import task_response_ids
-from annotate.models import Membership, ModelVersion, Run
+from annotate.models import Campaign, ModelVersion, Run
 from tests.annotate.test_jobs import work_off_queue
 from tests.conftest import api_client, join, make_campaign, make_user
 from annotate.imports import import_prompts, import_responses
-from annotate.models import Campaign
 
 pytestmark = pytest.mark.django_db(transaction=True)
 WORDS = "river stone cloud lamp paper violin garden window".split()

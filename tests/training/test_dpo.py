@@ -6,7 +6,6 @@ import json
 import random
 
 import pytest
-import torch
 
 from training.dpo import DPOConfig, train_dpo
 from training.models import load_causal_lm, load_tokenizer

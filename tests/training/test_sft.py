@@ -6,7 +6,6 @@ import json
 import random
 
 import pytest
-import torch
 
 from training.models import load_causal_lm, load_tokenizer
 from training.policy_io import PolicyTrainingError, TrainingCancelled, response_logprobs
