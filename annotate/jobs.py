@@ -23,7 +23,6 @@ from datetime import timedelta
 
 from django.conf import settings
 from django.db import close_old_connections, connection, transaction
-
 from django.utils import timezone
 from django_tasks import task
 

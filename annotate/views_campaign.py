@@ -59,17 +59,17 @@ def start_generation(request, slug):
 @login_required
 @require_POST
 def start_run(request, slug, kind):
-    """The one-click runs of the campaign page (reward model, active selection, drift) with their defaults or form values."""
+    """The one-click runs of the campaign page (reward model, round, active selection, drift)."""
     campaign = access.campaign_for(request.user, slug, ADMIN)
-    form = RewardForm(request.POST) if kind == "reward" else None
-    if kind == "round":
-        form = RewardForm(request.POST, prefix="round")  # the round's reward phase takes the same choices
+    # reward and round take the reward form's choices (the round's under its own prefix); the others none
+    form = RewardForm(request.POST, prefix="round" if kind == "round" else None) if kind in ("reward", "round") else None
     if form is not None and not form.is_valid():
+        messages.error(request, "; ".join(f"{field}: {' '.join(errors)}" for field, errors in form.errors.items()))
         return redirect("campaign", slug=slug)
+    params = form.params() if form else {}
+    if kind == "round":
+        params = {"method": request.POST.get("method", "ppo"), "reward": params}
     try:
-        params = form.params() if form else {}
-        if kind == "round":
-            params = {"method": request.POST.get("method", "ppo"), "reward": params}
         run = jobs.start_run(kind, campaign=campaign, params=params, user=request.user)
     except jobs.InvalidParams as exc:
         messages.error(request, exc.message)

@@ -83,3 +83,9 @@ def test_run_a_round_from_the_page_needs_judgements_first(carol, campaign):
                                    "round-learning_rate": 1e-4, "round-aggregation": "all", "method": "ppo"})
     run = Run.objects.get()
     assert response.status_code == 302 and run.kind == "round" and run.params["method"] == "ppo"
+
+
+def test_a_bad_reward_form_says_what_is_wrong(carol, campaign):
+    page = browser(carol).post(f"/c/{campaign.slug}/runs/reward/start/", {"base_model": "SmolLM2-135M-Instruct", "epochs": 0,
+                               "learning_rate": 1e-4, "aggregation": "all"}, follow=True).content.decode()
+    assert "epochs:" in page and not Run.objects.exists()
