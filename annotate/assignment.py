@@ -34,6 +34,7 @@ from django.db.models import Count, F, Q, Sum
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
+from . import rows
 from .errors import CampaignNotOpen, LabelerPaused, NotLeased
 from .models import Assignment, Campaign, Membership, Task
 
@@ -56,14 +57,9 @@ def next_task_for(labeler, campaign: Campaign) -> Lease | None:
     if campaign.status != Campaign.Status.ACTIVE:
         raise CampaignNotOpen(f"Campaign {campaign.slug!r} is {campaign.status}, not active.")
     now = timezone.now()
-    current = (
-        Assignment.objects.select_related("task")
-        .filter(labeler=labeler, campaign=campaign, state=State.OPEN, leased_until__gt=now)
-        .order_by("leased_at")
-        .first()
-    )
+    current = _current_lease(labeler, campaign, now)
     if current is not None:
-        return Lease(current, current.task, is_new=False)
+        return current
     paused = getattr(campaign, "user_paused", None)
     if paused is None:
         paused = Membership.objects.filter(campaign=campaign, user=labeler, is_paused=True).exists()
@@ -77,6 +73,27 @@ def next_task_for(labeler, campaign: Campaign) -> Lease | None:
     if lease is None and reclaim_expired_leases(campaign, now):
         lease = _lease_with_retries(labeler, campaign, now)
     return lease
+
+
+def _current_lease(labeler, campaign: Campaign, now) -> Lease | None:
+    """The open, unexpired lease the labeler already holds in the campaign (a reload, a second tab)."""
+    with connection.cursor() as cursor:  # hand-written: this runs on every request for a task
+        cursor.execute(
+            f"SELECT {rows.select_list(Assignment, 'a')}, {rows.select_list(Task, 't')}"
+            " FROM annotate_assignment a JOIN annotate_task t ON t.id = a.task_id"
+            " WHERE a.labeler_id = %s AND a.campaign_id = %s AND a.state = %s AND a.leased_until > %s"
+            " ORDER BY a.leased_at LIMIT 1",
+            [labeler.pk, campaign.pk, State.OPEN, connection.ops.adapt_datetimefield_value(now)],
+        )
+        row = cursor.fetchone()
+    if row is None:
+        return None
+    split = rows.width(Assignment)
+    assignment = rows.instance(Assignment, row[:split])
+    task = rows.instance(Task, row[split:])
+    assignment.task = task
+    task.campaign = campaign
+    return Lease(assignment, task, is_new=False)
 
 
 def _lease_with_retries(labeler, campaign: Campaign, now) -> Lease | None:

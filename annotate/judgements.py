@@ -10,13 +10,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from django.db import IntegrityError, transaction
-from django.db.models import F
+from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
-from . import broadcast
+from . import broadcast, rows
 from .errors import AlreadySubmitted, IdempotencyConflict, InvalidRanking, NotLeased
-from .models import Assignment, Judgement, Task, TaskResponse
+from .models import Assignment, Judgement, Task
 from .quality import apply_gold_threshold
 
 State = Assignment.State
@@ -94,7 +93,9 @@ def validate_ratings(ratings, criteria: list[dict], response_ids: list[int]) -> 
 
 
 def task_response_ids(task: Task) -> list[int]:
-    return list(TaskResponse.objects.filter(task=task).order_by("position").values_list("response_id", flat=True))
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT response_id FROM annotate_taskresponse WHERE task_id = %s ORDER BY position", [task.pk])
+        return [row[0] for row in cursor.fetchall()]
 
 
 def submit(
@@ -135,25 +136,33 @@ def submit(
 
 
 def _store(labeler, task, groups, rationale, flags, ratings, time_spent_ms, key) -> Submission:
-    # lock first: two tabs (or a retry) can submit the same task at once
-    locked_task = Task.objects.select_for_update().get(pk=task.pk)
-    assignment = Assignment.objects.select_for_update().filter(task=task, labeler=labeler).first()
-    if assignment is None:
+    # Hand-written statements: this is the hot path of every labeler (the ORM's query building
+    # costs more than the round trips). Lock the task first: two tabs or a retry can submit at once.
+    lock = rows.for_update()
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT remaining FROM annotate_task WHERE id = %s" + lock, [task.pk])
+        remaining = cursor.fetchone()[0]
+        cursor.execute("SELECT id, state FROM annotate_assignment WHERE task_id = %s AND labeler_id = %s" + lock, [task.pk, labeler.pk])
+        held = cursor.fetchone()
+    if held is None:
         raise NotLeased("This task is not leased to you: ask for the next task first.")
-    if assignment.state == State.SUBMITTED:
-        existing = Judgement.objects.filter(assignment=assignment).first()
+    assignment_id, state = held
+    if state == State.SUBMITTED:
+        existing = Judgement.objects.filter(assignment_id=assignment_id).first()
         if key is not None and existing is not None and existing.idempotency_key == key:
             return Submission(existing, replayed=True)
         raise AlreadySubmitted("You already submitted a judgement for this task.")
-    counted = _take_slot(locked_task, assignment)
+    counted = _take_slot(task.pk, state, remaining)
     now = timezone.now()
-    assignment.state = State.SUBMITTED
-    assignment.finished_at = now
-    assignment.save(update_fields=["state", "finished_at"])
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "UPDATE annotate_assignment SET state = %s, finished_at = %s WHERE id = %s",
+            [State.SUBMITTED, connection.ops.adapt_datetimefield_value(now), assignment_id],
+        )
     # A key already used on another task violates the unique constraint: IdempotencyConflict.
-    judgement = Judgement.objects.create(
-        assignment=assignment,
-        task=locked_task,
+    judgement = Judgement(
+        assignment_id=assignment_id,
+        task=task,
         labeler=labeler,
         ranking=groups,
         rationale=rationale,
@@ -163,18 +172,20 @@ def _store(labeler, task, groups, rationale, flags, ratings, time_spent_ms, key)
         idempotency_key=key,
         is_surplus=not counted,
     )
-    return Submission(judgement, replayed=False)
+    return Submission(rows.insert(judgement), replayed=False)
 
 
-def _take_slot(task: Task, assignment: Assignment) -> bool:
+def _take_slot(task_id: int, state: str, remaining: int) -> bool:
     """Count the judgement toward the task's overlap if a slot is (still) held or free; False means surplus."""
-    if assignment.state == State.OPEN:
-        # The lease holds a slot, even if it lapsed a moment ago and was not reclaimed yet.
-        Task.objects.filter(pk=task.pk).update(judgements_received=F("judgements_received") + 1)
-        return True
-    if task.remaining > 0:
-        Task.objects.filter(pk=task.pk).update(
-            remaining=F("remaining") - 1, judgements_received=F("judgements_received") + 1
-        )
-        return True
+    with connection.cursor() as cursor:
+        if state == State.OPEN:
+            # The lease holds a slot, even if it lapsed a moment ago and was not reclaimed yet.
+            cursor.execute("UPDATE annotate_task SET judgements_received = judgements_received + 1 WHERE id = %s", [task_id])
+            return True
+        if remaining > 0:
+            cursor.execute(
+                "UPDATE annotate_task SET remaining = remaining - 1, judgements_received = judgements_received + 1 WHERE id = %s",
+                [task_id],
+            )
+            return True
     return False

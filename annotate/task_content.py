@@ -6,7 +6,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .models import Prompt, Task, TaskResponse
+from django.db import connection
+
+from . import rows
+from .models import Prompt, Task
 
 
 @dataclass
@@ -25,11 +28,16 @@ class TaskContent:
 
 def task_content(task: Task) -> TaskContent:
     """One query whatever the campaign's size: the responses in order, each row carrying the prompt."""
-    rows = list(
-        TaskResponse.objects.filter(task=task)
-        .order_by("position")
-        .values_list("response_id", "response__text", "task__prompt_id", "task__prompt__messages", "task__prompt__context")
-    )
-    _, _, prompt_id, messages, context = rows[0]
-    responses = [ShownResponse(id=rid, text=text, letter=chr(ord("A") + i)) for i, (rid, text, *_) in enumerate(rows)]
-    return TaskContent(task=task, prompt=Prompt(pk=prompt_id, messages=messages, context=context), responses=responses)
+    with connection.cursor() as cursor:  # hand-written: this runs for every task shown
+        cursor.execute(
+            "SELECT r.id, r.text, p.id, p.messages, p.context FROM annotate_taskresponse s"
+            " JOIN annotate_response r ON r.id = s.response_id JOIN annotate_task t ON t.id = s.task_id"
+            " JOIN annotate_prompt p ON p.id = t.prompt_id"
+            " WHERE s.task_id = %s ORDER BY s.position",
+            [task.pk],
+        )
+        found = cursor.fetchall()
+    _, _, prompt_id, messages, context = found[0]
+    prompt = Prompt(pk=prompt_id, messages=rows.field_value(Prompt, "messages", messages), context=rows.field_value(Prompt, "context", context))
+    responses = [ShownResponse(id=rid, text=text, letter=chr(ord("A") + i)) for i, (rid, text, *_) in enumerate(found)]
+    return TaskContent(task=task, prompt=prompt, responses=responses)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import random
 import signal
 import statistics
 import subprocess
@@ -30,6 +31,7 @@ import django  # noqa: E402
 django.setup()
 
 import aiohttp  # noqa: E402
+import psutil  # noqa: E402
 from django.contrib.auth import get_user_model  # noqa: E402
 from django.db import connection, transaction  # noqa: E402
 from rest_framework.authtoken.models import Token  # noqa: E402
@@ -88,9 +90,14 @@ def start_server(kind: str, port: int, workers: int) -> subprocess.Popen:
     return server
 
 
-async def labeler(session, base: str, slug: str, token: str, deadline: float, stats: dict) -> None:
+async def labeler(session, base: str, slug: str, token: str, deadline: float, stats: dict, interval: float) -> None:
+    """next → submit in a loop; with `interval`, one judgement started every `interval` seconds (random phase)."""
     headers = {"Authorization": f"Token {token}"}
+    scheduled = time.perf_counter() + random.uniform(0, interval)
     while time.perf_counter() < deadline:
+        if interval:
+            await asyncio.sleep(max(0.0, scheduled - time.perf_counter()))
+            scheduled += interval  # a fixed schedule: a labeler who fell behind starts the next at once
         t0 = time.perf_counter()
         async with session.get(f"{base}/api/v1/campaigns/{slug}/tasks/next/", headers=headers) as r:
             if r.status == 204:
@@ -113,14 +120,36 @@ async def labeler(session, base: str, slug: str, token: str, deadline: float, st
         stats["stored"].append(stored["id"])
 
 
-async def drive(base: str, slug: str, tokens: list[str], seconds: float) -> tuple[dict, float]:
+async def drive(base: str, slug: str, tokens: list[str], seconds: float, rate: float | None) -> tuple[dict, float]:
     stats: dict = {"next": [], "submit": [], "stored": [], "errors": []}
     connector = aiohttp.TCPConnector(limit=len(tokens) + 10)
     async with aiohttp.ClientSession(connector=connector) as session:
         started = time.perf_counter()
         deadline = started + seconds
-        await asyncio.gather(*(labeler(session, base, slug, t, deadline, stats) for t in tokens))
+        interval = len(tokens) / rate if rate else 0.0
+        await asyncio.gather(*(labeler(session, base, slug, t, deadline, stats, interval) for t in tokens))
         return stats, time.perf_counter() - started
+
+
+def cpu_seconds(processes: list[psutil.Process]) -> float:
+    total = 0.0
+    for p in processes:
+        try:
+            times = p.cpu_times()
+            total += times.user + times.system
+        except psutil.NoSuchProcess:
+            pass
+    return total
+
+
+def cpu_snapshot(server: subprocess.Popen | None) -> dict[str, float]:
+    """CPU seconds used so far by the server's processes, PostgreSQL's, and this load generator."""
+    postgres = [p for p in psutil.process_iter(["name"]) if p.info["name"] and p.info["name"].startswith("postgres")]
+    server_procs = []
+    if server is not None:
+        root = psutil.Process(server.pid)
+        server_procs = [root, *root.children(recursive=True)]
+    return {"server": cpu_seconds(server_procs), "postgres": cpu_seconds(postgres), "load generator": cpu_seconds([psutil.Process()])}
 
 
 def percentiles(samples: list[float]) -> str:
@@ -159,6 +188,7 @@ def main() -> None:
     parser.add_argument("--tasks", type=int, default=100_000)
     parser.add_argument("--overlap", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=60)
+    parser.add_argument("--rate", type=float, help="offered judgements/s, spread over the labelers (default: each as fast as it can)")
     parser.add_argument("--server", choices=["gunicorn", "daphne"], default="gunicorn")
     parser.add_argument("--workers", type=int, default=3, help="gunicorn worker processes")
     parser.add_argument("--port", type=int, default=8123)
@@ -173,7 +203,9 @@ def main() -> None:
     server = None if args.url else start_server(args.server, args.port, args.workers)
     base = args.url or f"http://127.0.0.1:{args.port}"
     try:
-        stats, elapsed = asyncio.run(drive(base, slug, tokens, args.seconds))
+        before = cpu_snapshot(server)
+        stats, elapsed = asyncio.run(drive(base, slug, tokens, args.seconds, args.rate))
+        after = cpu_snapshot(server)
     finally:
         if server:
             server.send_signal(signal.SIGTERM)
@@ -183,9 +215,13 @@ def main() -> None:
                 server.kill()
     done = len(stats["submit"])
     print(f"server: {args.url or f'{args.server} ({args.workers} workers)' if args.server == 'gunicorn' else 'daphne'}  labelers: {args.labelers}  tasks: {args.tasks}  cpus: {os.cpu_count()}")
-    print(f"judgements/s: {done / elapsed:8.1f}   ({done} in {elapsed:.1f} s, {len(stats['errors'])} errors)")
+    offered = f"  offered {args.rate:.0f}/s" if args.rate else "  (closed loop: no pause between judgements)"
+    print(f"judgements/s: {done / elapsed:8.1f}   ({done} in {elapsed:.1f} s, {len(stats['errors'])} errors){offered}")
     print(f"next:   {percentiles(stats['next'])}")
     print(f"submit: {percentiles(stats['submit'])}")
+    if done:
+        used = {name: (after[name] - before[name]) * 1000 / done for name in after if server or name != "server"}
+        print("CPU ms per judgement: " + ", ".join(f"{name} {ms:.1f}" for name, ms in used.items()))
     problems = consistency(slug, stats["stored"])
     print("consistency: " + ("OK (no task over-served, none served twice, every acknowledged judgement stored)" if not problems else "; ".join(problems)))
     if stats["errors"]:

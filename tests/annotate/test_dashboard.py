@@ -193,7 +193,7 @@ def test_a_member_hears_of_each_judgement_once_it_is_committed(campaign, rita, a
         await ws.disconnect()
         return event
 
-    assert async_to_sync(scenario)() == {"event": "judgement", "task": lease.task.pk}
+    assert async_to_sync(scenario)() == {"event": "judgement", "task": lease.task.pk, "count": 1}
 
 
 @pytest.mark.django_db(transaction=True)
@@ -239,4 +239,29 @@ def test_events_reach_browsers_through_redis_from_another_process(settings, camp
         await ws.disconnect()
         return first, second
 
-    assert async_to_sync(scenario)() == ({"event": "judgement", "task": lease.task.pk}, {"event": "from-worker"})
+    assert async_to_sync(scenario)() == ({"event": "judgement", "task": lease.task.pk, "count": 1}, {"event": "from-worker"})
+
+
+@pytest.mark.django_db(transaction=True)
+def test_through_redis_a_burst_of_judgements_is_one_event_with_its_count(settings, campaign, rita, alice, bob):
+    prefix = f"arbiter-test-{uuid.uuid4().hex[:8]}"
+    settings.CHANNEL_LAYERS = {
+        "default": {"BACKEND": "channels_redis.core.RedisChannelLayer", "CONFIG": {"hosts": [REDIS_URL], "prefix": prefix}}
+    }
+    cookie = session_cookie(rita)
+    leases = [assignment.next_task_for(labeler, campaign) for labeler in (alice, bob)]
+
+    async def scenario():
+        ws = socket(cookie)
+        connected, _ = await ws.connect()
+        assert connected
+        for labeler, lease in zip((alice, bob), leases):
+            ids = await database_sync_to_async(judgements.task_response_ids)(lease.task)
+            await database_sync_to_async(judgements.submit)(labeler, lease.task, [[ids[0]], [ids[1]]])
+        event = await ws.receive_json_from(timeout=5)
+        quiet = await ws.receive_nothing(timeout=1)
+        await ws.disconnect()
+        return event, quiet
+
+    event, quiet = async_to_sync(scenario)()
+    assert event == {"event": "judgement", "task": leases[1].task.pk, "count": 2} and quiet
