@@ -7,15 +7,16 @@ from . import api_exports
 from . import api_optimize
 
 urlpatterns = [
+    # the labelers' hot path first
+    path("campaigns/<slug:slug>/tasks/next/", api.next_task, name="api-next-task"),
+    path("tasks/<int:task_id>/judgements/", api.submit_judgement, name="api-judgements"),
     path("campaigns/", api.campaigns, name="api-campaigns"),
     path("campaigns/<slug:slug>/", api.campaign_detail, name="api-campaign"),
     path("campaigns/<slug:slug>/members/", api.members, name="api-members"),
     path("campaigns/<slug:slug>/prompts/", api.prompts, name="api-prompts"),
     path("campaigns/<slug:slug>/responses/", api.responses, name="api-responses"),
-    path("campaigns/<slug:slug>/tasks/next/", api.next_task, name="api-next-task"),
     path("campaigns/<slug:slug>/progress/", api.progress, name="api-progress"),
     path("campaigns/<slug:slug>/dashboard/", api_dashboard.campaign_dashboard, name="api-campaign-dashboard"),
-    path("tasks/<int:task_id>/judgements/", api.submit_judgement, name="api-judgements"),
     path("tasks/<int:task_id>/skip/", api.skip_task, name="api-skip"),
     path("campaigns/<slug:slug>/runs/", api_runs.campaign_runs, name="api-campaign-runs"),
     path("runs/<int:run_id>/", api_runs.run_detail, name="api-run"),

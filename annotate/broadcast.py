@@ -5,7 +5,7 @@ through Redis at most one every half second per campaign and process (the last j
 burst is never dropped); in memory, one per judgement.
 
 Events go through the channel layer: in memory by default, so only pages served by the same
-daphne process hear them; with REDIS_URL set every process (gunicorn API workers, db_worker)
+daphne process hear them; with REDIS_URL set every process (API workers, db_worker)
 reaches every browser. A failed send is logged and never undoes or fails the write it reports.
 """
 from __future__ import annotations

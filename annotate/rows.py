@@ -16,6 +16,11 @@ from django.db.models.expressions import Col
 
 def select_list(model: type[Model], alias: str) -> str:
     """`alias.col1, alias.col2, ...` for every concrete field, in the order `instance` expects."""
+    return _select_list(model, alias, connection.vendor)
+
+
+@cache
+def _select_list(model: type[Model], alias: str, vendor: str) -> str:
     quote = connection.ops.quote_name
     return ", ".join(f"{alias}.{quote(field.column)}" for field in model._meta.concrete_fields)
 

@@ -1,12 +1,15 @@
 """Labeling throughput: N concurrent simulated labelers (next, then submit) against a running server.
 
     DATABASE_URL=postgres://postgres@127.0.0.1:5432/arbiter_bench \\
-        .venv/bin/python bench/labeling.py --labelers 100 --tasks 100000 --seconds 60 --server gunicorn
+        .venv/bin/python bench/labeling.py --labelers 100 --tasks 100000 --seconds 30 [--rate 200]
 
 Seeds a campaign of --tasks pairwise tasks (once; reused on later runs), starts the server
-(gunicorn WSGI workers, or daphne, or --url for one you started), drives the labelers over
-loopback with aiohttp, then prints judgements/s, p50/p95/p99 latency of next and submit, and
-a consistency check straight from the database: no task over-served, every 201 stored.
+(granian or gunicorn WSGI workers, or daphne, or --url for one you started), drives the labelers
+over loopback with aiohttp, then prints judgements/s, p50/p95/p99 latency of next and submit,
+the CPU each side used per judgement, and a consistency check straight from the database: no
+task over-served, every 201 stored. Without --rate each labeler goes as fast as the server lets
+it (closed loop: the server's capacity); with --rate the labelers start judgements at random
+times at that total rate (open loop: the latency people see at that load).
 """
 from __future__ import annotations
 
@@ -76,13 +79,16 @@ def _create_campaign(slug: str, tasks: int, overlap: int) -> Campaign:
     return campaign
 
 
-def start_server(kind: str, port: int, workers: int) -> subprocess.Popen:
-    # gunicorn threads keep their connections; daphne runs each request in a fresh thread, so
+def start_server(kind: str, port: int, workers: int, threads: int) -> subprocess.Popen:
+    # gunicorn and granian threads keep their connections; daphne runs each request in a fresh thread, so
     # persistent connections would pile up past PostgreSQL's max_connections: close them per request.
-    env = {**os.environ, "CONN_MAX_AGE": "600" if kind == "gunicorn" else "0", "LOG_LEVEL": "WARNING"}
+    env = {**os.environ, "CONN_MAX_AGE": "0" if kind == "daphne" else "600", "LOG_LEVEL": "WARNING"}
     if kind == "gunicorn":
         cmd = [sys.executable, "-m", "gunicorn", "config.wsgi:application", "-b", f"127.0.0.1:{port}", "-w", str(workers),
-               "-k", "gthread", "--threads", "8", "--log-level", "warning", "--backlog", "2048"]
+               "-k", "gthread", "--threads", str(threads), "--log-level", "warning", "--backlog", "2048"]
+    elif kind == "granian":
+        cmd = [str(Path(sys.executable).parent / "granian"), "--interface", "wsgi", "--host", "127.0.0.1", "--port", str(port),
+               "--workers", str(workers), "--blocking-threads", str(threads), "--log-level", "warning", "config.wsgi:application"]
     else:
         cmd = [str(Path(sys.executable).parent / "daphne"), "-b", "127.0.0.1", "-p", str(port), "-v", "0", "config.asgi:application"]
     server = subprocess.Popen(cmd, cwd=ROOT, env=env)
@@ -90,21 +96,25 @@ def start_server(kind: str, port: int, workers: int) -> subprocess.Popen:
     return server
 
 
-async def labeler(session, base: str, slug: str, token: str, deadline: float, stats: dict, interval: float) -> None:
-    """next → submit in a loop; with `interval`, one judgement started every `interval` seconds (random phase)."""
+async def labeler(session, base: str, slug: str, token: str, window: tuple[float, float], stats: dict, interval: float) -> None:
+    """next → submit in a loop; with `interval`, judgements start at random (Poisson), one per `interval` seconds on average.
+
+    Latencies count for judgements started inside `window` (after the warm-up); every stored id is kept for the check.
+    """
+    measured_from, deadline = window
     headers = {"Authorization": f"Token {token}"}
-    scheduled = time.perf_counter() + random.uniform(0, interval)
+    scheduled = time.perf_counter() + (random.expovariate(1 / interval) if interval else 0.0)
     while time.perf_counter() < deadline:
         if interval:
+            # Open loop: starts follow each labeler's own Poisson schedule; one who is behind starts at once.
             await asyncio.sleep(max(0.0, scheduled - time.perf_counter()))
-            scheduled += interval  # a fixed schedule: a labeler who fell behind starts the next at once
+            scheduled += random.expovariate(1 / interval)
         t0 = time.perf_counter()
         async with session.get(f"{base}/api/v1/campaigns/{slug}/tasks/next/", headers=headers) as r:
             if r.status == 204:
                 return
             body = await r.json()
         t1 = time.perf_counter()
-        stats["next"].append(t1 - t0)
         ids = [x["id"] for x in body["responses"]]
         key = uuid.uuid4().hex
         async with session.post(
@@ -116,19 +126,28 @@ async def labeler(session, base: str, slug: str, token: str, deadline: float, st
                 stats["errors"].append((r.status, await r.text()))
                 continue
             stored = await r.json()
-        stats["submit"].append(time.perf_counter() - t1)
         stats["stored"].append(stored["id"])
+        if measured_from <= t0 and time.perf_counter() <= deadline:
+            stats["next"].append(t1 - t0)
+            stats["submit"].append(time.perf_counter() - t1)
 
 
-async def drive(base: str, slug: str, tokens: list[str], seconds: float, rate: float | None) -> tuple[dict, float]:
+async def drive(base: str, slug: str, tokens: list[str], args, server) -> tuple[dict, float, dict]:
+    """Run the labelers; returns the stats, the measured seconds and the CPU used in that window."""
     stats: dict = {"next": [], "submit": [], "stored": [], "errors": []}
     connector = aiohttp.TCPConnector(limit=len(tokens) + 10)
     async with aiohttp.ClientSession(connector=connector) as session:
-        started = time.perf_counter()
-        deadline = started + seconds
-        interval = len(tokens) / rate if rate else 0.0
-        await asyncio.gather(*(labeler(session, base, slug, t, deadline, stats, interval) for t in tokens))
-        return stats, time.perf_counter() - started
+        measured_from = time.perf_counter() + args.warmup
+        window = (measured_from, measured_from + args.seconds)
+        interval = len(tokens) / args.rate if args.rate else 0.0
+        running = asyncio.gather(*(labeler(session, base, slug, t, window, stats, interval) for t in tokens))
+        await asyncio.sleep(args.warmup)
+        before = cpu_snapshot(server)
+        await asyncio.sleep(args.seconds)
+        after = cpu_snapshot(server)
+        await running
+    cpu = {name: after[name] - before[name] for name in after}
+    return stats, args.seconds, cpu
 
 
 def cpu_seconds(processes: list[psutil.Process]) -> float:
@@ -187,10 +206,13 @@ def main() -> None:
     parser.add_argument("--labelers", type=int, default=100)
     parser.add_argument("--tasks", type=int, default=100_000)
     parser.add_argument("--overlap", type=int, default=3)
-    parser.add_argument("--seconds", type=float, default=60)
+    parser.add_argument("--seconds", type=float, default=60, help="measured seconds, after the warm-up")
+    parser.add_argument("--warmup", type=float, default=5, help="seconds of load before measuring (connections, first requests)")
     parser.add_argument("--rate", type=float, help="offered judgements/s, spread over the labelers (default: each as fast as it can)")
-    parser.add_argument("--server", choices=["gunicorn", "daphne"], default="gunicorn")
-    parser.add_argument("--workers", type=int, default=3, help="gunicorn worker processes")
+    parser.add_argument("--server", choices=["granian", "gunicorn", "daphne"], default="granian",
+                        help="gunicorn only for comparison: pip install -r requirements-bench.txt")
+    parser.add_argument("--workers", type=int, default=2, help="worker processes (gunicorn, granian)")
+    parser.add_argument("--threads", type=int, default=8, help="threads per worker process (gunicorn, granian)")
     parser.add_argument("--port", type=int, default=8123)
     parser.add_argument("--url", help="drive a server you started instead of starting one")
     parser.add_argument("--slug", help="campaign slug (default: bench-<tasks>)")
@@ -199,13 +221,15 @@ def main() -> None:
         sys.exit("Set DATABASE_URL to a PostgreSQL database: this benchmark is about PostgreSQL under concurrency.")
     slug = args.slug or f"bench-{args.tasks}"
     tokens = seed(slug, args.tasks, args.labelers, args.overlap)
+    with connection.cursor() as cursor:
+        # Start from the state autovacuum keeps a live database in (earlier runs left dead rows
+        # at the head of the queue; some servers, like these machines', run with autovacuum off).
+        cursor.execute("VACUUM ANALYZE annotate_task, annotate_assignment, annotate_judgement")
     connection.close()
-    server = None if args.url else start_server(args.server, args.port, args.workers)
+    server = None if args.url else start_server(args.server, args.port, args.workers, args.threads)
     base = args.url or f"http://127.0.0.1:{args.port}"
     try:
-        before = cpu_snapshot(server)
-        stats, elapsed = asyncio.run(drive(base, slug, tokens, args.seconds, args.rate))
-        after = cpu_snapshot(server)
+        stats, elapsed, cpu = asyncio.run(drive(base, slug, tokens, args, server))
     finally:
         if server:
             server.send_signal(signal.SIGTERM)
@@ -214,13 +238,14 @@ def main() -> None:
             except subprocess.TimeoutExpired:
                 server.kill()
     done = len(stats["submit"])
-    print(f"server: {args.url or f'{args.server} ({args.workers} workers)' if args.server == 'gunicorn' else 'daphne'}  labelers: {args.labelers}  tasks: {args.tasks}  cpus: {os.cpu_count()}")
+    described = args.url or (f"{args.server} ({args.workers} workers x {args.threads} threads)" if args.server != "daphne" else "daphne")
+    print(f"server: {described}  labelers: {args.labelers}  tasks: {args.tasks}  cpus: {os.cpu_count()}")
     offered = f"  offered {args.rate:.0f}/s" if args.rate else "  (closed loop: no pause between judgements)"
     print(f"judgements/s: {done / elapsed:8.1f}   ({done} in {elapsed:.1f} s, {len(stats['errors'])} errors){offered}")
     print(f"next:   {percentiles(stats['next'])}")
     print(f"submit: {percentiles(stats['submit'])}")
     if done:
-        used = {name: (after[name] - before[name]) * 1000 / done for name in after if server or name != "server"}
+        used = {name: seconds * 1000 / done for name, seconds in cpu.items() if server or name != "server"}
         print("CPU ms per judgement: " + ", ".join(f"{name} {ms:.1f}" for name, ms in used.items()))
     problems = consistency(slug, stats["stored"])
     print("consistency: " + ("OK (no task over-served, none served twice, every acknowledged judgement stored)" if not problems else "; ".join(problems)))

@@ -261,3 +261,35 @@ def test_the_openapi_schema_describes_the_api(db):
     assert response.status_code == 200
     paths = json.loads(response.content)["paths"]
     assert "/api/v1/tasks/{task_id}/judgements/" in paths and "/api/v1/campaigns/{slug}/tasks/next/" in paths
+
+
+@pytest.mark.parametrize("payload", [[1, 2], {"rationale": "no ranking"}])
+def test_a_submission_without_a_ranking_object_is_a_400(alice, campaign, payload):
+    body = lease(api_client(alice))
+    response = api_client(alice).post(f"/api/v1/tasks/{body['task_id']}/judgements/", payload, format="json")
+    assert response.status_code == 400 and response.json()["field"] == "ranking"
+    assert not Judgement.objects.exists()
+
+
+def test_the_labeling_endpoints_take_json_only(alice, campaign):
+    body = lease(api_client(alice))
+    response = api_client(alice).post(f"/api/v1/tasks/{body['task_id']}/judgements/", {"ranking": "x"})  # multipart form
+    assert response.status_code == 415 and not Judgement.objects.exists()
+
+
+def test_a_wrong_token_or_a_deactivated_user_is_a_401(alice, campaign):
+    from rest_framework.test import APIClient
+
+    stranger = APIClient()
+    stranger.credentials(HTTP_AUTHORIZATION="Token not-a-real-token")
+    assert stranger.get("/api/v1/campaigns/helpful/tasks/next/").status_code == 401
+    client = api_client(alice)
+    alice.is_active = False
+    alice.save()
+    response = client.get("/api/v1/campaigns/helpful/tasks/next/")
+    assert response.status_code == 401 and "inactive" in response.json()["detail"]
+
+
+def test_a_task_id_beyond_any_database_integer_is_a_404(alice, campaign):
+    response = api_client(alice).post("/api/v1/tasks/99999999999999999999/judgements/", {"ranking": [[1], [2]]}, format="json")
+    assert response.status_code == 404

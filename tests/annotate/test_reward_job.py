@@ -27,14 +27,15 @@ def banana_campaign(prompts: int) -> Campaign:
 
 
 def label_all(campaign, labeler, prefer="banana", tie=False):
+    """Prefer the response with `prefer` in it; a tie when asked, or when no single response has it."""
     while (lease := assignment.next_task_for(labeler, campaign)) is not None:
         ids = task_response_ids(lease.task)
-        if tie:
+        texts = dict(lease.task.responses.values_list("id", "text"))
+        having = [i for i in ids if prefer in texts[i]]
+        if tie or len(having) != 1:
             ranking = [ids]
         else:
-            texts = dict(lease.task.responses.values_list("id", "text"))
-            best = next(i for i in ids if prefer in texts[i])
-            ranking = [[best], [i for i in ids if i != best]]
+            ranking = [having, [i for i in ids if i not in having]]
         judgements.submit(labeler, lease.task, ranking)
 
 
@@ -115,7 +116,7 @@ def test_a_trained_reward_model_guides_the_queue_and_tracks_drift(tiny_checkpoin
     work_off_queue()
     priorities = dict(campaign.tasks.filter(prompt__external_id__startswith="n").values_list("prompt__external_id", "priority"))
     assert min(priorities[f"n{i}"] for i in range(3, 6)) > max(priorities[f"n{i}"] for i in range(3))
-    # the humans keep preferring bananas: the reward model agrees with them
+    # the humans keep preferring bananas (and call the both-banana pairs ties): the reward model agrees with them
     label_all(campaign, join(make_user("bob"), campaign, "labeler"))
     run = jobs.start_run("drift", campaign=campaign, params={})
     work_off_queue()
