@@ -4,7 +4,8 @@
 - `dpo`: DPO straight from the preference pairs (no reward model needed).
 - `rloo`: RLOO with the campaign's reward model as the reward function.
 Each registers the merged policy as a new ModelVersion (round = parent's + 1) with its adapter
-path in metadata. A cancel registers nothing.
+path and the snapshot it learnt from in metadata (SFT and DPO train on a snapshot of the
+judgements, RLOO records its reward model's). A cancel registers nothing.
 """
 from __future__ import annotations
 
@@ -18,10 +19,10 @@ from .jobs import InvalidParams, RunCancelled, RunContext, RunFailed, register
 from .models import Campaign, ModelVersion
 from .params import flag, integer, number
 from .policy_jobs import current_policy, policy_name, register_policy
-from .preference_data import ranked_judgements
+from .preference_data import snapshot_judgements, snapshot_param, snapshot_record, training_snapshot
 
 COMMON = {"policy", "name", "learning_rate", "epochs", "max_steps", "batch_size", "use_lora", "seed", "limit"}
-EXTRA = {"sft": set(), "dpo": {"beta"}, "rloo": {"reward_model", "beta", "num_generations", "max_completion_length"}}
+EXTRA = {"sft": {"snapshot"}, "dpo": {"beta", "snapshot"}, "rloo": {"reward_model", "beta", "num_generations", "max_completion_length"}}
 DEFAULT_LR = {"sft": 2e-4, "dpo": 5e-5, "rloo": 3e-5}
 
 
@@ -45,6 +46,8 @@ def validate_params(kind: str):
             "seed": integer(params, "seed", 0, 0, 2**31 - 1),
             "limit": integer(params, "limit", None, 1, 1_000_000),
         }
+        if kind in ("sft", "dpo"):
+            clean["snapshot"] = snapshot_param(campaign, params)
         if kind in ("dpo", "rloo"):
             clean["beta"] = number(params, "beta", 0.1 if kind == "dpo" else 0.05, low=0.0, high=10.0)
         if kind == "rloo":
@@ -59,11 +62,14 @@ def validate_params(kind: str):
     return validate
 
 
-def _preference_rows(campaign: Campaign, seed: int):
+def _preference_rows(ctx: RunContext, kind: str, p: dict):
+    """(the preference dataset, the snapshot it came from, as recorded in the model's metadata)."""
     from training.preferences import PreferenceDatasetError, PreferenceOptions, build_preference_dataset
 
+    snapshot = training_snapshot(ctx.run, kind, p.get("snapshot"))
+    ctx.log(f"training data: snapshot {snapshot.name} v{snapshot.version} ({snapshot.content_hash[:12]})")
     try:
-        return build_preference_dataset(ranked_judgements(campaign), PreferenceOptions(seed=seed))
+        return build_preference_dataset(snapshot_judgements(snapshot), PreferenceOptions(seed=p["seed"])), snapshot_record(snapshot)
     except PreferenceDatasetError as exc:
         raise RunFailed(f"not enough preference data: {exc}") from exc
 
@@ -101,34 +107,36 @@ def train_and_register_policy(kind: str, ctx: RunContext, p: dict) -> ModelVersi
     parent = ModelVersion.objects.get(name=p["policy"]) if p["policy"] else current_policy(campaign)
     out = Path(settings.ARTIFACTS_DIR) / "runs" / str(ctx.run.pk) / kind
     try:
-        result = _train(kind, ctx, p, campaign, _common_config(p, parent, out))
+        result, snapshot = _train(kind, ctx, p, campaign, _common_config(p, parent, out))
     except TrainingCancelled as exc:
         raise RunCancelled() from exc
     except PolicyTrainingError as exc:
         raise RunFailed(str(exc)) from exc
     return register_policy(campaign, ctx.run, parent, result.merged_dir, p["name"], method=kind,
                            extra={"adapter_dir": str(result.adapter_dir) if result.adapter_dir else None, "final_metrics": result.metrics,
-                                  **({"reward_model": p["reward_model"]} if kind == "rloo" else {})})
+                                  "snapshot": snapshot, **({"reward_model": p["reward_model"]} if kind == "rloo" else {})})
 
 
 def _train(kind: str, ctx: RunContext, p: dict, campaign: Campaign, config: dict):
+    """(the training result, the snapshot the policy learnt from: its own, or for RLOO its reward model's)."""
     on_log = _streaming(ctx, p["epochs"])
     if kind == "sft":
         from training.sft import SFTConfig, chosen_to_sft_rows, train_sft
 
-        rows = chosen_to_sft_rows(_preference_rows(campaign, p["seed"]).train)
-        return train_sft(SFTConfig(**config), rows, on_log=on_log, should_stop=ctx.should_stop)
+        data, snapshot = _preference_rows(ctx, kind, p)
+        return train_sft(SFTConfig(**config), chosen_to_sft_rows(data.train), on_log=on_log, should_stop=ctx.should_stop), snapshot
     if kind == "dpo":
         from training.dpo import DPOConfig, train_dpo
 
-        data = _preference_rows(campaign, p["seed"])
-        return train_dpo(DPOConfig(**config, beta=p["beta"]), data.train, data.eval, on_log=on_log, should_stop=ctx.should_stop)
+        data, snapshot = _preference_rows(ctx, kind, p)
+        return train_dpo(DPOConfig(**config, beta=p["beta"]), data.train, data.eval, on_log=on_log, should_stop=ctx.should_stop), snapshot
     from training.rloo import RLOOConfig, reward_fn_from_reward_model, train_rloo
 
     reward = ModelVersion.objects.get(name=p["reward_model"])
     prompts = list(campaign.prompts.order_by("id").values_list("messages", flat=True)[: p["limit"]])
     rloo = RLOOConfig(**config, beta=p["beta"], num_generations=p["num_generations"], max_completion_length=p["max_completion_length"])
-    return train_rloo(rloo, prompts, reward_fn_from_reward_model(str(registry.checkpoint_dir(reward))), on_log=on_log, should_stop=ctx.should_stop)
+    reward_fn = reward_fn_from_reward_model(str(registry.checkpoint_dir(reward)))
+    return train_rloo(rloo, prompts, reward_fn, on_log=on_log, should_stop=ctx.should_stop), reward.metadata.get("snapshot")
 
 
 for _kind in ("sft", "dpo", "rloo"):

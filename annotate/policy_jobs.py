@@ -112,7 +112,8 @@ def optimise_with_ppo(ctx: RunContext, p: dict):
         raise RunCancelled()
     last = result.history[-1] if result.history else {}
     version = register_policy(campaign, run, parent, result.policy_dir, p["name"], method="ppo",
-                              extra={"reward_model": reward.name, "adapter_dir": str(result.adapter_dir), "final_metrics": last})
+                              extra={"reward_model": reward.name, "adapter_dir": str(result.adapter_dir), "final_metrics": last,
+                                     "snapshot": reward.metadata.get("snapshot")})  # the judgements behind its reward model
     return version, result
 
 

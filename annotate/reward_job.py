@@ -10,10 +10,10 @@ from . import registry
 from .jobs import InvalidParams, RunCancelled, RunContext, RunFailed, register
 from .params import choice, flag, integer, number
 from .models import Campaign, ModelVersion
-from .preference_data import ranked_judgements
+from .preference_data import snapshot_judgements, snapshot_param, snapshot_record, training_snapshot
 
 ALLOWED = {"base_model", "name", "use_lora", "learning_rate", "epochs", "batch_size", "max_length", "aggregation",
-           "weighting", "eval_fraction", "seed", "include_excluded", "center_rewards_coefficient", "use_margin"}
+           "weighting", "eval_fraction", "seed", "include_excluded", "center_rewards_coefficient", "use_margin", "snapshot"}
 
 
 def validate_params(campaign: Campaign | None, params: dict) -> dict:
@@ -30,6 +30,7 @@ def validate_params(campaign: Campaign | None, params: dict) -> dict:
     clean = {
         "base_model": base,
         "name": name,
+        "snapshot": snapshot_param(campaign, params),
         "aggregation": choice(params, "aggregation", ("all", "majority")),
         "weighting": choice(params, "weighting", ("uniform", "per_judgement", "rank_distance")),
         "use_lora": flag(params, "use_lora", True),
@@ -49,19 +50,21 @@ def validate_params(campaign: Campaign | None, params: dict) -> dict:
 def run_reward_training(ctx: RunContext) -> dict:
     version, result = train_and_register(ctx, ctx.params)
     return {"model": version.name, "model_id": version.pk, "metrics": version.metadata["metrics"], "dataset_hash": result.dataset_hash,
-            "chosen_scores": result.chosen_scores, "rejected_scores": result.rejected_scores}
+            "snapshot": version.metadata["snapshot"], "chosen_scores": result.chosen_scores, "rejected_scores": result.rejected_scores}
 
 
 def train_and_register(ctx: RunContext, p: dict):
-    """Build the dataset from the campaign's judgements, train, register; returns (ModelVersion, RewardResult)."""
+    """Build the dataset from a snapshot of the campaign's judgements, train, register; returns (ModelVersion, RewardResult)."""
     from training.preferences import PreferenceDatasetError, PreferenceOptions, build_preference_dataset
     from training.reward import RewardConfig, RewardTrainingError, TrainingCancelled, train_reward_model
 
     run, campaign = ctx.run, ctx.run.campaign
     options = PreferenceOptions(weighting=p["weighting"], aggregation=p["aggregation"], include_excluded=p["include_excluded"],
                                 eval_fraction=p["eval_fraction"], seed=p["seed"])
+    snapshot = training_snapshot(run, "reward", p.get("snapshot"), include_paused=p["include_excluded"])
+    ctx.log(f"training data: snapshot {snapshot.name} v{snapshot.version} ({snapshot.content_hash[:12]})")
     try:
-        dataset = build_preference_dataset(ranked_judgements(campaign), options)
+        dataset = build_preference_dataset(snapshot_judgements(snapshot), options)
     except PreferenceDatasetError as exc:
         raise RunFailed(f"not enough preference data: {exc}") from exc
     out = Path(settings.ARTIFACTS_DIR) / "runs" / str(run.pk)
@@ -95,7 +98,7 @@ def train_and_register(ctx: RunContext, p: dict):
     with transaction.atomic():
         version = registry.register(
             p["name"] or f"{campaign.slug}-reward-{run.pk}", ModelVersion.Kind.REWARD, result.output_dir, parent=base, run=run,
-            metadata={"metrics": metrics, "dataset_hash": result.dataset_hash, "calibration": result.calibration,
+            metadata={"metrics": metrics, "dataset_hash": result.dataset_hash, "snapshot": snapshot_record(snapshot), "calibration": result.calibration,
                       "train_pairs": result.train_pairs, "eval_pairs": result.eval_pairs, "campaign": campaign.slug},
         )
     ctx.log(f"registered {version.name}: held-out accuracy {metrics['eval/accuracy']:.3f}")

@@ -76,6 +76,9 @@ def test_one_round_with_simulated_labelers_improves_the_policy_under_their_hidde
 
     new = ModelVersion.objects.get(kind="policy", round=1)
     assert new.parent == old and new.metadata["method"] == "ppo"
+    # the policy records the judgements behind its reward model: the snapshot the round froze
+    assert new.metadata["snapshot"] == ModelVersion.objects.get(kind="reward").metadata["snapshot"]
+    assert new.metadata["snapshot"]["name"].endswith("-reward")
     before, after = mean_rule_score(checkpoint_dir(old), seed=11), mean_rule_score(checkpoint_dir(new), seed=11)
     # 384 samples a side: the standard error of the difference is about 0.015
     assert after > before + 0.04, f"hidden-rule score {before:.3f} before the round, {after:.3f} after"

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from annotate import jobs
-from annotate.models import ModelVersion, Run
+from annotate.models import ModelVersion, Run, Snapshot
 from tests.annotate.test_jobs import work_off_queue
 from tests.annotate.test_reward_job import banana_campaign, label_all
 from tests.conftest import api_client, join, make_campaign, make_user
@@ -23,6 +23,8 @@ def test_a_policy_run_trains_from_judgements_and_registers_the_next_round(kind, 
     assert run.status == "succeeded", run.error
     version = ModelVersion.objects.get(kind="policy", run=run)
     assert (version.parent, version.round, version.metadata["method"], version.metadata["campaign"]) == (base, 1, kind, "fruit")
+    snapshot = Snapshot.objects.get(campaign=campaign, name=f"run-{run.pk}-{kind}")
+    assert version.metadata["snapshot"] == {"name": snapshot.name, "version": snapshot.version, "content_hash": snapshot.content_hash}
     assert run.metrics.exists()
     from training.models import load_causal_lm
     from annotate.registry import checkpoint_dir

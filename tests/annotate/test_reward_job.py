@@ -4,8 +4,10 @@ from __future__ import annotations
 import pytest
 
 from annotate import assignment, jobs, judgements
+from annotate.exports import ExportFilters, ExportOptions
 from annotate.judgements import task_response_ids
-from annotate.models import Campaign, ModelVersion, Run
+from annotate.models import Campaign, ModelVersion, Run, Snapshot
+from annotate.snapshots import create_snapshot, sha256_file, snapshot_file
 from tests.annotate.test_jobs import work_off_queue
 from tests.conftest import api_client, join, make_campaign, make_user
 from annotate.imports import import_prompts, import_responses
@@ -52,6 +54,9 @@ def test_a_reward_run_trains_registers_and_scores(tiny_checkpoint, artifacts):
     version = ModelVersion.objects.get(name="fruit-rm")
     assert (version.kind, version.parent.name, version.run_id) == ("reward", "tiny-base", run.pk)
     assert len(version.metadata["dataset_hash"]) == 64
+    snapshot = Snapshot.objects.get(campaign=campaign, name=f"run-{run.pk}-reward")  # frozen by the run, downloadable
+    assert version.metadata["snapshot"] == run.result["snapshot"] == {"name": snapshot.name, "version": 1, "content_hash": snapshot.content_hash}
+    assert sha256_file(snapshot_file(snapshot)) == snapshot.content_hash and snapshot.row_counts["rows"] == 64
     assert version.metadata["metrics"]["eval/accuracy"] >= 0.9
     assert run.metrics.filter(name="loss").exists()
     carol = join(make_user("carol"), campaign, "admin")
@@ -64,6 +69,34 @@ def test_a_reward_run_trains_registers_and_scores(tiny_checkpoint, artifacts):
     assert api_client(join(make_user("alice2"), campaign, "labeler")).post(
         f"/api/v1/models/{version.pk}/score/", {"prompt": "x", "responses": ["y"]}, format="json"
     ).status_code == 404
+
+
+def test_a_reward_run_trains_on_the_named_snapshot_not_on_later_judgements(tiny_checkpoint, artifacts):
+    ModelVersion.objects.create(name="tiny-base", kind="base", checkpoint_path=str(tiny_checkpoint))
+    campaign = banana_campaign(prompts=16)
+    label_all(campaign, join(make_user("alice"), campaign, "labeler"))
+    create_snapshot(campaign, "first-batch", ExportOptions(shape="rankings", format="jsonl.gz"), ExportFilters())
+    import_prompts(campaign, [{"external_id": f"late{i}", "text": f"Tell me something, {WORDS[i]}."} for i in range(8)])
+    import_responses(campaign, [{"prompt": f"late{i}", "model": m, "text": f"{WORDS[i]} {t} is nice."} for i in range(8) for m, t in (("plain", "stone"), ("fruity", "banana"))])
+    label_all(campaign, join(make_user("bob"), campaign, "labeler"))
+    run = jobs.start_run("reward", campaign=campaign, params={"base_model": "tiny-base", "snapshot": "first-batch", "eval_fraction": 0.25})
+    work_off_queue()
+    run.refresh_from_db()
+    assert run.status == "succeeded", run.error
+    version = ModelVersion.objects.get(kind="reward")
+    assert version.metadata["snapshot"]["name"] == "first-batch"
+    assert version.metadata["train_pairs"] + version.metadata["eval_pairs"] == 16  # alice's 16, none of bob's 8
+    assert not Snapshot.objects.filter(name__startswith="run-").exists()
+
+
+@pytest.mark.parametrize("snapshot, expected", [("nope", "no snapshot named"), ("as-pairs", "training reads rankings")])
+def test_a_snapshot_training_cannot_read_is_refused(snapshot, expected, artifacts):
+    campaign = make_campaign("rms", prompts=1)
+    carol = join(make_user("carol", is_staff=True), campaign, "admin")
+    create_snapshot(campaign, "as-pairs", ExportOptions(shape="pairs"), ExportFilters())
+    response = api_client(carol).post("/api/v1/campaigns/rms/runs/", {"kind": "reward", "params": {"snapshot": snapshot}}, format="json")
+    assert response.status_code == 400 and response.json()["field"] == "snapshot" and expected in response.json()["detail"]
+    assert not Run.objects.exists()
 
 
 def test_too_few_pairs_fail_clearly_and_register_nothing(tiny_checkpoint, artifacts):
