@@ -109,6 +109,9 @@ class PPOConfig:
     """Checkpoint every this many iterations (and always at the end or when stopped)."""
     device: str | None = None
     """'cuda' or 'cpu'; None: CUDA when available."""
+    bf16: bool | None = None
+    """bf16 autocast for the forward passes (weights, optimiser and losses stay fp32); None: on a GPU
+    that supports it, off on the CPU (where bf16 matmuls are slow)."""
 
 
 @dataclass
@@ -285,6 +288,7 @@ def train_ppo(
     eos_id, pad_id = tokenizer.eos_token_id, tokenizer.pad_token_id
     policy = _load_policy(config, device)
     critic = _load_critic(config, pad_id, device)
+    autocast = _autocast(config, device)
     params = [p for m in (policy, critic) for p in m.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.learning_rate, eps=1e-5)
     generation_config = GenerationConfig(
@@ -303,7 +307,8 @@ def train_ppo(
     if resume and (checkpoint_dir / "trainer_state.pt").is_file():
         state = _load_checkpoint(checkpoint_dir, policy, critic, optimizer)
     elif config.normalize_scores:
-        state["score_offset"] = _reference_score(policy, tokenizer, prompts, reward_fn, generation_config, config)
+        with autocast():
+            state["score_offset"] = _reference_score(policy, tokenizer, prompts, reward_fn, generation_config, config)
     for log_name in ("metrics.jsonl", "samples.jsonl"):  # drop rows of iterations the checkpoint does not hold
         _truncate_jsonl(output_dir / log_name, state["iteration"])
 
@@ -321,15 +326,16 @@ def train_ppo(
         query = _encode_prompts(tokenizer, batch_prompts, device)
         context_length = query["input_ids"].shape[1]
         start = time.perf_counter()
-        with torch.no_grad():
+        with torch.no_grad(), autocast():
             generated = policy.generate(**query, generation_config=generation_config)
         generation_s = time.perf_counter() - start
         b_responses, b_mask = truncate_after_eos(generated[:, context_length:], eos_id, pad_id)
         b_query_responses = torch.cat([query["input_ids"], b_responses], dim=1)
         b_attention_mask = torch.cat([query["attention_mask"], b_mask.long()], dim=1)
-        b_logprobs, b_ref_logprobs, b_values = _score_rollout(
-            policy, critic, b_query_responses, b_attention_mask, b_responses, context_length, config
-        )
+        with autocast():
+            b_logprobs, b_ref_logprobs, b_values = _score_rollout(
+                policy, critic, b_query_responses, b_attention_mask, b_responses, context_length, config
+            )
 
         # REWARDS
         completion_ids = [r[m.bool()].tolist() for r, m in zip(b_responses.cpu(), b_mask.cpu())]
@@ -353,9 +359,10 @@ def train_ppo(
             for mb_start in range(0, B, config.minibatch_size):
                 mb = permutation[mb_start : mb_start + config.minibatch_size].to(device)
                 mb_query_responses, mb_attention_mask, mb_mask = b_query_responses[mb], b_attention_mask[mb], b_mask[mb]
-                mb_logits = _response_logits(policy, mb_query_responses, mb_attention_mask, context_length, temperature)
-                mb_logprobs, mb_logp = _logprobs_and_logp(mb_logits, b_responses[mb])
-                mb_values = _response_values(critic, mb_query_responses, mb_attention_mask, context_length)
+                with autocast():  # the log-softmax and the values come out in fp32
+                    mb_logits = _response_logits(policy, mb_query_responses, mb_attention_mask, context_length, temperature)
+                    mb_logprobs, mb_logp = _logprobs_and_logp(mb_logits, b_responses[mb])
+                    mb_values = _response_values(critic, mb_query_responses, mb_attention_mask, context_length)
                 pg_loss, pg_stats = clipped_policy_loss(mb_logprobs, b_logprobs[mb], b_advantages[mb], mb_mask, config.clip_eps)
                 vf_loss, vf_clipfrac = clipped_value_loss(mb_values, b_values[mb], b_returns[mb], mb_mask, config.value_clip)
                 loss = pg_loss + config.vf_coef * vf_loss
@@ -414,6 +421,13 @@ def train_ppo(
     if not stopped:
         result.adapter_dir, result.policy_dir = _save_final_policy(policy, tokenizer, output_dir)
     return result
+
+
+def _autocast(config: PPOConfig, device: torch.device) -> Callable[[], torch.autocast]:
+    """A context-manager factory: bf16 autocast where config.bf16 (or, by default, a bf16-capable GPU) asks for it."""
+    on_gpu = device.type == "cuda"
+    enabled = config.bf16 if config.bf16 is not None else on_gpu and torch.cuda.is_bf16_supported()
+    return lambda: torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
 
 
 def _seed_everything(seed: int) -> None:

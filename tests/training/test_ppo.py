@@ -79,6 +79,28 @@ def test_the_first_minibatch_ratio_is_one_every_iteration(learning_run: PPOResul
         assert metrics["val/ratio_first_minibatch"] == pytest.approx(1.0, abs=1e-5)
 
 
+def test_bf16_autocast_learns_too_and_keeps_the_weights_in_fp32(toy_policy_dir: Path, tmp_path: Path, monkeypatch):
+    # on by default on a bf16 GPU; forced here on the CPU, which runs the same autocast path
+    seen = set()
+    linear = torch.nn.functional.linear
+
+    def spy(input, weight, bias=None):
+        out = linear(input, weight, bias)
+        seen.add(out.dtype)
+        return out
+
+    monkeypatch.setattr(torch.nn.functional, "linear", spy)
+    result = train_ppo(config_for(toy_policy_dir, tmp_path / "run", total_iterations=30, bf16=True), PROMPTS, yes_fraction)
+    monkeypatch.undo()
+    assert torch.bfloat16 in seen  # the forward passes ran in bf16
+    scores = [m["objective/scores"] for m in result.history]
+    assert sum(scores[-10:]) / 10 > sum(scores[:5]) / 5 + 0.1, scores  # as test_ppo_raises_the_score_of_a_rule_based_reward
+    for metrics in result.history:  # the old log-probs came from the same bf16 passes as the update
+        assert metrics["val/ratio_first_minibatch"] == pytest.approx(1.0, abs=1e-3)
+    trained = AutoModelForCausalLM.from_pretrained(result.policy_dir)
+    assert all(p.dtype == torch.float32 for p in trained.parameters())
+
+
 def test_training_leaves_the_reference_untouched(learning_run: PPOResult, toy_policy_dir: Path):
     tokenizer = load_tokenizer(toy_policy_dir)
     original = last_logits(AutoModelForCausalLM.from_pretrained(toy_policy_dir).eval(), tokenizer)
