@@ -34,8 +34,8 @@ def validate_params(kind: str):
         if unknown := sorted(set(params) - allowed):
             raise InvalidParams(f"unknown params {unknown}; allowed: {sorted(allowed)}.", field=unknown[0])
         policy = params.get("policy")
-        if policy is not None and not registry.can_generate(policy):
-            raise InvalidParams(f"policy {policy!r} is unknown or has no checkpoint.", field="policy")
+        if policy is not None and (error := registry.training_base_error(policy)):
+            raise InvalidParams(f"policy {error}", field="policy")
         clean = {
             "policy": policy, "name": policy_name(campaign, params),
             "learning_rate": number(params, "learning_rate", DEFAULT_LR[kind], low=0.0, high=1.0, low_open=True),

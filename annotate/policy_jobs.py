@@ -44,8 +44,8 @@ def validate_ppo(campaign: Campaign | None, params: dict) -> dict:
     if unknown := sorted(set(params) - PPO_FIELDS):
         raise InvalidParams(f"unknown params {unknown}; allowed: {sorted(PPO_FIELDS)}.", field=unknown[0])
     policy = params.get("policy")
-    if policy is not None and not registry.can_generate(policy):
-        raise InvalidParams(f"policy {policy!r} is unknown or has no checkpoint.", field="policy")
+    if policy is not None and (error := registry.training_base_error(policy)):
+        raise InvalidParams(f"policy {error}", field="policy")
     reward = params.get("reward_model") or getattr(latest_reward_model(campaign), "name", None)
     if reward is None:
         raise InvalidParams("no reward model yet: train one on this campaign's judgements first.", field="reward_model")

@@ -58,6 +58,19 @@ def can_generate(name: str) -> bool:
     return ModelVersion.objects.filter(name=name).exclude(checkpoint_path="").exclude(kind=ModelVersion.Kind.REWARD).exists()
 
 
+# training.models.QUANTIZED_MARKER (not imported: that would load torch into the web process)
+QUANTIZED_MARKER = "quantization.json"
+
+
+def training_base_error(name) -> str | None:
+    """Why training cannot start from model `name` (None: it can): unknown, no checkpoint, or quantised weights."""
+    if not isinstance(name, str) or not can_generate(name):
+        return f"model {name!r} is unknown or has no checkpoint."
+    if name != DEFAULT_BASE_NAME and (checkpoint_dir(ModelVersion.objects.get(name=name)) / QUANTIZED_MARKER).exists():
+        return f"model {name!r} has quantised weights (int8 or bitsandbytes), which cannot be trained: start from the model it was made from."
+    return None
+
+
 @transaction.atomic
 def register(name: str, kind: str, path: Path, *, parent: ModelVersion | None = None, run: Run | None = None, metadata=None, round: int | None = None) -> ModelVersion:
     """Register a finished checkpoint (call only once it is completely written)."""

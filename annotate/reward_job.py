@@ -22,8 +22,8 @@ def validate_params(campaign: Campaign | None, params: dict) -> dict:
     if unknown := sorted(set(params) - ALLOWED):
         raise InvalidParams(f"unknown params {unknown}; allowed: {sorted(ALLOWED)}.", field=unknown[0])
     base = params.get("base_model", registry.DEFAULT_BASE_NAME)
-    if not isinstance(base, str) or not registry.can_generate(base):
-        raise InvalidParams(f"base model {base!r} is unknown or has no checkpoint.", field="base_model")
+    if error := registry.training_base_error(base):
+        raise InvalidParams(f"base {error}", field="base_model")
     name = params.get("name")
     if name is not None and (not isinstance(name, str) or not name.strip() or ModelVersion.objects.filter(name=name).exists()):
         raise InvalidParams(f"name {name!r} is empty or already taken.", field="name")

@@ -143,6 +143,14 @@ def test_an_optimize_run_registers_each_version_with_its_lineage_and_figures(pol
     assert gen.status == "succeeded", gen.error
     assert Response.objects.filter(model_version__name="tiny-ppo-int8").count() == 3
     assert Response.objects.filter(model_version__name="tiny-ppo-pruned50").count() == 3
+    # but quantised weights cannot be trained: refused when the run is asked for, naming the source to use
+    for kind, field in (("dpo", "policy"), ("ppo", "policy"), ("reward", "base_model")):
+        response = api_client(carol).post("/api/v1/campaigns/opt/runs/", {"kind": kind, "params": {field: "tiny-ppo-int8"}}, format="json")
+        assert response.status_code == 400 and response.json()["field"] == field and "quantised" in response.json()["detail"]
+    from annotate.registry import QUANTIZED_MARKER
+    from training.models import QUANTIZED_MARKER as WRITTEN_BY_TRAINING
+
+    assert QUANTIZED_MARKER == WRITTEN_BY_TRAINING
 
 
 def test_comparisons_are_shown_only_to_readers_of_the_campaign(policy, carol, campaign, artifacts):
