@@ -30,7 +30,7 @@ from rest_framework.pagination import CursorPagination
 from rest_framework.response import Response as DRFResponse
 from rest_framework.routers import SimpleRouter
 
-from . import access, exports, snapshots
+from . import access, exports, jobs, snapshot_job, snapshots
 from .exports import CONTENT_TYPES, FILTER_NAMES, FLAGGED, FORMATS, IDENTITIES, SHAPES, InvalidExport, LabelerNames
 from .models import Campaign, Judgement, Membership, Prompt, Response, Snapshot, Task, TaskResponse
 
@@ -182,6 +182,7 @@ class SnapshotSerializer(serializers.ModelSerializer):
     responses={
         200: SnapshotSerializer(many=True),
         201: SnapshotSerializer,
+        202: OpenApiResponse(description="A large campaign: the snapshot is being written by the run at `url`; its result names it."),
         409: OpenApiResponse(description="The name is taken; nothing was written."),
     } | ERRORS,
     description="List the campaign's snapshots (newest first), or freeze an export as a named snapshot "
@@ -196,9 +197,10 @@ def snapshot_list(request, slug):
     body = SnapshotInSerializer(data=request.data)
     body.is_valid(raise_exception=True)
     data = body.validated_data
-    if "identities" in data["filters"]:
-        raise InvalidExport("snapshots are always pseudonymous.", field="identities", allowed=["pseudonymous"])
-    options, filters = exports.parse_export({**data["filters"], "shape": data["shape"], "format": data["format"]})
+    if snapshot_job.in_background(campaign):
+        run = jobs.start_run("snapshot", campaign=campaign, params=data, user=request.user)
+        return DRFResponse({"run": run.pk, "status": run.status, "url": f"/api/v1/runs/{run.pk}/"}, status=status.HTTP_202_ACCEPTED)
+    options, filters = snapshot_job.parse(data)
     snapshot = snapshots.create_snapshot(campaign, data["name"], options, filters, user=request.user)
     return DRFResponse(SnapshotSerializer(snapshot).data, status=status.HTTP_201_CREATED)
 

@@ -241,6 +241,7 @@ class Run(models.Model):
         ROUND = "round"
         OPTIMIZE = "optimize"
         IMPORT = "import"
+        SNAPSHOT = "snapshot"
 
     class Status(models.TextChoices):
         QUEUED = "queued"

@@ -33,11 +33,9 @@ class SnapshotExists(DomainError):
 
 def create_snapshot(campaign: Campaign, name: str, options: ExportOptions, filters: ExportFilters, *, user=None) -> Snapshot:
     """Export, hash and record a snapshot. Raises SnapshotExists if the name is taken (nothing is written then)."""
-    _check_name(name)
+    check_new_name(campaign, name)
     if options.identities != "pseudonymous":
         raise InvalidExport("snapshots are always pseudonymous.", field="identities", allowed=["pseudonymous"])
-    if Snapshot.objects.filter(campaign=campaign, name=name).exists():
-        raise SnapshotExists(f"campaign {campaign.slug} already has a snapshot named {name!r}.", field="name")
     folder = Path(settings.ARTIFACTS_DIR) / "snapshots" / campaign.slug
     folder.mkdir(parents=True, exist_ok=True)
     partial = folder / f".{name}.{uuid.uuid4().hex}.partial"
@@ -68,13 +66,16 @@ def _record(campaign, name, options, filters, partial: Path, digest: str, row_co
     return snapshot
 
 
-def _check_name(name) -> None:
+def check_new_name(campaign: Campaign, name) -> None:
+    """A DomainError for a malformed name, SnapshotExists for a taken one."""
     try:
         if not isinstance(name, str) or not 0 < len(name) <= 100:
             raise ValidationError("bad length")
         validate_slug(name)
     except ValidationError:
         raise DomainError("a snapshot name is 1 to 100 letters, digits, hyphens or underscores.", field="name")
+    if Snapshot.objects.filter(campaign=campaign, name=name).exists():
+        raise SnapshotExists(f"campaign {campaign.slug} already has a snapshot named {name!r}.", field="name")
 
 
 def snapshot_file(snapshot: Snapshot) -> Path:
