@@ -26,14 +26,15 @@ def _select_list(model: type[Model], alias: str, vendor: str) -> str:
 
 
 def width(model: type[Model]) -> int:
+    """How many columns `select_list(model, ...)` yields (to split a joined row)."""
     return len(model._meta.concrete_fields)
 
 
 def instance(model: type[Model], values) -> Model:
     """A model instance from the values of `select_list(model, ...)`, converted as the ORM would."""
-    fields = model._meta.concrete_fields
-    converted = [value if value is None else _convert(value, field_converters) for value, field_converters in zip(values, _converters(model, connection.vendor))]
-    return model.from_db(connection.alias, [f.attname for f in fields], converted)
+    converters = _converters(model, connection.vendor)
+    converted = [value if value is None else _convert(value, field_converters) for value, field_converters in zip(values, converters)]
+    return model.from_db(connection.alias, [f.attname for f in model._meta.concrete_fields], converted)
 
 
 def field_value(model: type[Model], name: str, value):
