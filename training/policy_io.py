@@ -21,10 +21,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import peft
 import torch
-import transformers
-import trl
 from accelerate.utils import is_peft_model
 from peft import LoraConfig
 from transformers import (
@@ -37,7 +34,7 @@ from transformers import (
 )
 from transformers.trainer_callback import PrinterCallback
 
-from training.reward import TrainingCancelled
+from training.trl_common import TrainingCancelled, common_training_kwargs, resolved_settings
 
 __all__ = [
     "PolicyConfig",
@@ -155,30 +152,12 @@ def lora_config(config: PolicyConfig) -> LoraConfig | None:
 
 
 def trl_common_args(config: PolicyConfig) -> dict[str, Any]:
-    """Keyword arguments for any TRL config: CPU-safe precision, no mid-run checkpoints, no reporting."""
-    on_gpu = torch.cuda.is_available() and not config.use_cpu
-    bf16 = config.bf16 if config.bf16 is not None else on_gpu and torch.cuda.is_bf16_supported()
+    """Keyword arguments for any TRL policy config: the shared ones plus step limit, clipping and data seed."""
     return dict(
-        output_dir=config.output_dir,
-        learning_rate=config.learning_rate,
-        num_train_epochs=config.num_train_epochs,
+        **common_training_kwargs(config),
         max_steps=config.max_steps,
-        per_device_train_batch_size=config.per_device_train_batch_size,
-        gradient_accumulation_steps=config.gradient_accumulation_steps,
-        lr_scheduler_type=config.lr_scheduler_type,
-        warmup_steps=config.warmup_ratio,  # transformers 5: a float below 1 is a ratio
-        weight_decay=config.weight_decay,
         max_grad_norm=config.max_grad_norm,
-        activation_checkpointing=config.gradient_checkpointing,  # transformers 5 name; TRL's default is True
-        bf16=bf16,  # TRL defaults to bf16=True, which fails on a CPU
-        use_cpu=config.use_cpu,
-        seed=config.seed,
         data_seed=config.seed,
-        logging_steps=config.logging_steps,
-        save_strategy="no",  # we save once, at the end
-        dataloader_pin_memory=on_gpu,
-        report_to="none",
-        disable_tqdm=True,
     )
 
 
@@ -275,7 +254,7 @@ def save_policy(
             tokenizer.save_pretrained(result.adapter_dir)
             model = model.merge_and_unload()  # folds the adapters into the base weights, in place
         _save_merged(model, tokenizer, result.merged_dir)
-        _write_json(out / f"{name}_config.json", {**asdict(config), "resolved": _resolved(trainer.args)})
+        _write_json(out / f"{name}_config.json", {**asdict(config), "resolved": resolved_settings(trainer.args)})
         _write_json(out / "metrics.json", {**asdict(result), "log_history": stream.history})
     trainer.accelerator.wait_for_everyone()
     return result
@@ -289,17 +268,6 @@ def _save_merged(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, mer
         model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.eval().save_pretrained(merged_dir, safe_serialization=True)
     tokenizer.save_pretrained(merged_dir)
-
-
-def _resolved(args) -> dict[str, Any]:
-    """What the defaults resolved to on this machine (TRL's args), and the library versions."""
-    return {
-        "bf16": args.bf16,
-        "device": str(args.device),
-        "world_size": args.world_size,
-        "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
-                     "trl": trl.__version__, "peft": peft.__version__},
-    }
 
 
 def _write_json(path: Path, data: Any) -> None:
