@@ -29,13 +29,10 @@ from training.preferences import split_prompts
 from .errors import DomainError
 from .export_agreement import aggregate_ranking, mean_ranks, pairwise_agreement
 from .export_formats import (
-    FLUSH_BYTES, MESSAGES, RANKING, RESPONSES, ROW_GROUP, SCHEMAS, schema_for, stream_gzip, stream_jsonl, stream_parquet,
-    write_dataset_dict, zip_folder,
+    FLUSH_BYTES, ROW_GROUP, SCHEMAS, schema_for, stream_gzip, stream_jsonl, stream_parquet, write_dataset_dict, zip_folder,
 )
 from .export_rows import (
-    CHUNK, J_CREATED, J_FLAGS, J_ID, J_LABELER, J_RANKING, J_RATINGS, J_RATIONALE, J_SURPLUS, J_TASK, J_TIME, JUDGEMENT_COLUMNS,
-    PAIR_COLUMNS, ExportStats, LabelerNames, ModelNames, TaskInfo, TaskOrdered, build_lines, build_rows, encode_json,
-    encode_string, labelers_with_gold_accuracy, prompt_text, pseudonym, select_judgements, select_tasks,
+    CHUNK, ExportStats, LabelerNames, build_lines, build_rows, encode_json, prompt_text, pseudonym, select_judgements,
 )
 from .models import Campaign
 
@@ -55,15 +52,9 @@ __all__ = [
     "SHAPES", "FORMATS", "EXTENSIONS", "CONTENT_TYPES", "FLAGGED", "IDENTITIES", "CHUNK", "ROW_GROUP", "FLUSH_BYTES",
     "InvalidExport", "ExportFilters", "ExportOptions", "FILTER_NAMES", "OPTION_NAMES", "parse_export", "parse_options",
     "parse_filters", "export_rows", "export_lines", "stream_export", "write_export", "held_out_prompts", "export_filename",
-    # from annotate.export_rows
-    "select_tasks", "select_judgements", "labelers_with_gold_accuracy", "pseudonym", "LabelerNames", "JUDGEMENT_COLUMNS",
-    "J_ID", "J_TASK", "J_LABELER", "J_RANKING", "J_RATIONALE", "J_FLAGS", "J_RATINGS", "J_TIME", "J_SURPLUS", "J_CREATED",
-    "PAIR_COLUMNS", "TaskInfo", "ExportStats", "encode_json", "encode_string", "TaskOrdered", "ModelNames", "prompt_text",
-    # from annotate.export_agreement
+    # re-exported for callers that read rows, pseudonyms, schemas and agreement through this module
+    "ExportStats", "LabelerNames", "pseudonym", "encode_json", "prompt_text", "SCHEMAS",
     "pairwise_agreement", "mean_ranks", "aggregate_ranking",
-    # from annotate.export_formats
-    "MESSAGES", "RESPONSES", "RANKING", "SCHEMAS", "schema_for", "stream_jsonl", "stream_gzip", "stream_parquet",
-    "write_dataset_dict", "zip_folder",
 ]
 
 
