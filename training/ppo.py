@@ -16,7 +16,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import random
-import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -25,13 +24,12 @@ from typing import Protocol
 
 import numpy as np
 import torch
-from peft import LoraConfig, PeftModel, get_peft_model, load_peft_weights, set_peft_model_state_dict
+from peft import LoraConfig, PeftModel, get_peft_model
 from torch import Tensor, nn
 from transformers import (
     AutoModelForCausalLM,
     AutoModelForSequenceClassification,
     GenerationConfig,
-    PreTrainedModel,
     PreTrainedTokenizerBase,
 )
 
@@ -47,6 +45,7 @@ from training.losses import (
     truncate_after_eos,
 )
 from training.models import default_device, load_tokenizer
+from training.ppo_checkpoints import append_jsonl, load_checkpoint, sample_row, save_checkpoint, save_final_policy, truncate_jsonl
 
 Messages = list[dict]
 
@@ -305,12 +304,12 @@ def train_ppo(
     state = {"iteration": 0, "kl_coef": config.kl_coef, "score_offset": 0.0, "history": []}
     checkpoint_dir = output_dir / "checkpoint"
     if resume and (checkpoint_dir / "trainer_state.pt").is_file():
-        state = _load_checkpoint(checkpoint_dir, policy, critic, optimizer)
+        state = load_checkpoint(checkpoint_dir, policy, critic, optimizer)
     elif config.normalize_scores:
         with autocast():
             state["score_offset"] = _reference_score(policy, tokenizer, prompts, reward_fn, generation_config, config)
     for log_name in ("metrics.jsonl", "samples.jsonl"):  # drop rows of iterations the checkpoint does not hold
-        _truncate_jsonl(output_dir / log_name, state["iteration"])
+        truncate_jsonl(output_dir / log_name, state["iteration"])
 
     stopped = False
     for iteration in range(state["iteration"], config.total_iterations):
@@ -409,17 +408,17 @@ def train_ppo(
         }
         state["history"].append(metrics)
         state["iteration"] = iteration + 1
-        _append_jsonl(output_dir / "metrics.jsonl", {"iteration": iteration, **metrics})
-        _append_jsonl(output_dir / "samples.jsonl", _samples(iteration, batch_prompts, completions, b_raw_scores))
+        append_jsonl(output_dir / "metrics.jsonl", {"iteration": iteration, **metrics})
+        append_jsonl(output_dir / "samples.jsonl", sample_row(iteration, batch_prompts, completions, b_raw_scores))
         if on_log is not None:
             on_log(iteration, metrics)
         if state["iteration"] % config.save_every == 0:
-            _save_checkpoint(checkpoint_dir, policy, critic, optimizer, state)
+            save_checkpoint(checkpoint_dir, policy, critic, optimizer, state)
 
-    _save_checkpoint(checkpoint_dir, policy, critic, optimizer, state)
+    save_checkpoint(checkpoint_dir, policy, critic, optimizer, state)
     result = PPOResult(output_dir, None, None, state["iteration"], stopped, state["history"])
     if not stopped:
-        result.adapter_dir, result.policy_dir = _save_final_policy(policy, tokenizer, output_dir)
+        result.adapter_dir, result.policy_dir = save_final_policy(policy, tokenizer, output_dir)
     return result
 
 
@@ -503,72 +502,3 @@ def _reference_score(
     completion_ids = [r[m.bool()].tolist() for r, m in zip(responses.cpu(), mask.cpu())]
     completions = tokenizer.batch_decode(completion_ids, skip_special_tokens=True)
     return reward_fn(batch_prompts, completions, completion_ids).float().mean().item()
-
-
-# ---------------------------------------------------------------- checkpoints
-
-
-def _samples(iteration: int, prompts: list[Messages], completions: list[str], scores: Tensor, n: int = 4) -> dict:
-    """A few completions of one iteration, for people to read beside the curves."""
-    rows = [
-        {"prompt": p[-1]["content"], "completion": c, "score": s}
-        for p, c, s in zip(prompts[:n], completions[:n], scores[:n].tolist())
-    ]
-    return {"iteration": iteration, "samples": rows}
-
-
-def _truncate_jsonl(path: Path, iterations: int) -> None:
-    """Keep only the rows of the first `iterations` iterations."""
-    if path.is_file():
-        rows = [line for line in path.read_text().splitlines() if json.loads(line)["iteration"] < iterations]
-        path.write_text("".join(row + "\n" for row in rows))
-
-
-def _append_jsonl(path: Path, row: dict) -> None:
-    with path.open("a") as f:
-        f.write(json.dumps(row) + "\n")
-
-
-def _save_checkpoint(
-    checkpoint_dir: Path, policy: PeftModel, critic: PeftModel, optimizer: torch.optim.Optimizer, state: dict
-) -> None:
-    """Adapters, critic head, optimizer, RNG and progress; written beside the old one, then swapped in."""
-    tmp = checkpoint_dir.with_name(checkpoint_dir.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    policy.save_pretrained(tmp / "policy_adapter")
-    critic.save_pretrained(tmp / "critic_adapter")
-    rng = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
-    if torch.cuda.is_available():
-        rng["cuda"] = torch.cuda.get_rng_state_all()
-    torch.save({**state, "optimizer": optimizer.state_dict(), "rng": rng}, tmp / "trainer_state.pt")
-    shutil.rmtree(checkpoint_dir, ignore_errors=True)
-    tmp.rename(checkpoint_dir)
-
-
-def _load_checkpoint(
-    checkpoint_dir: Path, policy: PeftModel, critic: PeftModel, optimizer: torch.optim.Optimizer
-) -> dict:
-    """Restore what _save_checkpoint wrote into freshly built models; returns the progress state."""
-    device = policy.device
-    set_peft_model_state_dict(policy, load_peft_weights(str(checkpoint_dir / "policy_adapter"), device=str(device)))
-    set_peft_model_state_dict(critic, load_peft_weights(str(checkpoint_dir / "critic_adapter"), device=str(device)))
-    saved = torch.load(checkpoint_dir / "trainer_state.pt", weights_only=False)
-    optimizer.load_state_dict(saved.pop("optimizer"))
-    rng = saved.pop("rng")
-    torch.set_rng_state(rng["torch"])
-    random.setstate(rng["python"])
-    np.random.set_state(rng["numpy"])
-    if "cuda" in rng and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(rng["cuda"])
-    return saved
-
-
-def _save_final_policy(policy: PeftModel, tokenizer: PreTrainedTokenizerBase, output_dir: Path) -> tuple[Path, Path]:
-    """Write the LoRA adapter to output_dir/adapter and the merged model to output_dir/policy."""
-    adapter_dir, policy_dir = output_dir / "adapter", output_dir / "policy"
-    policy.save_pretrained(adapter_dir)
-    tokenizer.save_pretrained(adapter_dir)
-    merged: PreTrainedModel = policy.merge_and_unload()  # folds the adapters into the base weights, in place
-    merged.save_pretrained(policy_dir, safe_serialization=True)
-    tokenizer.save_pretrained(policy_dir)
-    return adapter_dir, policy_dir
