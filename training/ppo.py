@@ -2,7 +2,7 @@
 
 One file you can read top to bottom, like CleanRL: the config, the reward interface,
 model setup, then the training loop in `# ROLLOUT`, `# REWARDS`, `# ADVANTAGES`,
-`# POLICY AND VALUE UPDATE`, `# LOGGING` sections, then checkpoints.
+`# POLICY AND VALUE UPDATE`, `# LOGGING` sections (checkpoints: `training.ppo_checkpoints`).
 It follows the checklist in shared/RLHF-NOTES.md and Huang et al. 2024,
 "The N+ Implementation Details of RLHF with PPO".
 
