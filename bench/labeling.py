@@ -105,6 +105,7 @@ async def labeler(session, base: str, slug: str, token: str, window: tuple[float
     headers = {"Authorization": f"Token {token}"}
     scheduled = time.perf_counter() + (random.expovariate(1 / interval) if interval else 0.0)
     while time.perf_counter() < deadline:
+        due = scheduled
         if interval:
             # Open loop: starts follow each labeler's own Poisson schedule; one who is behind starts at once.
             await asyncio.sleep(max(0.0, scheduled - time.perf_counter()))
@@ -130,11 +131,12 @@ async def labeler(session, base: str, slug: str, token: str, window: tuple[float
         if measured_from <= t0 and time.perf_counter() <= deadline:
             stats["next"].append(t1 - t0)
             stats["submit"].append(time.perf_counter() - t1)
+            stats["late"].append(max(0.0, t0 - due))  # open loop: how far behind its schedule a start was
 
 
 async def drive(base: str, slug: str, tokens: list[str], args, server) -> tuple[dict, float, dict]:
     """Run the labelers; returns the stats, the measured seconds and the CPU used in that window."""
-    stats: dict = {"next": [], "submit": [], "stored": [], "errors": []}
+    stats: dict = {"next": [], "submit": [], "stored": [], "errors": [], "late": []}
     connector = aiohttp.TCPConnector(limit=len(tokens) + 10)
     async with aiohttp.ClientSession(connector=connector) as session:
         measured_from = time.perf_counter() + args.warmup
@@ -244,6 +246,8 @@ def main() -> None:
     print(f"judgements/s: {done / elapsed:8.1f}   ({done} in {elapsed:.1f} s, {len(stats['errors'])} errors){offered}")
     print(f"next:   {percentiles(stats['next'])}")
     print(f"submit: {percentiles(stats['submit'])}")
+    if args.rate:  # large values mean the server held labelers back: the latencies above would understate it
+        print(f"start behind schedule: {percentiles(stats['late'])}")
     if done:
         used = {name: seconds * 1000 / done for name, seconds in cpu.items() if server or name != "server"}
         print("CPU ms per judgement: " + ", ".join(f"{name} {ms:.1f}" for name, ms in used.items()))
