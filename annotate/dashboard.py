@@ -114,6 +114,12 @@ def _bucket(span: timedelta) -> str:
     return "day"
 
 
+def labeler_agreement(campaign: Campaign) -> dict[int, float]:
+    """User id -> agreement with the other labelers (as `agreement.labeler_agreement`), from the cached statistics."""
+    stats = _statistics(campaign, _activity(campaign, timezone.now()))
+    return {row["id"]: row["agreement"] for row in stats["labelers"] if row["agreement"] is not None}
+
+
 def _statistics(campaign: Campaign, activity: dict) -> dict:
     """Agreement, labelers, models and criteria: cached while nothing they depend on changed."""
     key = f"arbiter:dashboard:{campaign.pk}:{campaign.created_at.timestamp()}"

@@ -14,10 +14,10 @@ from dataclasses import dataclass
 from django.contrib.auth import get_user_model
 from django.contrib.auth.validators import UnicodeUsernameValidator
 from django.core.exceptions import ValidationError
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import Count
 
-from . import quality
+from . import dashboard, quality
 from .errors import DomainError
 from .models import Assignment, Campaign, Judgement, Membership
 
@@ -124,16 +124,8 @@ def labeler_stats(campaign: Campaign, user_ids, agreement: dict | None = None) -
     """Stats of the given labelers in a campaign: three queries however many judgements they made."""
     ids = list(user_ids)
     stats = {uid: LabelerStats(agreement=(agreement or {}).get(uid)) for uid in ids}
-    times: dict[int, list[float]] = defaultdict(list)
-    rows = Judgement.objects.filter(task__campaign=campaign, labeler_id__in=ids).values_list(
-        "labeler_id", "time_spent_ms", "created_at", "assignment__leased_at"
-    )
-    for uid, ms, created, leased in rows:
-        stats[uid].judgements += 1
-        if ms is not None:
-            times[uid].append(ms / 1000)
-        elif leased is not None:
-            times[uid].append(max((created - leased).total_seconds(), 0.0))
+    for uid, (count, median) in _judgements_and_median_seconds(campaign, ids).items():
+        stats[uid].judgements, stats[uid].median_seconds = count, median
     skips = Assignment.objects.filter(campaign=campaign, labeler_id__in=ids, state=Assignment.State.SKIPPED)
     for uid, n in skips.values("labeler_id").annotate(n=Count("id")).values_list("labeler_id", "n"):
         stats[uid].skips = n
@@ -143,17 +135,38 @@ def labeler_stats(campaign: Campaign, user_ids, agreement: dict | None = None) -
         if answer:
             scores[uid].append(quality.gold_score(ranking, answer))
     for uid, s in stats.items():
-        s.median_seconds = statistics.median(times[uid]) if times[uid] else None
         s.skip_rate = s.skips / (s.judgements + s.skips) if s.judgements + s.skips else None
         s.gold_answered = len(scores[uid])
         s.gold_accuracy = sum(scores[uid]) / len(scores[uid]) if scores[uid] else None
     return stats
 
 
-def agreement_by_labeler(campaign: Campaign) -> dict[int, float] | None:
-    """Each labeler's agreement with the others, where annotate.agreement provides it (None: leave the column out)."""
-    try:
-        from .agreement import labeler_agreement
-    except ImportError:
-        return None
-    return labeler_agreement(campaign)
+def agreement_by_labeler(campaign: Campaign) -> dict[int, float]:
+    """Each labeler's agreement with the others, from the dashboard's statistics (cached while nothing changed)."""
+    return dashboard.labeler_agreement(campaign)
+
+
+# Seconds a judgement took: the time the labeler's page reported, else from lease to submit.
+MEDIAN_SECONDS_SQL = """
+SELECT j.labeler_id, count(*), percentile_cont(0.5) WITHIN GROUP (
+    ORDER BY coalesce(j.time_spent_ms / 1000.0, greatest(extract(epoch FROM j.created_at - a.leased_at), 0)))
+FROM annotate_judgement j JOIN annotate_task t ON t.id = j.task_id JOIN annotate_assignment a ON a.id = j.assignment_id
+WHERE t.campaign_id = %s AND j.labeler_id = ANY(%s)
+GROUP BY j.labeler_id
+"""
+
+
+def _judgements_and_median_seconds(campaign: Campaign, ids: list[int]) -> dict[int, tuple[int, float | None]]:
+    """Per labeler: (judgements, median seconds per judgement). In SQL on PostgreSQL (a busy campaign
+    has hundreds of thousands of judgements); SQLite has no median, so there the rows come to Python."""
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute(MEDIAN_SECONDS_SQL, [campaign.pk, ids])
+            return {uid: (count, float(median) if median is not None else None) for uid, count, median in cursor.fetchall()}
+    times: dict[int, list[float]] = defaultdict(list)
+    rows = Judgement.objects.filter(task__campaign=campaign, labeler_id__in=ids).values_list(
+        "labeler_id", "time_spent_ms", "created_at", "assignment__leased_at"
+    )
+    for uid, ms, created, leased in rows:
+        times[uid].append(ms / 1000 if ms is not None else max((created - leased).total_seconds(), 0.0))
+    return {uid: (len(seconds), statistics.median(seconds)) for uid, seconds in times.items()}

@@ -2,13 +2,15 @@
 gold answers, labelers (add, create, pause, deactivate, their figures), and who may do what."""
 from __future__ import annotations
 
+from datetime import timedelta
+
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.test import Client
 
 from annotate import assignment, judgements, quality
 from annotate.judgements import task_response_ids
-from annotate.models import Campaign, Membership, Run, Task
+from annotate.models import Assignment, Campaign, Membership, Run, Task
 from annotate.views_admin import TASKS_PER_PAGE
 from tests.conftest import api_client, join, make_campaign, make_user
 
@@ -344,3 +346,14 @@ def test_the_schema_lists_the_admin_endpoints(db):
 
     paths = json.loads(Client().get("/api/schema/", HTTP_ACCEPT="application/json").content)["paths"]
     assert {"/api/v1/campaigns/{slug}/imports/", "/api/v1/tasks/{task_id}/gold/", "/api/v1/campaigns/{slug}/labelers/{username}/"} <= set(paths)
+
+
+def test_without_a_reported_time_a_judgement_takes_from_lease_to_submit(carol, alice, campaign):
+    from annotate.labelers import labeler_stats
+
+    lease = assignment.next_task_for(alice, campaign)
+    ids = task_response_ids(lease.task)
+    Assignment.objects.filter(pk=lease.assignment.pk).update(leased_at=lease.assignment.leased_at - timedelta(seconds=30))
+    judgements.submit(alice, lease.task, [[ids[0]], [ids[1]]])  # no time_spent_ms
+    stats = labeler_stats(campaign, [alice.pk])[alice.pk]
+    assert stats.judgements == 1 and 30 <= stats.median_seconds < 60
