@@ -30,6 +30,7 @@ from transformers import (
     AutoModelForCausalLM,
     AutoModelForSequenceClassification,
     GenerationConfig,
+    PreTrainedModel,
     PreTrainedTokenizerBase,
 )
 
@@ -207,9 +208,18 @@ def _load_critic(config: PPOConfig, pad_token_id: int, device: torch.device) -> 
     return _without_dropout(get_peft_model(base, _lora(config, "SEQ_CLS"))).to(device)
 
 
-def _position_ids(attention_mask: Tensor) -> Tensor:
-    """Positions counted from each row's first real token (left padding). Shapes: (B, L) -> (B, L)."""
-    return (attention_mask.cumsum(1) - 1).clamp(min=0)
+def _response_hidden(model: PreTrainedModel, query_responses: Tensor, attention_mask: Tensor, context_length: int) -> Tensor:
+    """The backbone's last hidden states at the positions that predict each response token. Shapes: (B, P+T) -> (B, T, H).
+
+    Positions are counted from each row's first real token (left padding).
+    """
+    backbone = getattr(model, model.base_model_prefix)
+    return backbone(
+        input_ids=query_responses,
+        attention_mask=attention_mask,
+        position_ids=(attention_mask.cumsum(1) - 1).clamp(min=0),
+        use_cache=False,
+    ).last_hidden_state[:, context_length - 1 : -1]
 
 
 def _response_logits(
@@ -224,13 +234,7 @@ def _response_logits(
     small model.
     """
     causal_lm = policy.get_base_model()  # its LoRA layers active unless disable_adapter() is on
-    backbone = getattr(causal_lm, causal_lm.base_model_prefix)
-    hidden = backbone(
-        input_ids=query_responses,
-        attention_mask=attention_mask,
-        position_ids=_position_ids(attention_mask),
-        use_cache=False,
-    ).last_hidden_state[:, context_length - 1 : -1]
+    hidden = _response_hidden(causal_lm, query_responses, attention_mask, context_length)
     lm_head = causal_lm.get_output_embeddings()
     if getattr(lm_head, "bias", None) is None and getattr(causal_lm.config, "final_logit_softcapping", None) is None:
         return lm_head(hidden / temperature)
@@ -246,14 +250,7 @@ def _logprobs_and_logp(logits: Tensor, tokens: Tensor) -> tuple[Tensor, Tensor]:
 def _response_values(critic: PeftModel, query_responses: Tensor, attention_mask: Tensor, context_length: int) -> Tensor:
     """V(state before each response token), from the critic's head on every position. Shapes: (B, P+T) -> (B, T)."""
     inner = critic.get_base_model()  # the sequence classifier, its LoRA layers active
-    backbone = getattr(inner, inner.base_model_prefix)
-    hidden = backbone(
-        input_ids=query_responses,
-        attention_mask=attention_mask,
-        position_ids=_position_ids(attention_mask),
-        use_cache=False,
-    ).last_hidden_state
-    return inner.score(hidden[:, context_length - 1 : -1]).squeeze(-1).float()
+    return inner.score(_response_hidden(inner, query_responses, attention_mask, context_length)).squeeze(-1).float()
 
 
 # ---------------------------------------------------------------- training
