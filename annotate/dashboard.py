@@ -116,12 +116,17 @@ def _bucket(span: timedelta) -> str:
 
 def labeler_agreement(campaign: Campaign) -> dict[int, float]:
     """User id -> agreement with the other labelers (as `agreement.labeler_agreement`), from the cached statistics."""
-    stats = _statistics(campaign, _activity(campaign, timezone.now()))
+    # the cache's signature needs only the count and the newest id, not the activity's time series
+    judged = Judgement.objects.filter(task__campaign=campaign).aggregate(judgements=Count("id"), last_id=Max("id"))
+    stats = _statistics(campaign, judged)
     return {row["id"]: row["agreement"] for row in stats["labelers"] if row["agreement"] is not None}
 
 
 def _statistics(campaign: Campaign, activity: dict) -> dict:
-    """Agreement, labelers, models and criteria: cached while nothing they depend on changed."""
+    """Agreement, labelers, models and criteria: cached while nothing they depend on changed.
+
+    `activity` needs "judgements" (the campaign's count) and "last_id" (the newest judgement's id).
+    """
     key = f"arbiter:dashboard:{campaign.pk}:{campaign.created_at.timestamp()}"
     paused = paused_labeler_ids(campaign)
     signature = (activity["judgements"], activity["last_id"], tuple(sorted(paused)), campaign.task_type, repr(campaign.criteria))
