@@ -9,8 +9,8 @@ from django.core.exceptions import PermissionDenied
 from django.db import connection
 from django.http import Http404
 
-from . import rows
-from .models import Assignment, Campaign, Membership, Task
+from annotate.core import sql
+from annotate.models import Assignment, Campaign, Membership, ModelVersion, Run, Task
 
 Role = Membership.Role
 LABELING_ROLES = (Role.LABELER, Role.ADMIN)
@@ -38,7 +38,7 @@ def campaign_for(user, slug: str, roles=ANY_ROLE) -> Campaign:
         return campaign
     with connection.cursor() as cursor:  # one hand-written query: this runs on every request
         cursor.execute(
-            f"SELECT m.role, m.is_paused, {rows.select_list(Campaign, 'c')} FROM annotate_campaign c"
+            f"SELECT m.role, m.is_paused, {sql.select_list(Campaign, 'c')} FROM annotate_campaign c"
             " JOIN annotate_membership m ON m.campaign_id = c.id WHERE c.slug = %s AND m.user_id = %s",
             [slug, user.pk],
         )
@@ -48,7 +48,7 @@ def campaign_for(user, slug: str, roles=ANY_ROLE) -> Campaign:
     role, paused = row[0], bool(row[1])
     if role not in roles:
         raise PermissionDenied(f"Your role in this campaign ({role}) does not allow this.")
-    campaign = rows.instance(Campaign, row[2:])
+    campaign = sql.instance(Campaign, row[2:])
     campaign.user_role = role
     campaign.user_paused = paused
     return campaign
@@ -70,7 +70,7 @@ def task_for_labeler(user, task_id: int) -> Task:
         raise Http404
     with connection.cursor() as cursor:
         cursor.execute(
-            f"SELECT m.role, {rows.select_list(Task, 't')}, {rows.select_list(Campaign, 'c')} FROM annotate_task t"
+            f"SELECT m.role, {sql.select_list(Task, 't')}, {sql.select_list(Campaign, 'c')} FROM annotate_task t"
             " JOIN annotate_campaign c ON c.id = t.campaign_id"
             " LEFT JOIN annotate_membership m ON m.campaign_id = c.id AND m.user_id = %s WHERE t.id = %s",
             [user.pk, task_id],
@@ -83,9 +83,9 @@ def task_for_labeler(user, task_id: int) -> Task:
         raise Http404
     if role not in LABELING_ROLES:
         raise PermissionDenied(f"Your role in this campaign ({role}) does not allow this.")
-    split = 1 + rows.width(Task)
-    task = rows.instance(Task, row[1:split])
-    task.campaign = rows.instance(Campaign, row[split:])
+    split = 1 + sql.width(Task)
+    task = sql.instance(Task, row[1:split])
+    task.campaign = sql.instance(Campaign, row[split:])
     task.user_role = role
     return task
 
@@ -96,3 +96,37 @@ def can_create_campaigns(user) -> bool:
 
 def assignment_of(user, task: Task) -> Assignment | None:
     return Assignment.objects.filter(task=task, labeler=user).first()
+
+
+def run_for(user, run_id: int, roles=READING_ROLES) -> Run:
+    """A run of a campaign where the user has one of `roles`; a run of no campaign is for staff (404 otherwise)."""
+    run = Run.objects.select_related("campaign", "created_by").filter(pk=run_id).first()
+    if run is None:
+        raise Http404
+    if run.campaign is None:
+        if not user.is_staff:
+            raise Http404
+    else:
+        require_role(user, run.campaign, roles)
+    return run
+
+
+def model_for(user, model_id: int) -> ModelVersion:
+    """A model version the user may use: staff, or admins and researchers of the campaign it was trained on (404 otherwise)."""
+    version = ModelVersion.objects.filter(pk=model_id).first()
+    if version is None or not may_use_model(user, version):
+        raise Http404
+    return version
+
+
+def may_use_model(user, version: ModelVersion) -> bool:
+    if user.is_staff or user.is_superuser:
+        return True
+    slug = version.metadata.get("campaign")
+    return bool(slug) and Membership.objects.filter(campaign__slug=slug, user=user, role__in=READING_ROLES).exists()
+
+
+def require_real_names(campaign: Campaign) -> None:
+    """Labelers' real usernames are for the campaign's admins only (`campaign` as returned by campaign_for)."""
+    if campaign.user_role != Role.ADMIN:
+        raise PermissionDenied("Only campaign admins may see labelers' real names.")

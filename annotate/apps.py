@@ -6,7 +6,7 @@ class AnnotateConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self):
-        from . import generation, guidance, policy_alternatives, policy_jobs, reward_job, rounds  # noqa: F401  (register the job kinds)
-        from . import file_imports  # noqa: F401  (registers the "import" job kind)
-        from . import optimize_job  # noqa: F401  (registers the "optimize" job kind)
-        from . import snapshot_job  # noqa: F401  (registers the "snapshot" job kind)
+        # Importing a job module registers its run kinds with the engine (annotate.jobs.engine.register).
+        from annotate.campaigns.imports import files  # noqa: F401  ("import")
+        from annotate.exports import snapshot_job  # noqa: F401  ("snapshot")
+        from annotate.runs import compression, generation, ppo, reward, rounds, selection, sft_dpo_rloo  # noqa: F401

@@ -1,7 +1,7 @@
 """Arbiter's data: campaigns, prompts, model versions, responses, tasks, assignments, judgements.
 
 The counters on Task (`remaining`, `judgements_received`) are only changed by
-`annotate.assignment` and `annotate.judgements`, under a row lock on the task.
+`annotate.labeling.assignment` and `annotate.labeling.judgements`, under a row lock on the task.
 """
 from __future__ import annotations
 

@@ -154,7 +154,7 @@ def child(path: str, out: str, limit: int | None) -> dict:
     """Run one path in this (fresh) process; returns rows, seconds and peak RSS."""
     started = time.perf_counter()
     if path == "baseline":
-        import annotate.exports  # noqa: F401
+        import annotate.exports.export  # noqa: F401
 
         rows = 0
     elif path == "command":
@@ -187,7 +187,7 @@ def db_cpu_seconds() -> float:
 
 def naive_export(out: str, limit: int | None) -> int:
     """The obvious export: every judgement and response as ORM objects in memory, the rows in one list."""
-    from annotate.exports import LabelerNames
+    from annotate.exports.rows import LabelerNames
     from annotate.models import Campaign, Judgement, Response
     from training.preferences import ranking_to_pairs
 

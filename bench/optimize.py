@@ -27,12 +27,12 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import torch  # noqa: E402
-import transformers  # noqa: E402
+import torch
+import transformers
 
-from training.generate import GenerationConfig, generate  # noqa: E402
-from training.models import build_tiny_model, convert_smollm2, load_causal_lm  # noqa: E402
-from training.optimize import MeasureConfig, OptimizeConfig, compare, optimize  # noqa: E402
+from training.generate import GenerationConfig, generate
+from training.models import build_tiny_model, convert_smollm2, load_causal_lm
+from training.optimize import MeasureConfig, OptimizeConfig, compare, optimize
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOLLM2_DIR = ROOT / "var" / "models" / "smollm2-135m-instruct"

@@ -36,11 +36,10 @@ sys.stdout = sys.stderr
 
 import torch  # noqa: E402
 import transformers  # noqa: E402
+import trl  # noqa: E402
 from datasets import Dataset  # noqa: E402
 from peft import LoraConfig  # noqa: E402
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer, TrainerCallback  # noqa: E402
-
-import trl  # noqa: E402
 from trl.experimental.ppo import PPOConfig, PPOTrainer  # noqa: E402
 from trl.experimental.ppo import ppo_trainer as trl_ppo  # noqa: E402
 

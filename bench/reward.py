@@ -23,12 +23,12 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-import torch  # noqa: E402
-import transformers  # noqa: E402
+import torch
+import transformers
 
-from training.models import build_tiny_model, convert_smollm2  # noqa: E402
-from training.preferences import PreferenceOptions, RankedJudgement, build_preference_dataset  # noqa: E402
-from training.reward import RewardConfig, lora_config, trl_reward_args, train_reward_model  # noqa: E402
+from training.models import build_tiny_model, convert_smollm2
+from training.preferences import PreferenceOptions, RankedJudgement, build_preference_dataset
+from training.reward import RewardConfig, lora_config, train_reward_model, trl_reward_args
 
 WORDS = "apple river stone cloud tiger paper glass mountain candle forest violin bridge engine garden rocket".split()
 
@@ -42,7 +42,7 @@ def marker_dataset(n_prompts: int, seed: int = 0):
         texts[0] += " banana"
         judgements.append(RankedJudgement(
             prompt_id=i, prompt_messages=[{"role": "user", "content": f"Say a few words ({i})."}],
-            responses={k: t for k, t in enumerate(texts)}, ranking=[[0], [1, 2]], labeler_id="sim",
+            responses=dict(enumerate(texts)), ranking=[[0], [1, 2]], labeler_id="sim",
         ))
     return build_preference_dataset(judgements, PreferenceOptions(eval_fraction=0.2))
 

@@ -4,9 +4,9 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 # The API first: labelers' next/submit calls are most of the traffic, and resolving walks the list in order.
 urlpatterns = [
-    path("api/v1/", include("annotate.api_urls")),
+    path("api/v1/", include("annotate.api.urls")),
     path("admin/", admin.site.urls),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
-    path("", include("annotate.urls")),
+    path("", include("annotate.web.urls")),
 ]

@@ -6,7 +6,7 @@ from django.contrib.auth import get_user_model
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
-from annotate.imports import import_prompts, import_responses
+from annotate.campaigns.imports.batches import import_prompts, import_responses
 from annotate.models import Campaign, Membership
 
 

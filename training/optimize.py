@@ -168,7 +168,7 @@ def quantize_dynamic_int8(model: nn.Module, targets: Sequence[str]) -> nn.Module
     from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
 
     with _quiet_quantization():
-        return quantize_dynamic(model, {name: per_channel_dynamic_qconfig for name in targets}, dtype=torch.qint8, inplace=True)
+        return quantize_dynamic(model, dict.fromkeys(targets, per_channel_dynamic_qconfig), dtype=torch.qint8, inplace=True)
 
 
 @contextlib.contextmanager

@@ -30,7 +30,6 @@ from training.preferences import Row
 from training.reward_config import RewardConfig, RewardTrainingError
 from training.trl_common import common_training_kwargs
 
-
 # ---------------------------------------------------------------- loss
 
 

@@ -49,25 +49,25 @@ def common_training_kwargs(settings: TrainingSettings) -> dict[str, Any]:
 
     Callers add their trainer's own arguments; anything not here keeps TRL's default unless they do.
     """
-    return dict(
-        output_dir=settings.output_dir,
-        learning_rate=settings.learning_rate,
-        num_train_epochs=settings.num_train_epochs,
-        per_device_train_batch_size=settings.per_device_train_batch_size,
-        gradient_accumulation_steps=settings.gradient_accumulation_steps,
-        lr_scheduler_type=settings.lr_scheduler_type,
-        warmup_steps=settings.warmup_ratio,  # transformers 5: a float below 1 is a ratio
-        weight_decay=settings.weight_decay,
-        activation_checkpointing=settings.gradient_checkpointing,  # transformers 5 name; TRL's default is True
-        bf16=resolve_bf16(settings),  # TRL defaults to bf16=True, which fails on a CPU
-        use_cpu=settings.use_cpu,
-        seed=settings.seed,
-        logging_steps=settings.logging_steps,
-        save_strategy="no",  # we save once, at the end
-        dataloader_pin_memory=uses_gpu(settings),
-        report_to="none",
-        disable_tqdm=True,
-    )
+    return {
+        "output_dir": settings.output_dir,
+        "learning_rate": settings.learning_rate,
+        "num_train_epochs": settings.num_train_epochs,
+        "per_device_train_batch_size": settings.per_device_train_batch_size,
+        "gradient_accumulation_steps": settings.gradient_accumulation_steps,
+        "lr_scheduler_type": settings.lr_scheduler_type,
+        "warmup_steps": settings.warmup_ratio,  # transformers 5: a float below 1 is a ratio
+        "weight_decay": settings.weight_decay,
+        "activation_checkpointing": settings.gradient_checkpointing,  # transformers 5 name; TRL's default is True
+        "bf16": resolve_bf16(settings),  # TRL defaults to bf16=True, which fails on a CPU
+        "use_cpu": settings.use_cpu,
+        "seed": settings.seed,
+        "logging_steps": settings.logging_steps,
+        "save_strategy": "no",  # we save once, at the end
+        "dataloader_pin_memory": uses_gpu(settings),
+        "report_to": "none",
+        "disable_tqdm": True,
+    }
 
 
 def resolved_settings(args) -> dict[str, Any]:

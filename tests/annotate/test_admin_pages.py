@@ -8,10 +8,10 @@ import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.test import Client
 
-from annotate import assignment, judgements, quality
-from annotate.judgements import task_response_ids
+from annotate.labeling import assignment, gold, judgements
+from annotate.labeling.validation import task_response_ids
 from annotate.models import Assignment, Campaign, Membership, Run, Task
-from annotate.views_admin import TASKS_PER_PAGE
+from annotate.web.admin import TASKS_PER_PAGE
 from tests.conftest import api_client, join, make_campaign, make_user
 
 
@@ -87,11 +87,11 @@ def test_admins_edit_settings_and_a_new_overlap_applies_to_existing_tasks(carol,
 
 
 def test_the_task_type_and_k_are_fixed_once_tasks_exist(carol, campaign):
-    from annotate import campaigns
-    from annotate.campaigns import InvalidSettings
+    from annotate.campaigns import setup
+    from annotate.campaigns.setup import InvalidSettings
 
     with pytest.raises(InvalidSettings, match="cannot change once tasks exist"):
-        campaigns.update_campaign(campaign, task_type="ranking", responses_per_task=3)
+        setup.update_campaign(campaign, task_type="ranking", responses_per_task=3)
 
 
 def test_open_pause_close(carol, alice, campaign):
@@ -229,7 +229,7 @@ def test_a_bad_username_is_a_form_error(carol, campaign):
 def test_the_labeler_table_shows_how_each_labeler_works(carol, alice, bob, campaign):
     tasks = list(Task.objects.filter(campaign=campaign).order_by("id"))
     a, b = task_response_ids(tasks[0])
-    quality.mark_gold(tasks[0], [[a], [b]])
+    gold.mark_gold(tasks[0], [[a], [b]])
     Campaign.objects.filter(pk=campaign.pk).update(gold_rate=1.0)
     campaign.refresh_from_db()
     for spent in (1000, 3000):  # one gold task (answered the wrong way), then one normal task
@@ -349,7 +349,7 @@ def test_the_schema_lists_the_admin_endpoints(db):
 
 
 def test_without_a_reported_time_a_judgement_takes_from_lease_to_submit(carol, alice, campaign):
-    from annotate.labelers import labeler_stats
+    from annotate.stats.labeler_stats import labeler_stats
 
     lease = assignment.next_task_for(alice, campaign)
     ids = task_response_ids(lease.task)

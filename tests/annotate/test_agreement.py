@@ -7,8 +7,9 @@ import krippendorff
 import numpy as np
 import pytest
 
-from annotate import assignment, judgements, quality
-from annotate.agreement import (
+from annotate.labeling import assignment, gold, judgements, validation
+from annotate.models import Task
+from annotate.stats.agreement import (
     campaign_agreement,
     fleiss_kappa,
     fractional_ranks,
@@ -16,7 +17,6 @@ from annotate.agreement import (
     ordinal_alpha,
     raw_agreement,
 )
-from annotate.models import Task
 from tests.conftest import join, make_campaign, make_user
 
 # Krippendorff (2011), "Computing Krippendorff's alpha-reliability", the 4 observers x 12 units example:
@@ -65,7 +65,7 @@ ANSWERS = {"L": lambda l, r: [[l], [r]], "R": lambda l, r: [[r], [l]], "=": lamb
 def judge_next(user, campaign, answer: str) -> Task:
     """Lease the labeler's next task and answer left better (L), right better (R) or tie (=)."""
     lease = assignment.next_task_for(user, campaign)
-    left, right = judgements.task_response_ids(lease.task)  # in display order
+    left, right = validation.task_response_ids(lease.task)  # in display order
     judgements.submit(user, lease.task, ANSWERS[answer](left, right))
     return lease.task
 
@@ -111,7 +111,7 @@ def test_paused_labelers_are_left_out_but_get_their_own_figure(worked_example):
     eve = join(make_user("eve"), campaign, "labeler")
     judge_next(eve, campaign, "R")  # task 1, where the others all said L
     judge_next(eve, campaign, "R")  # task 2, where the others' majority said L
-    quality.set_paused(campaign, eve, True, "by hand")
+    gold.set_paused(campaign, eve, True, "by hand")
     after = campaign_agreement(campaign)
     assert (after.alpha, after.raw_agreement, after.kappa, after.judgements) == (
         before.alpha, before.raw_agreement, before.kappa, before.judgements
@@ -124,8 +124,8 @@ def test_paused_labelers_are_left_out_but_get_their_own_figure(worked_example):
 def test_gold_tasks_are_left_out(worked_example):
     campaign, alice, bob, dan = worked_example
     first = Task.objects.filter(campaign=campaign).order_by("id").first()
-    left, right = judgements.task_response_ids(first)
-    quality.mark_gold(first, [[left], [right]])
+    left, right = validation.task_response_ids(first)
+    gold.mark_gold(first, [[left], [right]])
     figures = campaign_agreement(campaign)
     assert figures.shared_tasks == 2
     assert figures.raw_agreement == pytest.approx((1 / 3 + 0) / 2)  # tasks 2 and 3 only

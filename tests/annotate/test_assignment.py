@@ -6,9 +6,9 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from annotate import assignment, judgements
-from annotate.errors import AlreadySubmitted, CampaignNotOpen, InvalidRanking, NotLeased
-from annotate.judgements import task_response_ids
+from annotate.core.errors import AlreadySubmitted, CampaignNotOpen, InvalidRanking, NotLeased
+from annotate.labeling import assignment, judgements
+from annotate.labeling.validation import task_response_ids
 from annotate.models import Assignment, Campaign, Judgement, Task
 from tests.conftest import join, make_campaign, make_user
 

@@ -7,9 +7,9 @@ import time
 import numpy as np
 import pytest
 
-from annotate import assignment, judgements, quality
-from annotate.bradley_terry import model_standings, outcomes, standings
+from annotate.labeling import assignment, gold, judgements, validation
 from annotate.models import ModelVersion
+from annotate.stats.bradley_terry import model_standings, outcomes, standings
 from tests.conftest import join, make_campaign, make_user
 
 TRUE = {"weak": -1.0, "fair": -0.3, "good": 0.4, "best": 0.9}  # centred log-odds strengths
@@ -101,13 +101,13 @@ def test_campaign_standings_leave_out_paused_labelers(db):
 
     def judge_all(user, prefer_large: bool):
         while lease := assignment.next_task_for(user, campaign):
-            ids = judgements.task_response_ids(lease.task)
+            ids = validation.task_response_ids(lease.task)
             ids.sort(key=lambda rid: (lease.task.responses.get(pk=rid).model_version_id == large) != prefer_large)
             judgements.submit(user, lease.task, [[ids[0]], [ids[1]]])
 
     judge_all(alice, prefer_large=True)
     judge_all(mallet, prefer_large=False)
     assert {row.win_rate for row in model_standings(campaign, rounds=10)} == {0.5}
-    quality.set_paused(campaign, mallet, True, "gold accuracy")
+    gold.set_paused(campaign, mallet, True, "gold accuracy")
     table = model_standings(campaign, rounds=10)
     assert [(row.model_id, row.win_rate, row.comparisons) for row in table] == [(large, 1.0, 6), (table[1].model_id, 0.0, 6)]

@@ -7,7 +7,7 @@ from io import StringIO
 import pytest
 from django.core.management import CommandError, call_command
 
-from annotate import assignment
+from annotate.labeling import assignment
 from annotate.models import Assignment, Campaign, Judgement, Membership, Task
 from tests.conftest import join, make_campaign, make_user
 

@@ -7,8 +7,8 @@ import pytest
 from django.db import close_old_connections, connection
 from django.db.models import Count
 
-from annotate import assignment, judgements
-from annotate.judgements import task_response_ids
+from annotate.labeling import assignment, judgements
+from annotate.labeling.validation import task_response_ids
 from annotate.models import Assignment, Judgement, Task
 from tests.conftest import join, make_campaign, make_user
 

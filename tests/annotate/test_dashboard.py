@@ -14,10 +14,11 @@ from django.db import connection, transaction
 from django.test import Client
 from django.test.utils import CaptureQueriesContext
 
-from annotate import assignment, dashboard, judgements
-from annotate.consumers import campaign_group
-from annotate.dashboard import dashboard_figures
+from annotate.labeling import assignment, judgements, validation
 from annotate.models import Campaign
+from annotate.stats import dashboard
+from annotate.stats.dashboard import dashboard_figures
+from annotate.web.consumers import campaign_group
 from config.asgi import application
 from tests.conftest import api_client, join, make_campaign, make_user
 
@@ -28,7 +29,7 @@ def judge(user, campaign, *, first_wins: bool = True, ratings=None, limit: int |
     """Judge the labeler's next tasks (all of them, or `limit`), the first response in display order better."""
     done = 0
     while (limit is None or done < limit) and (lease := assignment.next_task_for(user, campaign)):
-        ids = judgements.task_response_ids(lease.task)
+        ids = validation.task_response_ids(lease.task)
         ranking = [[ids[0]], [ids[1]]] if first_wins else [[ids[1]], [ids[0]]]
         judgements.submit(user, lease.task, ranking, ratings=ratings(ids) if ratings else None)
         done += 1
@@ -175,7 +176,7 @@ def socket(cookie: str | None, slug: str = "helpful") -> WebsocketCommunicator:
 def test_a_member_hears_of_each_judgement_once_it_is_committed(campaign, rita, alice):
     cookie = session_cookie(rita)
     lease = assignment.next_task_for(alice, campaign)
-    ids = judgements.task_response_ids(lease.task)
+    ids = validation.task_response_ids(lease.task)
 
     def submit_then_roll_back():
         with transaction.atomic():
@@ -218,7 +219,7 @@ def test_events_reach_browsers_through_redis_from_another_process(settings, camp
     }
     cookie = session_cookie(rita)
     lease = assignment.next_task_for(alice, campaign)
-    ids = judgements.task_response_ids(lease.task)
+    ids = validation.task_response_ids(lease.task)
     # what a worker process does: a group_send through channels_redis, no daphne in sight
     worker = (
         "import asyncio, sys; from channels_redis.core import RedisChannelLayer\n"
@@ -256,7 +257,7 @@ def test_through_redis_a_burst_of_judgements_is_one_event_with_its_count(setting
         connected, _ = await ws.connect()
         assert connected
         for labeler, lease in zip((alice, bob), leases):
-            ids = await database_sync_to_async(judgements.task_response_ids)(lease.task)
+            ids = await database_sync_to_async(validation.task_response_ids)(lease.task)
             await database_sync_to_async(judgements.submit)(labeler, lease.task, [[ids[0]], [ids[1]]])
         event = await ws.receive_json_from(timeout=5)
         quiet = await ws.receive_nothing(timeout=1)

@@ -6,7 +6,7 @@ import json
 import pytest
 from django.test import Client
 
-from annotate.exports import pseudonym
+from annotate.exports.rows import pseudonym
 from annotate.models import Judgement, ModelVersion, Prompt, Task
 from tests.annotate.test_exports import judge_all
 from tests.conftest import api_client

@@ -15,10 +15,12 @@ from django.core.management import CommandError, call_command
 from django.test import AsyncClient
 from django.utils import timezone
 
-from annotate import assignment, exports, judgements, quality
-from annotate.exports import pseudonym
-from annotate.imports import import_prompts, import_responses
-from annotate.judgements import task_response_ids
+from annotate.campaigns.imports.batches import import_prompts, import_responses
+from annotate.exports import agreement, export, formats
+from annotate.exports.options import FILTER_NAMES, FLAGGED, FORMATS, IDENTITIES, OPTION_NAMES, SHAPES, ExportFilters, ExportOptions
+from annotate.exports.rows import encode_json, prompt_text, pseudonym
+from annotate.labeling import assignment, gold, judgements
+from annotate.labeling.validation import task_response_ids
 from annotate.models import Judgement, ModelVersion, Response, Snapshot, Task
 from tests.conftest import api_client, join, make_campaign, make_user
 
@@ -84,10 +86,10 @@ def test_jsonl_pairs_are_exactly_the_rows_encoded(campaign, alice, bob):
     import_responses(campaign, [{"prompt": "ü \"q\"", "model": m, "text": f"{m}: \"quoted\"\tand ünïcode\n"} for m in ("m1", "m2")])
     judge_all(alice, campaign, "m1")
     judge_all(bob, campaign, "m2")
-    for identities in exports.IDENTITIES:
-        options, filters = exports.ExportOptions(identities=identities), exports.ExportFilters()
-        rows = [exports.encode_json(row) for row in exports.export_rows(campaign, options, filters)]
-        assert list(exports.export_lines(campaign, options, filters)) == rows and len(rows) == 12
+    for identities in IDENTITIES:
+        options, filters = ExportOptions(identities=identities), ExportFilters()
+        rows = [encode_json(row) for row in export.export_rows(campaign, options, filters)]
+        assert list(export.export_lines(campaign, options, filters)) == rows and len(rows) == 12
 
 
 def test_pairs_as_plain_text(judged, rita):
@@ -98,7 +100,7 @@ def test_pairs_as_plain_text(judged, rita):
 
 def test_a_multi_turn_prompt_as_text_keeps_the_roles():
     messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]
-    assert exports.prompt_text(messages) == "system: Be brief.\n\nuser: Hi"
+    assert prompt_text(messages) == "system: Be brief.\n\nuser: Hi"
 
 
 def test_a_k_way_ranking_with_ties_gives_the_pairs_across_groups_and_ties_give_none(db):
@@ -108,7 +110,7 @@ def test_a_k_way_ranking_with_ties_gives_the_pairs_across_groups_and_ties_give_n
     split = judge_task(alice, campaign, lambda ids: [[ids[0]], [ids[1], ids[2]]])
     judge_task(alice, campaign, lambda ids: [ids])  # all tied
     rows = jsonl(body(api_client(rita).get("/api/v1/campaigns/ranked/export/")))
-    ids = [group for group in split.ranking]
+    ids = list(split.ranking)
     assert [(r["chosen_id"], r["rejected_id"]) for r in rows] == [(ids[0][0], ids[1][0]), (ids[0][0], ids[1][1])]
 
 
@@ -148,12 +150,12 @@ def test_tasks_aggregate_the_rankings_and_measure_agreement(campaign, alice, bob
 
 
 def test_agreement_and_mean_ranks_by_hand():
-    assert exports.pairwise_agreement([[[1], [2], [3]], [[1], [3], [2]]]) == pytest.approx(2 / 3)
-    assert exports.pairwise_agreement([[[1, 2], [3]], [[1, 2], [3]], [[2], [1], [3]]]) == pytest.approx((1 + 2 / 3 + 2 / 3) / 3)
-    assert exports.pairwise_agreement([[[1], [2]]]) is None
-    means = exports.mean_ranks([[[1], [2, 3]], [[2], [1], [3]]])
+    assert agreement.pairwise_agreement([[[1], [2], [3]], [[1], [3], [2]]]) == pytest.approx(2 / 3)
+    assert agreement.pairwise_agreement([[[1, 2], [3]], [[1, 2], [3]], [[2], [1], [3]]]) == pytest.approx((1 + 2 / 3 + 2 / 3) / 3)
+    assert agreement.pairwise_agreement([[[1], [2]]]) is None
+    means = agreement.mean_ranks([[[1], [2, 3]], [[2], [1], [3]]])
     assert means == {1: 1.5, 2: 1.75, 3: 2.75}
-    assert exports.aggregate_ranking({1: 1.5, 2: 1.5, 3: 3.0}) == [[1, 2], [3]]
+    assert agreement.aggregate_ranking({1: 1.5, 2: 1.5, 3: 3.0}) == [[1, 2], [3]]
 
 
 # Containers
@@ -190,14 +192,14 @@ def test_the_hf_split_is_by_prompt(campaign, alice, bob, rita, tmp_path):
     assert len(data["train"]) + len(data["test"]) == 40
 
 
-@pytest.mark.parametrize("fmt", exports.FORMATS)
-@pytest.mark.parametrize("shape", exports.SHAPES)
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("shape", SHAPES)
 def test_an_empty_selection_is_a_valid_empty_file(campaign, rita, fmt, shape, tmp_path):
     response = api_client(rita).get(URL, {"shape": shape, "format": fmt})
     if fmt == "hf":
         data = load_hf_zip(response, tmp_path)
         assert len(data["train"]) == len(data["test"]) == 0
-        assert data["train"].column_names == exports.SCHEMAS[shape].names
+        assert data["train"].column_names == formats.SCHEMAS[shape].names
         return
     content = body(response)
     if fmt == "jsonl":
@@ -206,20 +208,20 @@ def test_an_empty_selection_is_a_valid_empty_file(campaign, rita, fmt, shape, tm
         assert gzip.decompress(content) == b""
     else:
         table = pq.read_table(io.BytesIO(content))
-        assert table.num_rows == 0 and table.schema == exports.SCHEMAS[shape]
+        assert table.num_rows == 0 and table.schema == formats.SCHEMAS[shape]
 
 
 def test_rows_are_the_same_whatever_the_batch_size(judged, rita, monkeypatch):
     client = api_client(rita)
     whole = rows_of(client, shape="tasks")
-    monkeypatch.setattr(exports, "CHUNK", 1)
-    monkeypatch.setattr(exports, "ROW_GROUP", 3)
+    monkeypatch.setattr(export, "CHUNK", 1)
+    monkeypatch.setattr(export, "ROW_GROUP", 3)
     assert rows_of(client, shape="tasks") == whole
     assert pq.read_table(io.BytesIO(body(client.get(URL, {"shape": "tasks", "format": "parquet"})))).to_pylist() == whole
 
 
 def test_the_export_streams(judged, rita, monkeypatch):
-    monkeypatch.setattr(exports, "FLUSH_BYTES", 100)
+    monkeypatch.setattr(export, "FLUSH_BYTES", 100)
     response = api_client(rita).get(URL)
     assert response.streaming and response["Content-Type"] == "application/jsonl"
     assert 'filename="helpful-pairs.jsonl"' in response["Content-Disposition"]
@@ -230,7 +232,7 @@ def test_under_asgi_the_export_streams_chunk_by_chunk(judged, rita, monkeypatch)
     """Django's ASGI handler would read a sync iterator whole (and warn); ours hands it over chunk by chunk."""
     from rest_framework.authtoken.models import Token
 
-    monkeypatch.setattr(exports, "FLUSH_BYTES", 100)
+    monkeypatch.setattr(export, "FLUSH_BYTES", 100)
     token = Token.objects.get_or_create(user=rita)[0].key
 
     async def fetch():
@@ -250,11 +252,11 @@ def test_under_asgi_the_export_streams_chunk_by_chunk(judged, rita, monkeypatch)
 
 def test_paused_labelers_gold_tasks_are_left_out_and_surplus_kept_by_default(judged, rita, alice, bob, campaign):
     client = api_client(rita)
-    quality.set_paused(campaign, bob, True, "testing")
+    gold.set_paused(campaign, bob, True, "testing")
     assert {r["labeler"] for r in rows_of(client)} == {pseudonym(campaign.pk, alice.pk)}
     assert len(rows_of(client, include_paused="true")) == 10
-    gold = Task.objects.filter(campaign=campaign).order_by("id").first()
-    quality.mark_gold(gold, Judgement.objects.filter(task=gold, labeler=alice).get().ranking)
+    gold_task = Task.objects.filter(campaign=campaign).order_by("id").first()
+    gold.mark_gold(gold_task, Judgement.objects.filter(task=gold_task, labeler=alice).get().ranking)
     assert len(rows_of(client, include_paused="true")) == 8
     assert len(rows_of(client, include_paused="true", include_gold="true")) == 10
     Judgement.objects.filter(labeler=alice).update(is_surplus=True)
@@ -287,8 +289,8 @@ def test_model_versions_and_rounds(campaign, alice, rita):
 
 def test_labeler_gold_accuracy(judged, rita, alice, campaign):
     client = api_client(rita)
-    gold = Task.objects.filter(campaign=campaign).order_by("id").first()
-    quality.mark_gold(gold, Judgement.objects.filter(task=gold, labeler=alice).get().ranking)  # alice right, bob wrong
+    gold_task = Task.objects.filter(campaign=campaign).order_by("id").first()
+    gold.mark_gold(gold_task, Judgement.objects.filter(task=gold_task, labeler=alice).get().ranking)  # alice right, bob wrong
     assert {r["labeler"] for r in rows_of(client, min_gold_accuracy="0.5")} == {pseudonym(campaign.pk, alice.pk)}
     assert len(rows_of(client, min_gold_accuracy="0")) == 8  # both answered gold
     assert len(rows_of(client)) == 8
@@ -318,12 +320,12 @@ def test_flagged_in_out_or_only(campaign, alice, rita):
 @pytest.mark.parametrize(
     "params, field, allowed",
     [
-        ({"shape": "triples"}, "shape", list(exports.SHAPES)),
-        ({"format": "csv"}, "format", list(exports.FORMATS)),
-        ({"colour": "red"}, "colour", list(exports.OPTION_NAMES + exports.FILTER_NAMES)),
-        ({"flagged": "maybe"}, "flagged", list(exports.FLAGGED)),
+        ({"shape": "triples"}, "shape", list(SHAPES)),
+        ({"format": "csv"}, "format", list(FORMATS)),
+        ({"colour": "red"}, "colour", list(OPTION_NAMES + FILTER_NAMES)),
+        ({"flagged": "maybe"}, "flagged", list(FLAGGED)),
         ({"include_gold": "perhaps"}, "include_gold", ["true", "false"]),
-        ({"identities": "everyone"}, "identities", list(exports.IDENTITIES)),
+        ({"identities": "everyone"}, "identities", list(IDENTITIES)),
     ],
 )
 def test_bad_parameters_are_a_400_listing_the_allowed_values(campaign, rita, params, field, allowed):
@@ -397,7 +399,7 @@ def test_a_snapshot_is_frozen_even_when_the_data_moves_on(judged, rita, artifact
     client = api_client(rita)
     snap = client.post(SNAPSHOTS, {"name": "before", "format": "jsonl.gz"}, format="json").json()
     before = b"".join(client.get(snap["download_url"]).streaming_content)
-    quality.set_paused(campaign, bob, True)
+    gold.set_paused(campaign, bob, True)
     after = b"".join(client.get(snap["download_url"]).streaming_content)
     assert before == after and len(jsonl(gzip.decompress(after))) == 10
 
@@ -467,7 +469,7 @@ def test_the_command_writes_each_container(judged, tmp_path, capsys):
 
 
 def test_the_command_takes_the_same_filters_and_makes_snapshots(judged, bob, campaign, tmp_path, artifacts):
-    quality.set_paused(campaign, bob, True)
+    gold.set_paused(campaign, bob, True)
     call_command("export_preferences", "helpful", "--shape", "rankings", "--identities", "real", "--out", str(tmp_path / "r.jsonl"))
     assert {r["labeler"] for r in jsonl((tmp_path / "r.jsonl").read_bytes())} == {"alice"}
     call_command("export_preferences", "helpful", "--include-paused", "--snapshot", "cli")

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 
-from annotate import imports, jobs
+from annotate.campaigns.imports import batches
+from annotate.jobs import engine
 from annotate.models import Campaign, ModelVersion, Prompt, Response, Run, Task
 from tests.conftest import api_client, join, make_campaign, make_user
 
@@ -160,7 +161,7 @@ def test_responses_without_a_model_column_take_the_files_model_name(carol, campa
 
 
 def test_duplicates_are_found_in_large_files_too(carol, campaign, monkeypatch):
-    monkeypatch.setattr(imports, "_IN_LOOKUP_LIMIT", 1)  # past it, the campaign's ids are read instead of an IN list
+    monkeypatch.setattr(batches, "_IN_LOOKUP_LIMIT", 1)  # past it, the campaign's ids are read instead of an IN list
     response = upload(carol, "prompts.csv", csv_bytes("external_id,text", "p0,Again", "p1,Again", "q9,New"), kind="prompts")
     assert [e["row"] for e in response.json()["errors"]] == [1, 2]
 
@@ -198,7 +199,7 @@ def test_a_file_over_the_row_limit_is_refused(carol, campaign, settings):
 
 
 def test_a_row_over_the_text_limit_is_a_row_error(carol, campaign, monkeypatch):
-    monkeypatch.setattr(imports, "MAX_TEXT_CHARS", 50)
+    monkeypatch.setattr(batches, "MAX_TEXT_CHARS", 50)
     response = upload(carol, "prompts.csv", csv_bytes("external_id,text", "short,Hi", f"long,{'x' * 51}"), kind="prompts")
     assert response.status_code == 400
     assert response.json()["errors"] == [{"row": 2, "error": "the prompt is 51 characters long; the limit is 50"}]
@@ -419,7 +420,7 @@ def test_a_large_import_runs_in_the_background_with_progress(carol, campaign, sm
     stored = small_sync_limit / run.params["path"]
     assert stored.read_bytes() == content and stored.is_relative_to(small_sync_limit / "uploads")
     assert not new_prompts().exists()  # nothing written in the request
-    jobs.execute_run.call(run.pk)
+    engine.execute_run.call(run.pk)
     run.refresh_from_db()
     assert run.status == "succeeded", run.error
     assert run.progress == 1.0 and run.result["prompts_created"] == 6
@@ -430,7 +431,7 @@ def test_a_large_import_runs_in_the_background_with_progress(carol, campaign, sm
 def test_a_background_import_with_a_bad_row_fails_and_imports_nothing(carol, campaign, small_sync_limit):
     content = csv_bytes("external_id,text", *(f"bg{i},Question {i}?" for i in range(5)), "bg-bad,")
     run = Run.objects.get(pk=upload(carol, "many.csv", content, kind="prompts").json()["id"])
-    jobs.execute_run.call(run.pk)
+    engine.execute_run.call(run.pk)
     run.refresh_from_db()
     assert run.status == "failed" and "row 6: text is empty" in run.error
     assert run.result["errors"] == [{"row": 6, "error": "text is empty"}]
@@ -438,18 +439,18 @@ def test_a_background_import_with_a_bad_row_fails_and_imports_nothing(carol, cam
 
 
 def test_an_import_run_only_reads_its_campaigns_uploads(carol, campaign, artifacts):
-    with pytest.raises(jobs.InvalidParams) as caught:
-        jobs.start_run("import", campaign=campaign, params={"kind": "prompts", "path": "../../etc/passwd"})
+    with pytest.raises(engine.InvalidParams) as caught:
+        engine.start_run("import", campaign=campaign, params={"kind": "prompts", "path": "../../etc/passwd"})
     assert caught.value.field == "path"
     other = make_campaign("other", prompts=1)
     (artifacts / "uploads" / str(other.pk)).mkdir(parents=True)
     (artifacts / "uploads" / str(other.pk) / "x.csv").write_text("external_id,text\n")
-    with pytest.raises(jobs.InvalidParams):
-        jobs.start_run("import", campaign=campaign, params={"kind": "prompts", "path": f"uploads/{other.pk}/x.csv"})
+    with pytest.raises(engine.InvalidParams):
+        engine.start_run("import", campaign=campaign, params={"kind": "prompts", "path": f"uploads/{other.pk}/x.csv"})
     (artifacts / "uploads" / str(campaign.pk)).mkdir(parents=True)
     (artifacts / "uploads" / str(campaign.pk) / "loose.csv").write_text("external_id,text\n")
-    with pytest.raises(jobs.InvalidParams):  # not in an upload's own folder, which the run removes afterwards
-        jobs.start_run("import", campaign=campaign, params={"kind": "prompts", "path": f"uploads/{campaign.pk}/loose.csv"})
+    with pytest.raises(engine.InvalidParams):  # not in an upload's own folder, which the run removes afterwards
+        engine.start_run("import", campaign=campaign, params={"kind": "prompts", "path": f"uploads/{campaign.pk}/loose.csv"})
 
 
 # Who may import

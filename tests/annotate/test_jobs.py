@@ -16,10 +16,9 @@ from django.db import connection
 from django.db.models import Count
 from django.utils import timezone
 
-from annotate import jobs
+from annotate.jobs import engine
 from annotate.models import ModelVersion, Response, Run, Task
 from tests.conftest import join, make_campaign, make_user
-
 
 # Real commits: the worker runs in this process and would drop a connection held in a test transaction.
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -41,7 +40,7 @@ def generate_params(**extra):
 def test_a_generation_run_goes_from_queued_to_succeeded_and_fills_the_queue(tiny, artifacts):
     campaign = make_campaign("gen", prompts=3)
     before = Task.objects.filter(campaign=campaign).count()
-    run = jobs.start_run("generate", campaign=campaign, params=generate_params(), user=None)
+    run = engine.start_run("generate", campaign=campaign, params=generate_params(), user=None)
     assert Run.objects.get(pk=run.pk).status == "queued"
     work_off_queue()
     run.refresh_from_db()
@@ -56,7 +55,7 @@ def test_a_generation_run_goes_from_queued_to_succeeded_and_fills_the_queue(tiny
 
 def test_head_to_head_pairs_each_new_response_with_the_baseline(tiny, artifacts):
     campaign = make_campaign("h2h", prompts=2, models=("old", "older"))
-    run = jobs.start_run("generate", campaign=campaign, params=generate_params(n_per_prompt=1, head_to_head_with="old"))
+    run = engine.start_run("generate", campaign=campaign, params=generate_params(n_per_prompt=1, head_to_head_with="old"))
     work_off_queue()
     run.refresh_from_db()
     assert run.status == "succeeded", run.error
@@ -72,7 +71,7 @@ def test_a_checkpoint_that_does_not_load_fails_the_run_clearly(artifacts, tmp_pa
     (broken / "config.json").write_text("{not json")
     ModelVersion.objects.create(name="broken", kind="policy", checkpoint_path=str(broken))
     campaign = make_campaign("bad", prompts=1)
-    run = jobs.start_run("generate", campaign=campaign, params={"models": ["broken"]})
+    run = engine.start_run("generate", campaign=campaign, params={"models": ["broken"]})
     work_off_queue()
     run.refresh_from_db()
     assert run.status == "failed" and "does not load" in run.error
@@ -81,8 +80,8 @@ def test_a_checkpoint_that_does_not_load_fails_the_run_clearly(artifacts, tmp_pa
 
 def test_a_queued_run_is_cancelled_at_once_and_never_runs(tiny, artifacts):
     campaign = make_campaign("cq", prompts=1)
-    run = jobs.start_run("generate", campaign=campaign, params=generate_params())
-    jobs.request_cancel(run)
+    run = engine.start_run("generate", campaign=campaign, params=generate_params())
+    engine.request_cancel(run)
     work_off_queue()
     run.refresh_from_db()
     assert run.status == "cancelled" and run.started_at is None
@@ -91,7 +90,7 @@ def test_a_queued_run_is_cancelled_at_once_and_never_runs(tiny, artifacts):
 
 def test_a_running_run_stops_at_its_next_step_when_cancelled(tiny, artifacts):
     campaign = make_campaign("cr", prompts=4)
-    run = jobs.start_run("generate", campaign=campaign, params=generate_params(batch_size=2))
+    run = engine.start_run("generate", campaign=campaign, params=generate_params(batch_size=2))
     Run.objects.filter(pk=run.pk).update(cancel_requested=True)  # as if cancel came right after the start
     work_off_queue()
     run.refresh_from_db()
@@ -147,7 +146,7 @@ def test_runs_api_start_show_cancel_and_permissions(tiny, artifacts):
 def test_a_run_without_heartbeat_is_marked_failed():
     run = Run.objects.create(kind="generate", status="running", heartbeat_at=timezone.now() - timedelta(minutes=5))
     fresh = Run.objects.create(kind="generate", status="running", heartbeat_at=timezone.now())
-    assert jobs.fail_stale_runs() == 1
+    assert engine.fail_stale_runs() == 1
     run.refresh_from_db()
     fresh.refresh_from_db()
     assert run.status == "failed" and "heartbeat" in run.error and fresh.status == "running"
@@ -163,7 +162,7 @@ def _database_url() -> str:
 def test_a_killed_worker_leaves_a_failed_run_and_consistent_data(tiny_checkpoint, tmp_path):
     ModelVersion.objects.create(name="tiny-policy", kind="policy", checkpoint_path=str(tiny_checkpoint))
     campaign = make_campaign("kill", prompts=60)
-    run = jobs.start_run("generate", campaign=campaign, params=generate_params(n_per_prompt=2, max_new_tokens=24, batch_size=4))
+    run = engine.start_run("generate", campaign=campaign, params=generate_params(n_per_prompt=2, max_new_tokens=24, batch_size=4))
     env = {**os.environ, "DATABASE_URL": _database_url(), "ARTIFACTS_DIR": str(tmp_path), "HF_HUB_OFFLINE": "1"}
     worker = subprocess.Popen(
         [sys.executable, "manage.py", "db_worker", "--queue-name", "*", "--no-startup-delay", "-v0"],
@@ -182,7 +181,7 @@ def test_a_killed_worker_leaves_a_failed_run_and_consistent_data(tiny_checkpoint
             os.killpg(worker.pid, signal.SIGKILL)
     run.refresh_from_db()
     assert run.status == "running"  # nobody told the database
-    assert jobs.fail_stale_runs(now=timezone.now() + timedelta(minutes=2)) == 1
+    assert engine.fail_stale_runs(now=timezone.now() + timedelta(minutes=2)) == 1
     run.refresh_from_db()
     assert run.status == "failed"
     stored = Response.objects.filter(model_version__name="tiny-policy")

@@ -9,16 +9,16 @@ from io import StringIO
 import pytest
 from django.core.management import call_command
 
-from annotate import assignment, judgements
-from annotate.judgements import task_response_ids
+from annotate.campaigns.imports.batches import import_prompts
+from annotate.jobs import engine
+from annotate.labeling import assignment, judgements
+from annotate.labeling.validation import task_response_ids
 from annotate.models import Campaign, ModelVersion, Response, Task
-from annotate.registry import checkpoint_dir
-from annotate.rounds import round_summaries
+from annotate.runs.registry import checkpoint_dir
+from annotate.runs.rounds import round_summaries
 from tests.annotate.test_jobs import work_off_queue
 from tests.conftest import join, make_user
 from tests.toy_policy import build_toy_policy, yes_fraction
-from annotate import jobs
-from annotate.imports import import_prompts
 
 pytestmark = pytest.mark.django_db(transaction=True)
 QUESTIONS = ("Say something.", "Any words?", "Talk to me.", "What now?")
@@ -61,7 +61,7 @@ def test_one_round_with_simulated_labelers_improves_the_policy_under_their_hidde
     ModelVersion.objects.create(name="tiny-base", kind="base", checkpoint_path=str(tiny_checkpoint), round=0)
     old = ModelVersion.objects.create(name="toy-r0", kind="policy", checkpoint_path=str(toy), round=0, metadata={"campaign": "loop"})
     import_prompts(campaign, [{"external_id": f"q{i}", "text": QUESTIONS[i % 4]} for i in range(16)])
-    jobs.start_run("generate", campaign=campaign, params={"models": ["toy-r0"], "n_per_prompt": 16, "max_new_tokens": 8, "temperature": 1.0, "seed": 3})
+    engine.start_run("generate", campaign=campaign, params={"models": ["toy-r0"], "n_per_prompt": 16, "max_new_tokens": 8, "temperature": 1.0, "seed": 3})
     work_off_queue()
     labelers = [join(make_user(f"sim{i}"), campaign, "labeler") for i in range(2)]
     assert simulated_labeling(campaign, labelers, rng) == Task.objects.filter(campaign=campaign).count() == 128

@@ -9,7 +9,7 @@ import pytest
 import torch
 from django.test import Client
 
-from annotate import jobs
+from annotate.jobs import engine
 from annotate.models import ModelVersion, Response, Run
 from tests.annotate.test_jobs import work_off_queue
 from tests.conftest import api_client, join, make_campaign, make_user
@@ -137,7 +137,7 @@ def test_an_optimize_run_registers_each_version_with_its_lineage_and_figures(pol
     assert page.status_code == 200 and b"tiny-ppo-int8" in page.content and b"<svg" in page.content
 
     # an optimised version generates into the queue like any other
-    gen = jobs.start_run("generate", campaign=campaign, params={"models": ["tiny-ppo-int8", "tiny-ppo-pruned50"], "max_new_tokens": 4})
+    gen = engine.start_run("generate", campaign=campaign, params={"models": ["tiny-ppo-int8", "tiny-ppo-pruned50"], "max_new_tokens": 4})
     work_off_queue()
     gen.refresh_from_db()
     assert gen.status == "succeeded", gen.error
@@ -147,14 +147,14 @@ def test_an_optimize_run_registers_each_version_with_its_lineage_and_figures(pol
     for kind, field in (("dpo", "policy"), ("ppo", "policy"), ("reward", "base_model")):
         response = api_client(carol).post("/api/v1/campaigns/opt/runs/", {"kind": kind, "params": {field: "tiny-ppo-int8"}}, format="json")
         assert response.status_code == 400 and response.json()["field"] == field and "quantised" in response.json()["detail"]
-    from annotate.registry import QUANTIZED_MARKER
+    from annotate.runs.registry import QUANTIZED_MARKER
     from training.models import QUANTIZED_MARKER as WRITTEN_BY_TRAINING
 
     assert QUANTIZED_MARKER == WRITTEN_BY_TRAINING
 
 
 def test_comparisons_are_shown_only_to_readers_of_the_campaign(policy, carol, campaign, artifacts):
-    run = jobs.start_run("optimize", campaign=campaign, params={"model": "tiny-ppo", "methods": ["int8"], "limit": 2, "max_new_tokens": 4})
+    run = engine.start_run("optimize", campaign=campaign, params={"model": "tiny-ppo", "methods": ["int8"], "limit": 2, "max_new_tokens": 4})
     work_off_queue()
     run.refresh_from_db()
     assert run.status == "succeeded", run.error
@@ -169,7 +169,7 @@ def test_comparisons_are_shown_only_to_readers_of_the_campaign(policy, carol, ca
 
 def test_a_method_failing_halfway_fails_the_run_and_registers_nothing(policy, campaign, artifacts):
     params = {"model": "tiny-ppo", "methods": ["int8", "prune"], "sparsity": 0.999, "structured": True, "limit": 2}
-    run = jobs.start_run("optimize", campaign=campaign, params=params)
+    run = engine.start_run("optimize", campaign=campaign, params=params)
     work_off_queue()
     run.refresh_from_db()
     assert run.status == "failed" and "every MLP channel" in run.error

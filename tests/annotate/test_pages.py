@@ -6,7 +6,7 @@ import re
 
 from django.test import Client
 
-from annotate.judgements import task_response_ids
+from annotate.labeling.validation import task_response_ids
 from annotate.models import Assignment, Judgement, Response
 from tests.conftest import make_user
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from annotate import jobs
+from annotate.jobs import engine
 from annotate.models import ModelVersion, Run, Snapshot
 from tests.annotate.test_jobs import work_off_queue
 from tests.annotate.test_reward_job import banana_campaign, label_all
@@ -17,7 +17,7 @@ def test_a_policy_run_trains_from_judgements_and_registers_the_next_round(kind, 
     base = ModelVersion.objects.create(name="tiny-base", kind="base", checkpoint_path=str(tiny_checkpoint), round=0)
     campaign = banana_campaign(prompts=24)
     label_all(campaign, join(make_user("alice"), campaign, "labeler"))
-    run = jobs.start_run(kind, campaign=campaign, params={"policy": "tiny-base", "max_steps": 2, "batch_size": 4})
+    run = engine.start_run(kind, campaign=campaign, params={"policy": "tiny-base", "max_steps": 2, "batch_size": 4})
     work_off_queue()
     run.refresh_from_db()
     assert run.status == "succeeded", run.error
@@ -26,8 +26,8 @@ def test_a_policy_run_trains_from_judgements_and_registers_the_next_round(kind, 
     snapshot = Snapshot.objects.get(campaign=campaign, name=f"run-{run.pk}-{kind}")
     assert version.metadata["snapshot"] == {"name": snapshot.name, "version": snapshot.version, "content_hash": snapshot.content_hash}
     assert run.metrics.exists()
+    from annotate.runs.registry import checkpoint_dir
     from training.models import load_causal_lm
-    from annotate.registry import checkpoint_dir
 
     assert load_causal_lm(checkpoint_dir(version), device="cpu") is not None
 
@@ -51,10 +51,10 @@ def test_bad_round_params_name_the_field(params, field):
 
 
 def test_human_win_rate_counts_head_to_head_judgements_with_ties_as_half():
-    from annotate import assignment, judgements
-    from annotate.imports import import_prompts, import_responses
+    from annotate.campaigns.imports.batches import import_prompts, import_responses
+    from annotate.labeling import assignment, judgements
     from annotate.models import Campaign
-    from annotate.rounds import human_win_rate
+    from annotate.runs.rounds import human_win_rate
 
     campaign = Campaign.objects.create(name="H", slug="h2h", task_type="pairwise", responses_per_task=2, overlap=1)
     import_prompts(campaign, [{"external_id": f"p{i}", "text": "?"} for i in range(4)])

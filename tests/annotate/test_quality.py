@@ -3,23 +3,23 @@ from __future__ import annotations
 
 import pytest
 
-from annotate import assignment, judgements, quality
-from annotate.errors import InvalidRanking, LabelerPaused
-from annotate.judgements import task_response_ids
+from annotate.core.errors import InvalidRanking, LabelerPaused
+from annotate.labeling import assignment, gold, judgements
+from annotate.labeling.validation import task_response_ids
 from annotate.models import Campaign, Membership, Task
 from tests.conftest import join, make_campaign, make_user
 
 
 def make_gold(campaign, count):
-    gold = list(Task.objects.filter(campaign=campaign).order_by("-id")[:count])
-    for task in gold:
+    gold_tasks = list(Task.objects.filter(campaign=campaign).order_by("-id")[:count])
+    for task in gold_tasks:
         ids = task_response_ids(task)
-        quality.mark_gold(task, [[ids[0]], [ids[1]]])
-    return {t.pk for t in gold}
+        gold.mark_gold(task, [[ids[0]], [ids[1]]])
+    return {t.pk for t in gold_tasks}
 
 
 @pytest.mark.parametrize(
-    "ranking, gold, expected",
+    "ranking, truth, expected",
     [
         ([[1], [2], [3]], [[1], [2], [3]], 1.0),
         ([[3], [2], [1]], [[1], [2], [3]], 0.0),
@@ -27,8 +27,8 @@ def make_gold(campaign, count):
         ([[2], [1], [3]], [[1, 2], [3]], 1.0),  # gold ties 1 and 2: that pair does not count
     ],
 )
-def test_gold_scores_by_hand(ranking, gold, expected):
-    assert quality.gold_score(ranking, gold) == pytest.approx(expected)
+def test_gold_scores_by_hand(ranking, truth, expected):
+    assert gold.gold_score(ranking, truth) == pytest.approx(expected)
 
 
 def test_gold_is_mixed_in_at_the_configured_rate_and_looks_like_any_task(db):
@@ -67,10 +67,10 @@ def test_a_labeler_under_the_gold_bar_is_paused_and_gets_no_more_tasks(db):
         judgements.submit(mallet, lease.task, [[ids[1]], [ids[0]]])
     membership = Membership.objects.get(user=mallet)
     assert membership.is_paused and "gold accuracy 0.00" in membership.paused_reason
-    assert quality.paused_labeler_ids(campaign) == {mallet.pk}
+    assert gold.paused_labeler_ids(campaign) == {mallet.pk}
     with pytest.raises(LabelerPaused):
         assignment.next_task_for(mallet, campaign)
-    quality.set_paused(campaign, mallet, False)
+    gold.set_paused(campaign, mallet, False)
     assert assignment.next_task_for(mallet, campaign) is not None
 
 
@@ -79,9 +79,9 @@ def test_a_gold_answer_must_be_a_valid_ordering(db):
     task = Task.objects.get(campaign=campaign)
     ids = task_response_ids(task)
     with pytest.raises(InvalidRanking):
-        quality.mark_gold(task, [[ids[0]]])
+        gold.mark_gold(task, [[ids[0]]])
     with pytest.raises(InvalidRanking, match="at least two"):
-        quality.mark_gold(task, [ids])
+        gold.mark_gold(task, [ids])
 
 
 def test_criteria_ratings_are_validated_and_stored(db):

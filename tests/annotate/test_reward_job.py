@@ -3,14 +3,15 @@ from __future__ import annotations
 
 import pytest
 
-from annotate import assignment, jobs, judgements
-from annotate.exports import ExportFilters, ExportOptions
-from annotate.judgements import task_response_ids
+from annotate.campaigns.imports.batches import import_prompts, import_responses
+from annotate.exports.options import ExportFilters, ExportOptions
+from annotate.exports.snapshots import create_snapshot, sha256_file, snapshot_file
+from annotate.jobs import engine
+from annotate.labeling import assignment, judgements
+from annotate.labeling.validation import task_response_ids
 from annotate.models import Campaign, ModelVersion, Run, Snapshot
-from annotate.snapshots import create_snapshot, sha256_file, snapshot_file
 from tests.annotate.test_jobs import work_off_queue
 from tests.conftest import api_client, join, make_campaign, make_user
-from annotate.imports import import_prompts, import_responses
 
 pytestmark = pytest.mark.django_db(transaction=True)
 WORDS = "river stone cloud lamp paper violin garden window".split()
@@ -47,7 +48,7 @@ def test_a_reward_run_trains_registers_and_scores(tiny_checkpoint, artifacts):
     alice = join(make_user("alice"), campaign, "labeler")
     label_all(campaign, alice)
     params = {"base_model": "tiny-base", "learning_rate": 1e-3, "epochs": 4, "eval_fraction": 0.25, "name": "fruit-rm"}
-    run = jobs.start_run("reward", campaign=campaign, params=params)
+    run = engine.start_run("reward", campaign=campaign, params=params)
     work_off_queue()
     run.refresh_from_db()
     assert run.status == "succeeded", run.error
@@ -79,7 +80,7 @@ def test_a_reward_run_trains_on_the_named_snapshot_not_on_later_judgements(tiny_
     import_prompts(campaign, [{"external_id": f"late{i}", "text": f"Tell me something, {WORDS[i]}."} for i in range(8)])
     import_responses(campaign, [{"prompt": f"late{i}", "model": m, "text": f"{WORDS[i]} {t} is nice."} for i in range(8) for m, t in (("plain", "stone"), ("fruity", "banana"))])
     label_all(campaign, join(make_user("bob"), campaign, "labeler"))
-    run = jobs.start_run("reward", campaign=campaign, params={"base_model": "tiny-base", "snapshot": "first-batch", "eval_fraction": 0.25})
+    run = engine.start_run("reward", campaign=campaign, params={"base_model": "tiny-base", "snapshot": "first-batch", "eval_fraction": 0.25})
     work_off_queue()
     run.refresh_from_db()
     assert run.status == "succeeded", run.error
@@ -103,7 +104,7 @@ def test_too_few_pairs_fail_clearly_and_register_nothing(tiny_checkpoint, artifa
     ModelVersion.objects.create(name="tiny-base", kind="base", checkpoint_path=str(tiny_checkpoint))
     campaign = banana_campaign(prompts=3)
     label_all(campaign, join(make_user("alice"), campaign, "labeler"))
-    run = jobs.start_run("reward", campaign=campaign, params={"base_model": "tiny-base"})
+    run = engine.start_run("reward", campaign=campaign, params={"base_model": "tiny-base"})
     work_off_queue()
     run.refresh_from_db()
     assert run.status == "failed" and "not enough preference data" in run.error
@@ -114,7 +115,7 @@ def test_a_campaign_of_only_ties_fails_clearly(tiny_checkpoint, artifacts):
     ModelVersion.objects.create(name="tiny-base", kind="base", checkpoint_path=str(tiny_checkpoint))
     campaign = banana_campaign(prompts=12)
     label_all(campaign, join(make_user("alice"), campaign, "labeler"), tie=True)
-    run = jobs.start_run("reward", campaign=campaign, params={"base_model": "tiny-base"})
+    run = engine.start_run("reward", campaign=campaign, params={"base_model": "tiny-base"})
     work_off_queue()
     run.refresh_from_db()
     assert run.status == "failed" and "tie" in run.error.lower()
@@ -131,13 +132,13 @@ def test_bad_reward_params_name_the_field(params, field):
 
 
 def test_a_trained_reward_model_guides_the_queue_and_tracks_drift(tiny_checkpoint, artifacts):
-    from annotate.guidance import latest_reward_model
+    from annotate.runs.registry import latest_reward_model
 
     ModelVersion.objects.create(name="tiny-base", kind="base", checkpoint_path=str(tiny_checkpoint))
     campaign = banana_campaign(prompts=64)
     alice = join(make_user("alice"), campaign, "labeler")
     label_all(campaign, alice)
-    jobs.start_run("reward", campaign=campaign, params={"base_model": "tiny-base", "learning_rate": 1e-3, "epochs": 4, "eval_fraction": 0.25})
+    engine.start_run("reward", campaign=campaign, params={"base_model": "tiny-base", "learning_rate": 1e-3, "epochs": 4, "eval_fraction": 0.25})
     work_off_queue()
     assert latest_reward_model(campaign) is not None
     # new work arrives: clear pairs (one banana) and hard ones (both banana)
@@ -145,13 +146,13 @@ def test_a_trained_reward_model_guides_the_queue_and_tracks_drift(tiny_checkpoin
     clear = [{"prompt": f"n{i}", "model": m, "text": t} for i in range(3) for m, t in (("plain", f"{WORDS[i]} stone is nice."), ("fruity", f"{WORDS[i]} banana is nice."))]
     hard = [{"prompt": f"n{i}", "model": m, "text": t} for i in range(3, 6) for m, t in (("plain", f"{WORDS[i]} banana is nice."), ("fruity", f"{WORDS[i + 1]} banana is nice."))]
     import_responses(campaign, clear + hard)
-    jobs.start_run("prioritize", campaign=campaign, params={})
+    engine.start_run("prioritize", campaign=campaign, params={})
     work_off_queue()
     priorities = dict(campaign.tasks.filter(prompt__external_id__startswith="n").values_list("prompt__external_id", "priority"))
     assert min(priorities[f"n{i}"] for i in range(3, 6)) > max(priorities[f"n{i}"] for i in range(3))
     # the humans keep preferring bananas (and call the both-banana pairs ties): the reward model agrees with them
     label_all(campaign, join(make_user("bob"), campaign, "labeler"))
-    run = jobs.start_run("drift", campaign=campaign, params={})
+    run = engine.start_run("drift", campaign=campaign, params={})
     work_off_queue()
     run.refresh_from_db()
     assert run.status == "succeeded", run.error
@@ -160,7 +161,7 @@ def test_a_trained_reward_model_guides_the_queue_and_tracks_drift(tiny_checkpoin
 
 
 def test_best_of_n_keeps_each_prompts_best_samples():
-    from annotate.generation import keep_best
+    from annotate.runs.generation import keep_best
     from training.generate import Completion
 
     batches = [[Completion(p, s, f"p{p}s{s}", 3, True) for p in (0, 1) for s in range(2)], [Completion(p, s, f"p{p}s{s}", 3, True) for p in (0, 1) for s in range(2, 4)]]

@@ -5,7 +5,7 @@ import hashlib
 
 import pytest
 
-from annotate import snapshot_job
+from annotate.exports import snapshot_job
 from annotate.models import Run, Snapshot
 from tests.annotate.test_exports import SNAPSHOTS, judge_all
 from tests.annotate.test_jobs import work_off_queue

@@ -1,7 +1,7 @@
 """How responses become tasks."""
 from __future__ import annotations
 
-from annotate.imports import import_responses
+from annotate.campaigns.imports.batches import import_responses
 from annotate.models import Task, TaskResponse
 from tests.conftest import make_campaign
 

@@ -11,15 +11,14 @@ import os
 os.environ["HF_HUB_OFFLINE"] = "1"  # before transformers is imported anywhere
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from pathlib import Path  # noqa: E402
+import ctypes
+from pathlib import Path
 
-import ctypes  # noqa: E402
+import pytest
+import torch
+import transformers
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
-import transformers  # noqa: E402
-
-from training.models import build_tiny_model, convert_smollm2, export_tokenizer  # noqa: E402
+from training.models import build_tiny_model, convert_smollm2, export_tokenizer
 
 # One thread: the 2 cores are shared with other test runs, and when they are busy two
 # torch threads wait on each other and run several times slower than one.

@@ -39,7 +39,7 @@ def banana_judgements(n_prompts: int, seed: int = 0) -> list[RankedJudgement]:
 
 
 def config_for(model_dir, out_dir, **overrides) -> DPOConfig:
-    settings = dict(learning_rate=1e-2, max_steps=6, per_device_train_batch_size=8, logging_steps=3, seed=0)
+    settings = {"learning_rate": 1e-2, "max_steps": 6, "per_device_train_batch_size": 8, "logging_steps": 3, "seed": 0}
     return DPOConfig(base_model=str(model_dir), output_dir=str(out_dir), beta=BETA, **{**settings, **overrides})
 
 

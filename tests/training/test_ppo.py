@@ -9,9 +9,9 @@ import torch
 from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
-from training.models import load_tokenizer
 from tests.toy_policy import build_toy_policy
 from tests.toy_policy import yes_fraction as share_of_yes
+from training.models import load_tokenizer
 from training.ppo import PPOConfig, PPOResult, reward_fn_from_checkpoint, train_ppo
 
 PROMPTS = [[{"role": "user", "content": q}] for q in ("Say something.", "Any words?", "Talk to me.", "What now?")]
@@ -30,19 +30,19 @@ def yes_fraction(prompts, completions, completion_ids) -> torch.Tensor:
 
 
 def config_for(policy_dir: Path, output_dir: Path, **overrides) -> PPOConfig:
-    settings = dict(
-        policy_path=str(policy_dir),
-        output_dir=str(output_dir),
-        lora_r=8,
-        lora_alpha=16,
-        learning_rate=3e-3,  # a 64-wide model with LoRA takes a far larger step than a real one
-        total_iterations=3,
-        rollout_batch_size=16,
-        minibatch_size=8,
-        temperature=0.7,
-        max_new_tokens=8,
-        save_every=100,
-    )
+    settings = {
+        "policy_path": str(policy_dir),
+        "output_dir": str(output_dir),
+        "lora_r": 8,
+        "lora_alpha": 16,
+        "learning_rate": 3e-3,  # a 64-wide model with LoRA takes a far larger step than a real one
+        "total_iterations": 3,
+        "rollout_batch_size": 16,
+        "minibatch_size": 8,
+        "temperature": 0.7,
+        "max_new_tokens": 8,
+        "save_every": 100,
+    }
     return PPOConfig(**{**settings, **overrides})
 
 

@@ -56,7 +56,7 @@ def marker_judgements(n_prompts: int, labeler: str = "sim", flip: bool = False, 
 
 def config_for(model_dir, out_dir, **overrides) -> RewardConfig:
     """Seeded LoRA settings that learn the marker preference on the tiny model in about a second."""
-    settings = dict(learning_rate=1e-3, num_train_epochs=3, logging_steps=5, seed=0)
+    settings = {"learning_rate": 1e-3, "num_train_epochs": 3, "logging_steps": 5, "seed": 0}
     return RewardConfig(base_model=str(model_dir), output_dir=str(out_dir), **{**settings, **overrides})
 
 

@@ -60,8 +60,8 @@ def colour_policy(tiny_model_dir, tmp_path_factory):
 
 def config_for(model_dir, out_dir, **overrides) -> RLOOConfig:
     """8 completions a step (2 prompts x 4), 4 new tokens each."""
-    settings = dict(learning_rate=3e-3, max_steps=15, per_device_train_batch_size=8, num_generations=4,
-                    max_completion_length=MAX_NEW_TOKENS, logging_steps=5, seed=0)
+    settings = {"learning_rate": 3e-3, "max_steps": 15, "per_device_train_batch_size": 8, "num_generations": 4,
+                    "max_completion_length": MAX_NEW_TOKENS, "logging_steps": 5, "seed": 0}
     return RLOOConfig(base_model=str(model_dir), output_dir=str(out_dir), **{**settings, **overrides})
 
 

@@ -25,7 +25,7 @@ def colour_rows(n: int, seed: int = 0) -> list[dict]:
 
 
 def config_for(model_dir, out_dir, **overrides) -> SFTConfig:
-    settings = dict(learning_rate=1e-2, max_steps=8, per_device_train_batch_size=8, logging_steps=2, seed=0)
+    settings = {"learning_rate": 1e-2, "max_steps": 8, "per_device_train_batch_size": 8, "logging_steps": 2, "seed": 0}
     return SFTConfig(base_model=str(model_dir), output_dir=str(out_dir), **{**settings, **overrides})
 
 

@@ -12,8 +12,9 @@ import sys
 
 from django.core.management.base import BaseCommand, CommandError
 
-from annotate import exports, snapshots
-from annotate.errors import DomainError
+from annotate.core.errors import DomainError
+from annotate.exports import export, rows, snapshots
+from annotate.exports.options import FLAGGED, FORMATS, SHAPES, parse_export
 from annotate.models import Campaign
 
 
@@ -22,8 +23,8 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser):
         parser.add_argument("slug", help="The campaign.")
-        parser.add_argument("--shape", default="pairs", help=f"One of {', '.join(exports.SHAPES)} (default pairs).")
-        parser.add_argument("--format", default="jsonl", help=f"One of {', '.join(exports.FORMATS)} (default jsonl).")
+        parser.add_argument("--shape", default="pairs", help=f"One of {', '.join(SHAPES)} (default pairs).")
+        parser.add_argument("--format", default="jsonl", help=f"One of {', '.join(FORMATS)} (default jsonl).")
         out = parser.add_mutually_exclusive_group(required=True)
         out.add_argument("--out", help="File to write (a folder for --format hf); - for stdout (jsonl only).")
         out.add_argument("--snapshot", metavar="NAME", help="Freeze the export as a snapshot with this name.")
@@ -37,7 +38,7 @@ class Command(BaseCommand):
         parser.add_argument("--round", help="Comma-separated RLHF rounds: tasks with a response from one of them.")
         parser.add_argument("--min-gold-accuracy", help="Only labelers whose gold accuracy is at least this.")
         parser.add_argument("--min-agreement", help="Only tasks whose judgements agree at least this much.")
-        parser.add_argument("--flagged", help=f"One of {', '.join(exports.FLAGGED)} (default include).")
+        parser.add_argument("--flagged", help=f"One of {', '.join(FLAGGED)} (default include).")
         parser.add_argument("--include-paused", action="store_true", help="Keep judgements of paused labelers.")
         parser.add_argument("--include-gold", action="store_true", help="Keep judgements of gold tasks.")
         parser.add_argument("--exclude-surplus", action="store_true", help="Leave out surplus judgements.")
@@ -47,7 +48,7 @@ class Command(BaseCommand):
         if campaign is None:
             raise CommandError(f"no campaign {slug!r}.")
         try:
-            options, filters = exports.parse_export(_params(opts))
+            options, filters = parse_export(_params(opts))
             if opts["snapshot"]:
                 snapshot = snapshots.create_snapshot(campaign, opts["snapshot"], options, filters)
                 self.stderr.write(f"snapshot {snapshot.name} v{snapshot.version}: {snapshot.path} sha256 {snapshot.content_hash} {json.dumps(snapshot.row_counts)}")
@@ -55,12 +56,12 @@ class Command(BaseCommand):
             if opts["out"] == "-":
                 if options.format != "jsonl":
                     raise CommandError("--out - writes jsonl only.")
-                stats = exports.ExportStats()
-                for chunk in exports.stream_export(campaign, options, filters, stats):
+                stats = rows.ExportStats()
+                for chunk in export.stream_export(campaign, options, filters, stats):
                     sys.stdout.buffer.write(chunk)
                 sys.stdout.buffer.flush()
             else:
-                stats = exports.write_export(campaign, options, filters, opts["out"], zip_hf=False)
+                stats = export.write_export(campaign, options, filters, opts["out"], zip_hf=False)
         except DomainError as exc:
             raise CommandError(exc.message) from exc
         self.stderr.write(f"{options.shape} as {options.format}: {json.dumps(stats.as_dict())}")

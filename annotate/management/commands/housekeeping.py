@@ -5,8 +5,8 @@ import time
 
 from django.core.management.base import BaseCommand
 
-from annotate.assignment import reclaim_expired_leases
-from annotate.jobs import fail_stale_runs
+from annotate.jobs.engine import fail_stale_runs
+from annotate.labeling.assignment import reclaim_expired_leases
 
 
 class Command(BaseCommand):

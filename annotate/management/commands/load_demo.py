@@ -8,7 +8,7 @@ from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand
 from django.db import transaction
 
-from annotate.imports import import_prompts, import_responses
+from annotate.campaigns.imports.batches import import_prompts, import_responses
 from annotate.models import Campaign, Membership
 
 FIXTURE = Path(__file__).resolve().parents[2] / "fixtures" / "demo.json"
@@ -30,7 +30,7 @@ class Command(BaseCommand):
                 import_responses(campaign, data["responses"][: spec.get("responses_limit")])
             for name, role in ACCOUNTS:
                 Membership.objects.get_or_create(campaign=campaign, user=users[name], defaults={"role": role})
-        self.stdout.write("Accounts (password %s): %s" % (DEMO_PASSWORD, ", ".join(f"{n} ({r})" for n, r in ACCOUNTS)))
+        self.stdout.write("Accounts (password {}): {}".format(DEMO_PASSWORD, ", ".join(f"{n} ({r})" for n, r in ACCOUNTS)))
 
     def _user(self, username: str, *, is_admin: bool):
         user, created = get_user_model().objects.get_or_create(username=username, defaults={"is_staff": is_admin, "is_superuser": is_admin})

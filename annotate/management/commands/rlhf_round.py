@@ -5,7 +5,7 @@ import json
 
 from django.core.management.base import BaseCommand, CommandError
 
-from annotate import jobs
+from annotate.jobs import engine
 from annotate.models import Campaign, Run
 
 
@@ -27,12 +27,12 @@ class Command(BaseCommand):
         except json.JSONDecodeError as exc:
             raise CommandError(f"--params is not valid JSON: {exc}") from exc
         try:
-            run = jobs.start_run("round", campaign=campaign, params={**parsed, "method": method})
-        except jobs.InvalidParams as exc:
+            run = engine.start_run("round", campaign=campaign, params={**parsed, "method": method})
+        except engine.InvalidParams as exc:
             raise CommandError(f"{exc.field}: {exc.message}") from exc
         self.stdout.write(f"run {run.pk} queued")
         if now:
-            jobs.execute_run.call(run.pk)
+            engine.execute_run.call(run.pk)
             run = Run.objects.get(pk=run.pk)
             self.stdout.write(f"run {run.pk} {run.status}: {run.error or json.dumps(run.result, default=str)[:2000]}")
             if run.status != Run.Status.SUCCEEDED:

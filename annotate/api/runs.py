@@ -1,0 +1,117 @@
+"""REST API v1 for runs (background jobs) and the model registry."""
+from __future__ import annotations
+
+from drf_spectacular.utils import extend_schema
+from rest_framework import serializers, status
+from rest_framework.decorators import api_view
+from rest_framework.response import Response
+
+from annotate import access
+from annotate.campaigns.imports.batches import normalise_messages
+from annotate.jobs import engine
+from annotate.models import Membership, ModelVersion, Run
+from annotate.runs.registry import RegistryError
+from annotate.runs.scoring import score_responses
+
+ADMIN = (Membership.Role.ADMIN,)
+
+
+class RunInSerializer(serializers.Serializer):
+    kind = serializers.CharField()
+    params = serializers.JSONField(required=False, default=dict)
+
+
+class RunSerializer(serializers.ModelSerializer):
+    campaign = serializers.SlugRelatedField(slug_field="slug", read_only=True)
+    created_by = serializers.SlugRelatedField(slug_field="username", read_only=True)
+    metrics = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Run
+        fields = ["id", "kind", "campaign", "params", "created_by", "status", "queue_name", "progress", "progress_message",
+                  "log_tail", "artifacts", "result", "error", "cancel_requested", "worker", "created_at", "started_at",
+                  "finished_at", "heartbeat_at", "metrics"]
+
+    def get_metrics(self, run) -> dict:
+        return {name: [[step, value] for step, value in points] for name, points in engine.metric_series(run).items()}
+
+
+class ModelVersionSerializer(serializers.ModelSerializer):
+    parent = serializers.SlugRelatedField(slug_field="name", read_only=True)
+
+    class Meta:
+        model = ModelVersion
+        fields = ["id", "name", "kind", "parent", "checkpoint_path", "run", "metadata", "created_at"]
+
+
+@extend_schema(request=RunInSerializer, responses={200: RunSerializer(many=True), 201: RunSerializer})
+@api_view(["GET", "POST"])
+def campaign_runs(request, slug):
+    """List the campaign's runs, or start one (`{kind: "generate", params: {...}}`, campaign admins)."""
+    if request.method == "GET":
+        campaign = access.campaign_for(request.user, slug, access.READING_ROLES)
+        engine.fail_stale_runs()
+        runs = campaign.runs.select_related("campaign", "created_by").order_by("-created_at")[:100]
+        return Response(RunSerializer(runs, many=True).data)
+    campaign = access.campaign_for(request.user, slug, ADMIN)
+    body = RunInSerializer(data=request.data)
+    body.is_valid(raise_exception=True)
+    run = engine.start_run(body.validated_data["kind"], campaign=campaign, params=body.validated_data["params"], user=request.user)
+    return Response(RunSerializer(run).data, status=status.HTTP_201_CREATED)
+
+
+@extend_schema(responses=RunSerializer)
+@api_view(["GET"])
+def run_detail(request, run_id):
+    """Status, progress, metrics, log tail and artifacts of a run."""
+    engine.fail_stale_runs()
+    return Response(RunSerializer(access.run_for(request.user, run_id)).data)
+
+
+@extend_schema(request=None, responses=RunSerializer)
+@api_view(["POST"])
+def run_cancel(request, run_id):
+    run = access.run_for(request.user, run_id, ADMIN)
+    if run.is_finished:
+        return Response({"code": "finished", "detail": f"the run already ended ({run.status})."}, status=status.HTTP_409_CONFLICT)
+    return Response(RunSerializer(engine.request_cancel(run)).data)
+
+
+class ScoreInSerializer(serializers.Serializer):
+    prompt = serializers.JSONField(help_text="The prompt: a string (one user turn) or a list of chat messages.")
+    responses = serializers.ListField(child=serializers.CharField(allow_blank=True, trim_whitespace=False), min_length=1, max_length=64)
+
+
+class ScoreOutSerializer(serializers.Serializer):
+    scores = serializers.ListField(child=serializers.FloatField())
+
+
+@extend_schema(request=ScoreInSerializer, responses=ScoreOutSerializer)
+@api_view(["POST"])
+def score(request, model_id):
+    """Reward-model scores of responses to one prompt (staff, or admins/researchers of the model's campaign)."""
+    version = access.model_for(request.user, model_id)
+    body = ScoreInSerializer(data=request.data)
+    body.is_valid(raise_exception=True)
+    try:
+        messages = normalise_messages({"messages": body.validated_data["prompt"]})
+    except ValueError as exc:
+        return Response({"prompt": [str(exc)]}, status=status.HTTP_400_BAD_REQUEST)
+    try:
+        scores = score_responses(version, messages, body.validated_data["responses"])
+    except RegistryError as exc:
+        return Response({"code": "not_a_reward_model", "detail": str(exc)}, status=status.HTTP_400_BAD_REQUEST)
+    return Response({"scores": scores})
+
+
+@extend_schema(responses=ModelVersionSerializer(many=True))
+@api_view(["GET"])
+def models(request):
+    """The model registry (any signed-in user: names and lineage only, no campaign data)."""
+    versions = ModelVersion.objects.select_related("parent").order_by("-created_at")
+    kind = request.query_params.get("kind")
+    if kind:
+        if kind not in ModelVersion.Kind.values:
+            return Response({"kind": [f"must be one of {ModelVersion.Kind.values}"]}, status=400)
+        versions = versions.filter(kind=kind)
+    return Response(ModelVersionSerializer(versions[:500], many=True).data)

@@ -1,0 +1,80 @@
+"""DRF serializers: validate at the edge; the service functions do the writes."""
+from __future__ import annotations
+
+from rest_framework import serializers
+
+from annotate.models import Campaign, Membership
+
+
+class CampaignSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = Campaign
+        fields = ["name", "slug", "instructions", "task_type", "responses_per_task", "overlap", "lease_seconds", "status", "created_at"]
+        read_only_fields = ["created_at"]
+        extra_kwargs = {"slug": {"validators": []}, "responses_per_task": {"min_value": 2, "max_value": 8}, "overlap": {"min_value": 1, "max_value": 100}, "lease_seconds": {"min_value": 10, "max_value": 7 * 24 * 3600}}
+
+    def validate(self, attrs):
+        task_type = attrs.get("task_type", getattr(self.instance, "task_type", Campaign.TaskType.PAIRWISE))
+        k = attrs.get("responses_per_task", getattr(self.instance, "responses_per_task", 2))
+        if task_type == Campaign.TaskType.PAIRWISE and k != 2:
+            raise serializers.ValidationError({"responses_per_task": "a pairwise campaign has exactly 2 responses per task."})
+        return attrs
+
+
+class MemberSerializer(serializers.Serializer):
+    username = serializers.CharField(max_length=150)
+    role = serializers.ChoiceField(choices=Membership.Role.choices)
+
+
+class ResponseOutSerializer(serializers.Serializer):
+    id = serializers.IntegerField()
+    text = serializers.CharField()
+
+
+class PromptOutSerializer(serializers.Serializer):
+    messages = serializers.JSONField()
+    context = serializers.JSONField()
+
+
+class NextTaskSerializer(serializers.Serializer):
+    task_id = serializers.IntegerField()
+    prompt = PromptOutSerializer()
+    responses = ResponseOutSerializer(many=True)
+    lease_expires_at = serializers.DateTimeField()
+
+
+class JudgementInSerializer(serializers.Serializer):
+    """Shape only; `judgements.submit` checks the ranking against the task."""
+
+    ranking = serializers.JSONField(help_text="Groups of response ids, best first: [[3], [5, 7], [2]]. A group of several is a tie.")
+    rationale = serializers.CharField(required=False, allow_blank=True, max_length=10_000, trim_whitespace=False)
+    flags = serializers.ListField(child=serializers.CharField(), required=False)
+    ratings = serializers.JSONField(required=False, help_text='{"<response id>": {"<criterion>": value}} on the campaign\'s criteria.')
+    time_spent_ms = serializers.IntegerField(required=False, min_value=0, allow_null=True)
+
+
+class JudgementOutSerializer(serializers.Serializer):
+    id = serializers.IntegerField()
+    task_id = serializers.IntegerField()
+    ranking = serializers.JSONField()
+    rationale = serializers.CharField()
+    flags = serializers.JSONField()
+    ratings = serializers.JSONField()
+    time_spent_ms = serializers.IntegerField(allow_null=True)
+    is_surplus = serializers.BooleanField()
+    created_at = serializers.DateTimeField()
+
+
+class ImportResultSerializer(serializers.Serializer):
+    created = serializers.IntegerField()
+    tasks_built = serializers.IntegerField(required=False)
+    errors = serializers.ListField(child=serializers.DictField())
+
+
+class ProgressSerializer(serializers.Serializer):
+    tasks = serializers.IntegerField()
+    open_tasks = serializers.IntegerField()
+    complete_tasks = serializers.IntegerField()
+    judgements_needed = serializers.IntegerField()
+    judgements_received = serializers.IntegerField()
+    labeler_submitted = serializers.IntegerField(required=False)

@@ -1,0 +1,176 @@
+"""Imports from files, in the browser and through the API: read, map the columns, check, write all or nothing.
+
+    options = import_options({"kind": "preferences", "on_duplicate": "skip"})
+    summary, run = import_upload(campaign, uploaded_file, options, user)   # run is set for a large file
+
+annotate.campaigns.imports.readers reads the file into records; annotate.campaigns.imports.columns maps them to prompt
+and response rows for the import kind (prompts, responses, preferences); annotate.campaigns.imports.batches checks
+every row and writes all or nothing. Above IMPORT_SYNC_ROWS rows (or IMPORT_SYNC_BYTES bytes) the
+upload is stored under ARTIFACTS_DIR/uploads/<campaign id>/ and imported by a background run of
+kind "import", with progress on the run's page. Limits: IMPORT_MAX_BYTES, IMPORT_MAX_ROWS (settings).
+"""
+from __future__ import annotations
+
+import shutil
+import uuid
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from django.conf import settings
+from django.utils.text import get_valid_filename
+
+from annotate.campaigns.imports.batches import ON_DUPLICATE, import_batch
+from annotate.campaigns.imports.columns import Batch, columns_of, label_studio_records, preference_rows, prompt_rows, response_rows
+from annotate.campaigns.imports.readers import FORMATS, MB, FileTooLarge, Record, limit, read_file
+from annotate.core.errors import ImportRejected
+from annotate.jobs.engine import InvalidParams, RunContext, RunFailed, register, start_run
+from annotate.models import Campaign, Run
+
+KINDS = ("prompts", "responses", "preferences")
+__all__ = ["FORMATS", "KINDS", "FileTooLarge", "ImportOptions", "import_options", "import_records", "import_upload", "limit", "read_file"]
+
+
+@dataclass
+class ImportOptions:
+    kind: str
+    on_duplicate: str = "error"
+    model: str = ""  # the model that wrote the responses, where no column names one
+    create_models: bool = False  # register model names not seen before (off: an unknown name is an error)
+    format: str = ""  # empty: detect from the name and the first bytes
+    split: str = ""  # which split of a saved DatasetDict
+
+
+def import_options(data: Mapping) -> ImportOptions:
+    """Checked options from a form, a request or a run's params; ImportRejected names the bad field."""
+    kind = data.get("kind") or ""
+    if kind not in KINDS:
+        raise ImportRejected(f"kind must be one of {list(KINDS)}.", field="kind")
+    on_duplicate = data.get("on_duplicate") or "error"
+    if on_duplicate not in ON_DUPLICATE:
+        raise ImportRejected(f"on_duplicate must be one of {list(ON_DUPLICATE)}.", field="on_duplicate")
+    fmt = data.get("format") or ""
+    if fmt not in ("", *FORMATS):
+        raise ImportRejected(f"format must be one of {list(FORMATS)} (or empty to detect it).", field="format")
+    model, split = data.get("model") or "", data.get("split") or ""
+    if not isinstance(model, str) or len(model) > 200:
+        raise ImportRejected("model must be a model name of at most 200 characters.", field="model")
+    if not isinstance(split, str) or len(split) > 100:
+        raise ImportRejected("split must be a split name.", field="split")
+    create = data.get("create_models", False)
+    if isinstance(create, str):
+        create = create.lower() in ("1", "true", "on", "yes")
+    return ImportOptions(kind, on_duplicate, model.strip(), bool(create), fmt, split)
+
+
+def build_batch(campaign: Campaign, fmt: str, records: list[Record], errors: list[dict], options: ImportOptions) -> Batch:
+    batch = Batch(errors=list(errors))
+    if fmt == "label_studio":
+        if options.kind == "responses":
+            raise ImportRejected("a Label Studio export holds prompts with their responses: import it as preferences (or prompts).", field="kind")
+        records = label_studio_records(records, batch)
+    if not records:
+        return batch
+    if options.kind == "prompts":
+        prompt_rows(records, batch)
+        if fmt == "label_studio" or {"chosen", "completions"} & columns_of(records):
+            batch.warnings.append("the file also holds responses; they were not imported (import it as preferences to keep them).")
+    elif options.kind == "responses":
+        response_rows(records, batch, options.model)
+    else:
+        preference_rows(records, batch, options.model, campaign.responses_per_task)
+    return batch
+
+
+def import_records(campaign: Campaign, fmt: str, records: list[Record], errors: list[dict], options: ImportOptions, *, on_checked=None) -> dict:
+    """Map the records for the import kind, check them all, write all or nothing; a summary for people."""
+    batch = build_batch(campaign, fmt, records, errors, options)
+    result = import_batch(
+        campaign,
+        prompts=batch.prompts,
+        responses=batch.responses,
+        prompt_numbers=batch.prompt_numbers,
+        response_numbers=batch.response_numbers,
+        on_duplicate=options.on_duplicate,
+        create_models=options.create_models,
+        errors=batch.errors,
+        before_write=(lambda: on_checked(batch)) if on_checked else None,
+    )
+    rows = len({n for n, _ in records} | {e["row"] for e in errors})
+    return {"format": fmt, "kind": options.kind, "rows": rows, **result.as_dict(), "warnings": batch.warnings, "errors": []}
+
+
+def import_upload(campaign: Campaign, upload, options: ImportOptions, user=None) -> tuple[dict | None, Run | None]:
+    """Import an uploaded file now (summary, None), or hand a large one to a background run (None, run)."""
+    size = upload.size or 0
+    if size > limit("IMPORT_MAX_BYTES"):
+        raise FileTooLarge(f"the file is {size / MB:.1f} MB; the limit is {limit('IMPORT_MAX_BYTES') / MB:.0f} MB. Split it into several files.")
+    if size == 0:
+        raise ImportRejected("the file is empty.", field="file")
+    if size > limit("IMPORT_SYNC_BYTES"):
+        return None, start_import_run(campaign, upload, options, user)
+    source = Path(upload.temporary_file_path()) if hasattr(upload, "temporary_file_path") else upload.file
+    fmt, records, errors = read_file(source, upload.name or "", fmt=options.format, split=options.split)
+    if len(records) > limit("IMPORT_SYNC_ROWS"):
+        return None, start_import_run(campaign, upload, options, user)
+    return import_records(campaign, fmt, records, errors, options), None
+
+
+def start_import_run(campaign: Campaign, upload, options: ImportOptions, user=None) -> Run:
+    """Store the upload under ARTIFACTS_DIR/uploads/<campaign id>/<random>/ and start an import run on it."""
+    name = get_valid_filename(Path(upload.name or "upload").name)[-100:] or "upload"
+    relative = Path("uploads") / str(campaign.pk) / uuid.uuid4().hex / name
+    target = Path(settings.ARTIFACTS_DIR) / relative
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(target, "wb") as out:
+        for chunk in upload.chunks():
+            out.write(chunk)
+    return start_run("import", campaign=campaign, params={**asdict(options), "path": str(relative), "filename": upload.name or name}, user=user)
+
+
+# THE BACKGROUND RUN
+
+
+def validate_import_params(campaign: Campaign | None, params: dict) -> dict:
+    if campaign is None:
+        raise InvalidParams("an import belongs to a campaign.", field="campaign")
+    try:
+        options = import_options(params)
+    except ImportRejected as exc:
+        raise InvalidParams(exc.message, field=exc.field) from None
+    path = params.get("path")
+    uploads = (Path(settings.ARTIFACTS_DIR) / "uploads" / str(campaign.pk)).resolve()
+    resolved = (Path(settings.ARTIFACTS_DIR) / str(path)).resolve() if isinstance(path, str) and path else None
+    # uploads/<campaign id>/<random>/<name>: the run deletes <random>/ when done, so nothing else may live there
+    if resolved is None or resolved.parent.parent != uploads or not resolved.is_file():
+        raise InvalidParams("path must name a file uploaded to this campaign (under ARTIFACTS_DIR/uploads).", field="path")
+    filename = params.get("filename") or resolved.name
+    return {**asdict(options), "path": path, "filename": str(filename)[:200]}
+
+
+def run_import(ctx: RunContext) -> dict:
+    params, campaign = ctx.params, ctx.run.campaign
+    path = Path(settings.ARTIFACTS_DIR) / params["path"]
+    options = import_options(params)
+    try:
+        ctx.progress(0.05, f"reading {params['filename']}")
+        fmt, records, errors = read_file(path, params["filename"], fmt=options.format, split=options.split)
+        ctx.progress(0.3, f"read {len(records):,} rows; checking them")
+        ctx.check_cancelled()
+
+        def checked(batch: Batch) -> None:
+            ctx.progress(0.5, f"writing {len(batch.prompts):,} prompts and {len(batch.responses):,} responses in one transaction")
+            ctx.check_cancelled()
+
+        summary = import_records(campaign, fmt, records, errors, options, on_checked=checked)
+    except ImportRejected as exc:
+        Run.objects.filter(pk=ctx.run.pk).update(result={"detail": exc.message, "errors": exc.errors})
+        lines = [exc.message] + [f"row {e['row']}: {e['error']}" for e in exc.errors[:20]]
+        raise RunFailed("\n".join(lines)) from None
+    finally:
+        shutil.rmtree(path.parent, ignore_errors=True)
+    ctx.log(f"imported {summary['prompts_created']} prompts and {summary['responses_created']} responses; built {summary['tasks_built']} tasks")
+    return summary
+
+
+register("import", validate_import_params, run_import, ml=False)

@@ -1,0 +1,69 @@
+"""Turning responses into ranking tasks.
+
+How k-subsets are chosen: each response goes into at most one task of its campaign.
+A prompt's responses that are in no task yet are interleaved across model versions
+(one from each model in turn, oldest first) and cut into groups of k, so a task
+compares different models wherever the prompt has them. Fewer than k left over wait
+for more responses. The display order inside each task is shuffled.
+"""
+from __future__ import annotations
+
+import random
+from collections import defaultdict
+from itertools import zip_longest
+
+from django.db import transaction
+
+from annotate.models import Campaign, Response, Task, TaskResponse
+
+shuffle = random.SystemRandom().shuffle
+
+
+def interleave_by_model(responses: list[Response]) -> list[Response]:
+    """One response from each model version in turn, each model's oldest first."""
+    by_model: dict[int, list[Response]] = defaultdict(list)
+    for response in sorted(responses, key=lambda r: (r.model_version_id, r.pk)):
+        by_model[response.model_version_id].append(response)
+    rounds = zip_longest(*by_model.values())
+    return [r for round_ in rounds for r in round_ if r is not None]
+
+
+def build_tasks(campaign: Campaign, prompt_ids, *, priority: int = 0) -> int:
+    """Create tasks from the prompts' unused responses; returns how many tasks were made."""
+    k = campaign.responses_per_task
+    prompt_ids = list(prompt_ids)
+    # A subquery on the slots, not a join through Task: SQLite plans the join badly without statistics.
+    used = TaskResponse.objects.filter(task__campaign=campaign, response__prompt_id__in=prompt_ids).values("response_id")
+    unused = (
+        Response.objects.filter(prompt_id__in=prompt_ids, prompt__campaign=campaign)
+        .exclude(pk__in=used)
+        .only("id", "prompt_id", "model_version_id")
+    )
+    by_prompt: dict[int, list[Response]] = defaultdict(list)
+    for response in unused:
+        by_prompt[response.prompt_id].append(response)
+    groups: list[tuple[int, list[Response]]] = []
+    for prompt_id, responses in sorted(by_prompt.items()):
+        ordered = interleave_by_model(responses)
+        for start in range(0, len(ordered) - k + 1, k):
+            groups.append((prompt_id, ordered[start : start + k]))
+    if not groups:
+        return 0
+    with transaction.atomic():
+        tasks = Task.objects.bulk_create(
+            Task(
+                campaign=campaign,
+                prompt_id=prompt_id,
+                priority=priority,
+                judgements_needed=campaign.overlap,
+                remaining=campaign.overlap,
+            )
+            for prompt_id, _ in groups
+        )
+        slots = []
+        for task, (_, members) in zip(tasks, groups):
+            members = list(members)
+            shuffle(members)
+            slots.extend(TaskResponse(task=task, response=r, position=i) for i, r in enumerate(members))
+        TaskResponse.objects.bulk_create(slots, batch_size=5000)
+    return len(tasks)

@@ -1,0 +1,38 @@
+"""Checking job params: each helper returns the clean value or raises InvalidParams naming the field."""
+from __future__ import annotations
+
+from annotate.jobs.engine import InvalidParams
+
+
+def integer(params: dict, name: str, default, low: int, high: int):
+    """An integer in [low, high]; None only when the default is None and the param is absent or null."""
+    value = params.get(name, default)
+    if value is None and default is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise InvalidParams(f"{name} must be an integer from {low} to {high}.", field=name)
+    return value
+
+
+def number(params: dict, name: str, default: float, *, low: float, high: float, low_open: bool = False) -> float:
+    """A number in [low, high] (or (low, high] with low_open)."""
+    value = params.get(name, default)
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and (low < value if low_open else low <= value) and value <= high
+    if not ok:
+        raise InvalidParams(f"{name} must be a number in {'(' if low_open else '['}{low}, {high}].", field=name)
+    return float(value)
+
+
+def choice(params: dict, name: str, allowed: tuple) -> str:
+    """One of `allowed`; the first is the default."""
+    value = params.get(name, allowed[0])
+    if value not in allowed:
+        raise InvalidParams(f"{name} must be one of {list(allowed)}.", field=name)
+    return value
+
+
+def flag(params: dict, name: str, default: bool) -> bool:
+    value = params.get(name, default)
+    if not isinstance(value, bool):
+        raise InvalidParams(f"{name} must be true or false.", field=name)
+    return value

@@ -1,0 +1,90 @@
+"""Checking what a labeler (or an admin giving a gold answer) sends about a task: ranking, flags, ratings.
+
+Every check is linear in the size of what was sent, and an error names the field and at most a
+few of the offending values.
+"""
+from __future__ import annotations
+
+from collections import Counter
+
+from django.db import connection
+
+from annotate.core.errors import InvalidRanking
+from annotate.models import Task
+
+ALLOWED_FLAGS = frozenset({"all_bad", "unsafe", "needs_expert", "prompt_problem"})
+MAX_RATIONALE = 10_000
+
+
+def validate_ranking(ranking, response_ids: list[int]) -> list[list[int]]:
+    """A ranking as groups of ids, best first, covering each of the task's responses exactly once."""
+    if not isinstance(ranking, list) or not ranking:
+        raise InvalidRanking("ranking must be a non-empty list of groups of response ids.", field="ranking")
+    seen: list[int] = []
+    groups: list[list[int]] = []
+    for group in ranking:
+        if not isinstance(group, list) or not group:
+            raise InvalidRanking("each group in ranking must be a non-empty list of response ids.", field="ranking")
+        for rid in group:
+            if isinstance(rid, bool) or not isinstance(rid, int):
+                raise InvalidRanking(f"response id {rid!r} is not an integer.", field="ranking")
+        groups.append(list(group))
+        seen.extend(group)
+    expected = set(response_ids)
+    unknown = [rid for rid in seen if rid not in expected]
+    if unknown:
+        raise InvalidRanking(f"ranking names responses that are not in this task: {_few(unknown)}.", field="ranking")
+    repeated = sorted(rid for rid, count in Counter(seen).items() if count > 1)
+    if repeated:
+        raise InvalidRanking(f"ranking repeats responses: {_few(repeated)}.", field="ranking")
+    missing = sorted(expected - set(seen))
+    if missing:
+        raise InvalidRanking(f"ranking misses responses: {missing}.", field="ranking")
+    return groups
+
+
+def validate_flags(flags) -> list[str]:
+    if flags is None:
+        return []
+    if not isinstance(flags, list) or not all(isinstance(f, str) for f in flags):
+        raise InvalidRanking("flags must be a list of strings.", field="flags")
+    unknown = sorted(set(flags) - ALLOWED_FLAGS)
+    if unknown:
+        raise InvalidRanking(f"unknown flags {unknown}; allowed: {sorted(ALLOWED_FLAGS)}.", field="flags")
+    return sorted(set(flags))
+
+
+def validate_ratings(ratings, criteria: list[dict], response_ids: list[int]) -> dict:
+    """Per-response ratings on the campaign's criteria: {"<response id>": {"<criterion>": int}}; all optional."""
+    if ratings in (None, {}):
+        return {}
+    if not criteria:
+        raise InvalidRanking("this campaign asks for no ratings.", field="ratings")
+    if not isinstance(ratings, dict):
+        raise InvalidRanking("ratings must be an object keyed by response id.", field="ratings")
+    by_name = {c["name"]: c for c in criteria}
+    clean: dict[str, dict[str, int]] = {}
+    for rid, values in ratings.items():
+        if not str(rid).isdigit() or int(rid) not in response_ids:
+            raise InvalidRanking(f"ratings name response {rid!r}, which is not in this task.", field="ratings")
+        if not isinstance(values, dict):
+            raise InvalidRanking("each response's ratings must be an object of criterion: value.", field="ratings")
+        for name, value in values.items():
+            criterion = by_name.get(name)
+            if criterion is None:
+                raise InvalidRanking(f"unknown criterion {name!r}; this campaign has {sorted(by_name)}.", field="ratings")
+            if isinstance(value, bool) or not isinstance(value, int) or not criterion["min"] <= value <= criterion["max"]:
+                raise InvalidRanking(f"{name} must be an integer from {criterion['min']} to {criterion['max']}.", field="ratings")
+        clean[str(int(rid))] = dict(values)
+    return clean
+
+
+def task_response_ids(task: Task) -> list[int]:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT response_id FROM annotate_taskresponse WHERE task_id = %s ORDER BY position", [task.pk])
+        return [row[0] for row in cursor.fetchall()]
+
+
+def _few(ids: list[int], shown: int = 10) -> str:
+    """At most `shown` ids for an error message (a hostile body may hold millions)."""
+    return str(ids[:shown])[:-1] + f", ... {len(ids) - shown} more]" if len(ids) > shown else str(ids)

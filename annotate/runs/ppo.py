@@ -1,0 +1,104 @@
+"""Policy optimisation jobs: PPO (ours, `training.ppo`) against the campaign's reward model.
+
+A run registers a new policy ModelVersion (merged checkpoint; the LoRA adapter beside it) with
+its lineage: parent policy, the run, round = parent's round + 1. A cancelled run keeps its last
+checkpoint on disk (resume it with `resume_run`) and registers nothing; a NaN loss fails the run
+with a diagnosis and registers nothing.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from django.conf import settings
+
+from annotate.jobs.engine import InvalidParams, RunCancelled, RunContext, RunFailed, register
+from annotate.jobs.params import integer, number
+from annotate.models import Campaign, ModelVersion, Run
+from annotate.runs import registry
+from annotate.runs.registry import current_policy, latest_reward_model, policy_name, register_policy
+
+PPO_FIELDS = {"policy", "reward_model", "name", "iterations", "rollout_batch_size", "minibatch_size", "ppo_epochs", "kl_coef",
+              "target_kl", "learning_rate", "temperature", "max_new_tokens", "seed", "limit", "resume_run"}
+
+
+def validate_ppo(campaign: Campaign | None, params: dict) -> dict:
+    if campaign is None:
+        raise InvalidParams("a PPO run belongs to a campaign.", field="campaign")
+    if unknown := sorted(set(params) - PPO_FIELDS):
+        raise InvalidParams(f"unknown params {unknown}; allowed: {sorted(PPO_FIELDS)}.", field=unknown[0])
+    policy = params.get("policy")
+    if policy is not None and (error := registry.training_base_error(policy)):
+        raise InvalidParams(f"policy {error}", field="policy")
+    reward = params.get("reward_model") or getattr(latest_reward_model(campaign), "name", None)
+    if reward is None:
+        raise InvalidParams("no reward model yet: train one on this campaign's judgements first.", field="reward_model")
+    if not ModelVersion.objects.filter(name=reward, kind=ModelVersion.Kind.REWARD).exists():
+        raise InvalidParams(f"{reward!r} is not a registered reward model.", field="reward_model")
+    resume = params.get("resume_run")
+    if resume is not None and not Run.objects.filter(pk=resume, kind="ppo", campaign=campaign).exists():
+        raise InvalidParams(f"run {resume!r} is not a PPO run of this campaign.", field="resume_run")
+    clean = {
+        "policy": policy, "reward_model": reward, "name": policy_name(campaign, params), "resume_run": resume,
+        "iterations": integer(params, "iterations", 20, 1, 100_000),
+        "rollout_batch_size": integer(params, "rollout_batch_size", 8, 1, 4096),
+        "minibatch_size": integer(params, "minibatch_size", 4, 1, 4096),
+        "ppo_epochs": integer(params, "ppo_epochs", 4, 1, 16),
+        "max_new_tokens": integer(params, "max_new_tokens", 48, 1, 2048),
+        "seed": integer(params, "seed", 0, 0, 2**31 - 1),
+        "limit": integer(params, "limit", None, 1, 1_000_000),
+        "kl_coef": number(params, "kl_coef", 0.05, low=0.0, high=10.0),
+        "learning_rate": number(params, "learning_rate", 3e-5, low=0.0, high=1.0, low_open=True),
+        "temperature": number(params, "temperature", 0.7, low=0.0, high=2.0, low_open=True),
+    }
+    clean["target_kl"] = None if params.get("target_kl") is None else number(params, "target_kl", None, low=0.0, high=100.0, low_open=True)
+    if clean["rollout_batch_size"] % clean["minibatch_size"]:
+        raise InvalidParams("rollout_batch_size must be a multiple of minibatch_size.", field="minibatch_size")
+    return clean
+
+
+def run_ppo(ctx: RunContext) -> dict:
+    version, result = optimise_with_ppo(ctx, ctx.params)
+    return {"model": version.name, "model_id": version.pk, "round": version.round, "iterations": result.iterations,
+            "final_metrics": version.metadata["final_metrics"]}
+
+
+def optimise_with_ppo(ctx: RunContext, p: dict):
+    """PPO from the parent policy against the reward model; registers the new policy. Returns (ModelVersion, PPOResult)."""
+    from training.ppo import PPOConfig, reward_fn_from_checkpoint, train_ppo
+
+    run, campaign = ctx.run, ctx.run.campaign
+    parent = ModelVersion.objects.get(name=p["policy"]) if p["policy"] else current_policy(campaign)
+    reward = ModelVersion.objects.get(name=p["reward_model"])
+    prompts = list(campaign.prompts.order_by("id").values_list("messages", flat=True)[: p["limit"]])
+    if not prompts:
+        raise RunFailed("the campaign has no prompts to train on.")
+    out = Path(settings.ARTIFACTS_DIR) / "runs" / str(p["resume_run"] or run.pk) / "ppo"
+    config = PPOConfig(
+        policy_path=str(registry.checkpoint_dir(parent)), output_dir=str(out), reward_model_path=str(registry.checkpoint_dir(reward)),
+        total_iterations=p["iterations"], rollout_batch_size=p["rollout_batch_size"], minibatch_size=p["minibatch_size"],
+        ppo_epochs=p["ppo_epochs"], kl_coef=p["kl_coef"], target_kl=p["target_kl"], learning_rate=p["learning_rate"],
+        temperature=p["temperature"], max_new_tokens=p["max_new_tokens"], seed=p["seed"],
+    )
+    ctx.log(f"PPO: {parent.name} against {reward.name} on {len(prompts)} prompts, {p['iterations']} iterations")
+    ctx.artifact("checkpoints", out)
+
+    def on_log(iteration: int, metrics: dict) -> None:
+        ctx.metrics(iteration, {k: v for k, v in metrics.items() if isinstance(v, (int, float))})
+        ctx.progress((iteration + 1) / p["iterations"], f"iteration {iteration + 1} of {p['iterations']}")
+        if any(isinstance(v, float) and math.isnan(v) for v in metrics.values()):
+            raise RunFailed(f"NaN in the metrics at iteration {iteration} ({sorted(k for k, v in metrics.items() if isinstance(v, float) and math.isnan(v))}): "
+                            "lower the learning rate or check the reward model's scores.")
+
+    result = train_ppo(config, prompts, reward_fn_from_checkpoint(config.reward_model_path), on_log=on_log, should_stop=ctx.should_stop)
+    if result.stopped:
+        ctx.log(f"stopped after {result.iterations} iterations; the checkpoint in {out} can be resumed (resume_run={p['resume_run'] or run.pk})")
+        raise RunCancelled()
+    last = result.history[-1] if result.history else {}
+    version = register_policy(campaign, run, parent, result.policy_dir, p["name"], method="ppo",
+                              extra={"reward_model": reward.name, "adapter_dir": str(result.adapter_dir), "final_metrics": last,
+                                     "snapshot": reward.metadata.get("snapshot")})  # the judgements behind its reward model
+    return version, result
+
+
+register("ppo", validate_ppo, run_ppo)

@@ -1,0 +1,142 @@
+"""SFT, DPO and RLOO jobs (TRL 1.16 through `training.sft/dpo/rloo`), the same plumbing as PPO.
+
+- `sft`: supervised fine-tuning on the labelers' winning responses (each prompt's ranking winners).
+- `dpo`: DPO straight from the preference pairs (no reward model needed).
+- `rloo`: RLOO with the campaign's reward model as the reward function.
+Each registers the merged policy as a new ModelVersion (round = parent's + 1) with its adapter
+path and the snapshot it learnt from in metadata (SFT and DPO train on a snapshot of the
+judgements, RLOO records its reward model's). A cancel registers nothing.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from django.conf import settings
+
+from annotate.exports.training_data import snapshot_judgements, snapshot_param, snapshot_record, training_snapshot
+from annotate.jobs.engine import InvalidParams, RunCancelled, RunContext, RunFailed, register
+from annotate.jobs.params import flag, integer, number
+from annotate.models import Campaign, ModelVersion
+from annotate.runs import registry
+from annotate.runs.registry import current_policy, latest_reward_model, policy_name, register_policy
+
+COMMON = {"policy", "name", "learning_rate", "epochs", "max_steps", "batch_size", "use_lora", "seed", "limit"}
+EXTRA = {"sft": {"snapshot"}, "dpo": {"beta", "snapshot"}, "rloo": {"reward_model", "beta", "num_generations", "max_completion_length"}}
+DEFAULT_LR = {"sft": 2e-4, "dpo": 5e-5, "rloo": 3e-5}
+
+
+def validate_params(kind: str):
+    def validate(campaign: Campaign | None, params: dict) -> dict:
+        if campaign is None:
+            raise InvalidParams("this run belongs to a campaign.", field="campaign")
+        allowed = COMMON | EXTRA[kind]
+        if unknown := sorted(set(params) - allowed):
+            raise InvalidParams(f"unknown params {unknown}; allowed: {sorted(allowed)}.", field=unknown[0])
+        policy = params.get("policy")
+        if policy is not None and (error := registry.training_base_error(policy)):
+            raise InvalidParams(f"policy {error}", field="policy")
+        clean = {
+            "policy": policy, "name": policy_name(campaign, params),
+            "learning_rate": number(params, "learning_rate", DEFAULT_LR[kind], low=0.0, high=1.0, low_open=True),
+            "epochs": number(params, "epochs", 1.0, low=0.0, high=100.0, low_open=True),
+            "max_steps": integer(params, "max_steps", -1, -1, 1_000_000),
+            "batch_size": integer(params, "batch_size", 8, 1, 1024),
+            "use_lora": flag(params, "use_lora", True),
+            "seed": integer(params, "seed", 0, 0, 2**31 - 1),
+            "limit": integer(params, "limit", None, 1, 1_000_000),
+        }
+        if kind in ("sft", "dpo"):
+            clean["snapshot"] = snapshot_param(campaign, params)
+        if kind in ("dpo", "rloo"):
+            clean["beta"] = number(params, "beta", 0.1 if kind == "dpo" else 0.05, low=0.0, high=10.0)
+        if kind == "rloo":
+            reward = params.get("reward_model") or getattr(latest_reward_model(campaign), "name", None)
+            if reward is None or not ModelVersion.objects.filter(name=reward, kind=ModelVersion.Kind.REWARD).exists():
+                raise InvalidParams("RLOO needs a registered reward model: train one on this campaign first.", field="reward_model")
+            clean["reward_model"] = reward
+            clean["num_generations"] = integer(params, "num_generations", 4, 2, 64)
+            clean["max_completion_length"] = integer(params, "max_completion_length", 128, 1, 4096)
+        return clean
+
+    return validate
+
+
+def _preference_rows(ctx: RunContext, kind: str, p: dict):
+    """(the preference dataset, the snapshot it came from, as recorded in the model's metadata)."""
+    from training.preferences import PreferenceDatasetError, PreferenceOptions, build_preference_dataset
+
+    snapshot = training_snapshot(ctx.run, kind, p.get("snapshot"))
+    ctx.log(f"training data: snapshot {snapshot.name} v{snapshot.version} ({snapshot.content_hash[:12]})")
+    try:
+        return build_preference_dataset(snapshot_judgements(snapshot), PreferenceOptions(seed=p["seed"])), snapshot_record(snapshot)
+    except PreferenceDatasetError as exc:
+        raise RunFailed(f"not enough preference data: {exc}") from exc
+
+
+def _common_config(p: dict, parent: ModelVersion, out: Path) -> dict:
+    import torch
+
+    return {"base_model": str(registry.checkpoint_dir(parent)), "output_dir": str(out), "use_lora": p["use_lora"],
+            "learning_rate": p["learning_rate"], "num_train_epochs": p["epochs"], "max_steps": p["max_steps"],
+            "per_device_train_batch_size": p["batch_size"], "seed": p["seed"], "use_cpu": not torch.cuda.is_available(), "logging_steps": 1}
+
+
+def _streaming(ctx: RunContext, epochs: float):
+    def on_log(step: int, metrics: dict) -> None:
+        ctx.metrics(step, {k: v for k, v in metrics.items() if isinstance(v, (int, float))})
+        ctx.progress(min(metrics.get("epoch", 0) / max(epochs, 1e-9), 0.99), f"step {step}")
+
+    return on_log
+
+
+def run_policy_training(kind: str):
+    def handle(ctx: RunContext) -> dict:
+        version = train_and_register_policy(kind, ctx, ctx.params)
+        return {"model": version.name, "model_id": version.pk, "round": version.round, "metrics": version.metadata["final_metrics"]}
+
+    return handle
+
+
+def train_and_register_policy(kind: str, ctx: RunContext, p: dict) -> ModelVersion:
+    """Train with SFT, DPO or RLOO from the parent policy and register the result."""
+    from training.policy_io import PolicyTrainingError
+    from training.reward import TrainingCancelled
+
+    campaign = ctx.run.campaign
+    parent = ModelVersion.objects.get(name=p["policy"]) if p["policy"] else current_policy(campaign)
+    out = Path(settings.ARTIFACTS_DIR) / "runs" / str(ctx.run.pk) / kind
+    try:
+        result, snapshot = _train(kind, ctx, p, campaign, _common_config(p, parent, out))
+    except TrainingCancelled as exc:
+        raise RunCancelled() from exc
+    except PolicyTrainingError as exc:
+        raise RunFailed(str(exc)) from exc
+    return register_policy(campaign, ctx.run, parent, result.merged_dir, p["name"], method=kind,
+                           extra={"adapter_dir": str(result.adapter_dir) if result.adapter_dir else None, "final_metrics": result.metrics,
+                                  "snapshot": snapshot, **({"reward_model": p["reward_model"]} if kind == "rloo" else {})})
+
+
+def _train(kind: str, ctx: RunContext, p: dict, campaign: Campaign, config: dict):
+    """(the training result, the snapshot the policy learnt from: its own, or for RLOO its reward model's)."""
+    on_log = _streaming(ctx, p["epochs"])
+    if kind == "sft":
+        from training.sft import SFTConfig, chosen_to_sft_rows, train_sft
+
+        data, snapshot = _preference_rows(ctx, kind, p)
+        return train_sft(SFTConfig(**config), chosen_to_sft_rows(data.train), on_log=on_log, should_stop=ctx.should_stop), snapshot
+    if kind == "dpo":
+        from training.dpo import DPOConfig, train_dpo
+
+        data, snapshot = _preference_rows(ctx, kind, p)
+        return train_dpo(DPOConfig(**config, beta=p["beta"]), data.train, data.eval, on_log=on_log, should_stop=ctx.should_stop), snapshot
+    from training.rloo import RLOOConfig, reward_fn_from_reward_model, train_rloo
+
+    reward = ModelVersion.objects.get(name=p["reward_model"])
+    prompts = list(campaign.prompts.order_by("id").values_list("messages", flat=True)[: p["limit"]])
+    rloo = RLOOConfig(**config, beta=p["beta"], num_generations=p["num_generations"], max_completion_length=p["max_completion_length"])
+    reward_fn = reward_fn_from_reward_model(str(registry.checkpoint_dir(reward)))
+    return train_rloo(rloo, prompts, reward_fn, on_log=on_log, should_stop=ctx.should_stop), reward.metadata.get("snapshot")
+
+
+for _kind in ("sft", "dpo", "rloo"):
+    register(_kind, validate_params(_kind), run_policy_training(_kind))

@@ -1,0 +1,120 @@
+"""Campaign pages for admins and researchers: progress, runs, starting a generation, a run's page."""
+from __future__ import annotations
+
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.shortcuts import redirect, render
+from django.views.decorators.http import require_GET, require_POST
+
+from annotate import access
+from annotate.core.plots import histograms, metric_panels
+from annotate.jobs import engine
+from annotate.labeling import assignment
+from annotate.models import Membership
+from annotate.runs.registry import latest_reward_model
+from annotate.runs.rounds import round_summaries
+from annotate.stats.dashboard import dashboard_context
+from annotate.web.run_forms import GenerationForm, RewardForm
+
+ADMIN = (Membership.Role.ADMIN,)
+
+
+@login_required
+@require_GET
+def overview(request, slug):
+    campaign = access.campaign_for(request.user, slug, access.READING_ROLES)
+    context = {"campaign": campaign, "progress": assignment.progress(campaign), **_runs_context(campaign), **dashboard_context(campaign)}
+    context.update(_reward_context(campaign))
+    context["rounds"] = round_summaries(campaign)
+    if campaign.user_role == Membership.Role.ADMIN:
+        context["form"] = GenerationForm(campaign=campaign)
+        context["reward_form"] = RewardForm()
+        context["round_form"] = RewardForm(prefix="round")
+    return render(request, "annotate/campaign.html", context)
+
+
+@login_required
+@require_GET
+def runs_partial(request, slug):
+    """The runs table alone, polled by htmx while a run is active."""
+    campaign = access.campaign_for(request.user, slug, access.READING_ROLES)
+    return render(request, "annotate/_runs.html", {"campaign": campaign, **_runs_context(campaign)})
+
+
+@login_required
+@require_POST
+def start_generation(request, slug):
+    campaign = access.campaign_for(request.user, slug, ADMIN)
+    form = GenerationForm(request.POST, campaign=campaign)
+    if form.is_valid():
+        try:
+            engine.start_run("generate", campaign=campaign, params=form.params(), user=request.user)
+            return redirect("campaign", slug=slug)
+        except engine.InvalidParams as exc:
+            form.add_error(exc.field if exc.field in form.fields else None, exc.message)
+    context = {"campaign": campaign, "progress": assignment.progress(campaign), "form": form, **_runs_context(campaign), **dashboard_context(campaign)}
+    context.update(_reward_context(campaign))
+    return render(request, "annotate/campaign.html", context, status=422)
+
+
+@login_required
+@require_POST
+def start_run(request, slug, kind):
+    """The one-click runs of the campaign page (reward model, round, active selection, drift)."""
+    campaign = access.campaign_for(request.user, slug, ADMIN)
+    # reward and round take the reward form's choices (the round's under its own prefix); the others none
+    form = RewardForm(request.POST, prefix="round" if kind == "round" else None) if kind in ("reward", "round") else None
+    if form is not None and not form.is_valid():
+        messages.error(request, "; ".join(f"{field}: {' '.join(errors)}" for field, errors in form.errors.items()))
+        return redirect("campaign", slug=slug)
+    params = form.params() if form else {}
+    if kind == "round":
+        params = {"method": request.POST.get("method", "ppo"), "reward": params}
+    try:
+        run = engine.start_run(kind, campaign=campaign, params=params, user=request.user)
+    except engine.InvalidParams as exc:
+        messages.error(request, exc.message)
+        return redirect("campaign", slug=slug)
+    return redirect("run", run_id=run.pk)
+
+
+@login_required
+@require_GET
+def run_page(request, run_id):
+    engine.fail_stale_runs()
+    run = access.run_for(request.user, run_id)
+    context = {"run": run, "plots": metric_panels(engine.metric_series(run)), "can_cancel": _is_admin(request.user, run)}
+    if run.kind == "reward" and run.result.get("chosen_scores"):
+        context["score_histogram"] = histograms(
+            {"chosen": run.result["chosen_scores"], "rejected": run.result["rejected_scores"]}, "Held-out reward scores"
+        )
+    return render(request, "annotate/run.html", context)
+
+
+@login_required
+@require_POST
+def cancel_run(request, run_id):
+    run = access.run_for(request.user, run_id, ADMIN)
+    if not run.is_finished:
+        engine.request_cancel(run)
+    return redirect("run", run_id=run.pk)
+
+
+def _runs_context(campaign) -> dict:
+    engine.fail_stale_runs()
+    runs = list(campaign.runs.select_related("created_by").order_by("-created_at")[:50])
+    return {"runs": runs, "any_active": any(not r.is_finished for r in runs)}
+
+
+def _reward_context(campaign) -> dict:
+    """The current reward model, its held-out accuracy, and its agreement with newer human judgements."""
+    version = latest_reward_model(campaign)
+    if version is None:
+        return {"reward_model": None}
+    drift = version.metadata.get("drift", [])
+    plot = metric_panels({"agreement with new judgements": [(i, p["agreement"]) for i, p in enumerate(drift, 1)]}) if len(drift) > 1 else None
+    return {"reward_model": version, "reward_accuracy": version.metadata.get("metrics", {}).get("eval/accuracy"), "drift": drift, "drift_plot": plot}
+
+
+def _is_admin(user, run) -> bool:
+    return run.campaign is not None and access.role_in(user, run.campaign) == Membership.Role.ADMIN

@@ -1,0 +1,40 @@
+"""Websocket consumers: they only check access, join groups and forward events."""
+from __future__ import annotations
+
+from channels.db import database_sync_to_async
+from channels.generic.websocket import AsyncJsonWebsocketConsumer
+
+from annotate.labeling.events import campaign_group
+from annotate.models import Campaign, Membership
+
+
+class CampaignConsumer(AsyncJsonWebsocketConsumer):
+    """Live events of one campaign (progress, runs) for its members."""
+
+    async def connect(self):
+        campaign_id = await self._campaign_id_if_member()
+        if campaign_id is None:
+            await self.close(code=4404)
+            return
+        self.group = campaign_group(campaign_id)
+        await self.channel_layer.group_add(self.group, self.channel_name)
+        await self.accept()
+
+    async def disconnect(self, code):
+        if hasattr(self, "group"):
+            await self.channel_layer.group_discard(self.group, self.channel_name)
+
+    async def campaign_event(self, event):
+        await self.send_json(event["payload"])
+
+    @database_sync_to_async
+    def _campaign_id_if_member(self) -> int | None:
+        user = self.scope.get("user")
+        if user is None or not user.is_authenticated:
+            return None
+        campaign = Campaign.objects.filter(slug=self.scope["url_route"]["kwargs"]["slug"]).first()
+        if campaign is None:
+            return None
+        if user.is_superuser or Membership.objects.filter(campaign=campaign, user=user).exists():
+            return campaign.pk
+        return None
