@@ -15,10 +15,10 @@ from django.utils import timezone
 
 from annotate.core import sql
 from annotate.core.errors import AlreadySubmitted, IdempotencyConflict, InvalidRanking, NotLeased
-from annotate.labeling import events
 from annotate.labeling.gold import apply_gold_threshold
 from annotate.labeling.validation import MAX_RATIONALE, task_response_ids, validate_flags, validate_ranking, validate_ratings
 from annotate.models import Assignment, Judgement, Task
+from annotate.realtime import events
 
 State = Assignment.State
 

@@ -1,0 +1,2 @@
+"""Reading judgements into figures: rankings, agreement, Bradley–Terry strengths, the dashboard and its
+plots, per-labeler statistics. Reads only."""

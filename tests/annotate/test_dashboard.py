@@ -16,9 +16,9 @@ from django.test.utils import CaptureQueriesContext
 
 from annotate.labeling import assignment, judgements, validation
 from annotate.models import Campaign
+from annotate.realtime.consumers import campaign_group
 from annotate.stats import dashboard
 from annotate.stats.dashboard import dashboard_figures
-from annotate.web.consumers import campaign_group
 from config.asgi import application
 from tests.conftest import api_client, join, make_campaign, make_user
 

@@ -1,5 +1,5 @@
 from django.urls import path
 
-from annotate.web.consumers import CampaignConsumer
+from annotate.realtime.consumers import CampaignConsumer
 
 websocket_urlpatterns = [path("ws/campaigns/<slug:slug>/", CampaignConsumer.as_asgi())]

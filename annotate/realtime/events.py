@@ -1,4 +1,4 @@
-"""Websocket events, sent after commit from one place; `annotate.web.consumers` forwards them to browsers.
+"""Websocket events, sent after commit from one place; `annotate.realtime.consumers` forwards them to browsers.
 
 `{"event": "judgement", "task": <the latest task judged>, "count": <judgements since the last event>}`:
 through Redis at most one every half second per campaign and process (the last judgement of a

@@ -4,8 +4,8 @@ from __future__ import annotations
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
-from annotate.labeling.events import campaign_group
 from annotate.models import Campaign, Membership
+from annotate.realtime.events import campaign_group
 
 
 class CampaignConsumer(AsyncJsonWebsocketConsumer):
