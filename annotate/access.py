@@ -6,7 +6,6 @@ existence of other campaigns does not leak.
 from __future__ import annotations
 
 from django.core.exceptions import PermissionDenied
-from django.db import connection
 from django.http import Http404
 
 from annotate.core import sql
@@ -36,13 +35,7 @@ def campaign_for(user, slug: str, roles=ANY_ROLE) -> Campaign:
             raise Http404
         campaign.user_role = Role.ADMIN
         return campaign
-    with connection.cursor() as cursor:  # one hand-written query: this runs on every request
-        cursor.execute(
-            f"SELECT m.role, m.is_paused, {sql.select_list(Campaign, 'c')} FROM annotate_campaign c"
-            " JOIN annotate_membership m ON m.campaign_id = c.id WHERE c.slug = %s AND m.user_id = %s",
-            [slug, user.pk],
-        )
-        row = cursor.fetchone()
+    row = sql.membership_and_campaign(slug, user.pk)  # one hand-written query: this runs on every request
     if row is None:
         raise Http404
     role, paused = row[0], bool(row[1])
@@ -68,14 +61,7 @@ def task_for_labeler(user, task_id: int) -> Task:
     """A task of a campaign the user labels for, with its campaign (one query); 404 otherwise."""
     if not user.is_authenticated or not 0 < task_id < 2**63:  # out of range is no task, not a database error
         raise Http404
-    with connection.cursor() as cursor:
-        cursor.execute(
-            f"SELECT m.role, {sql.select_list(Task, 't')}, {sql.select_list(Campaign, 'c')} FROM annotate_task t"
-            " JOIN annotate_campaign c ON c.id = t.campaign_id"
-            " LEFT JOIN annotate_membership m ON m.campaign_id = c.id AND m.user_id = %s WHERE t.id = %s",
-            [user.pk, task_id],
-        )
-        row = cursor.fetchone()
+    row = sql.role_task_and_campaign(user.pk, task_id)
     if row is None:
         raise Http404
     role = Role.ADMIN if user.is_superuser else row[0]

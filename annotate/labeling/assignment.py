@@ -77,15 +77,7 @@ def next_task_for(labeler, campaign: Campaign) -> Lease | None:
 
 def _current_lease(labeler, campaign: Campaign, now) -> Lease | None:
     """The open, unexpired lease the labeler already holds in the campaign (a reload, a second tab)."""
-    with connection.cursor() as cursor:  # hand-written: this runs on every request for a task
-        cursor.execute(
-            f"SELECT {sql.select_list(Assignment, 'a')}, {sql.select_list(Task, 't')}"
-            " FROM annotate_assignment a JOIN annotate_task t ON t.id = a.task_id"
-            " WHERE a.labeler_id = %s AND a.campaign_id = %s AND a.state = %s AND a.leased_until > %s"
-            " ORDER BY a.leased_at LIMIT 1",
-            [labeler.pk, campaign.pk, State.OPEN, connection.ops.adapt_datetimefield_value(now)],
-        )
-        row = cursor.fetchone()
+    row = sql.current_lease(labeler.pk, campaign.pk, now)  # hand-written: this runs on every request for a task
     if row is None:
         return None
     split = sql.width(Assignment)
@@ -105,37 +97,13 @@ def _lease_with_retries(labeler, campaign: Campaign, now) -> Lease | None:
     return None
 
 
-# PostgreSQL: pick, count and lease in one statement (one round trip instead of five).
-LEASE_SQL = """
-WITH picked AS (
-    SELECT t.id FROM annotate_task t
-    WHERE t.campaign_id = %(campaign)s AND t.remaining > 0
-      AND NOT EXISTS (SELECT 1 FROM annotate_assignment a WHERE a.task_id = t.id AND a.labeler_id = %(labeler)s)
-    ORDER BY t.priority DESC, t.id
-    LIMIT 1
-    FOR UPDATE OF t SKIP LOCKED
-), taken AS (
-    UPDATE annotate_task t SET remaining = t.remaining - 1 FROM picked WHERE t.id = picked.id
-    RETURNING t.id, t.prompt_id, t.priority, t.is_gold, t.judgements_needed, t.judgements_received, t.remaining, t.created_at
-), leased AS (
-    INSERT INTO annotate_assignment (task_id, labeler_id, campaign_id, state, leased_at, leased_until)
-    SELECT taken.id, %(labeler)s, %(campaign)s, 'open', %(now)s, %(until)s FROM taken
-    RETURNING id
-)
-SELECT leased.id, taken.* FROM leased, taken
-"""
-TASK_COLUMNS = ("id", "prompt_id", "priority", "is_gold", "judgements_needed", "judgements_received", "remaining", "created_at")
-
-
 def _lease_free_task(labeler, campaign: Campaign, now) -> Lease | None:
     until = now + timedelta(seconds=campaign.lease_seconds)
-    if connection.vendor == "postgresql":
-        with connection.cursor() as cursor:
-            cursor.execute(LEASE_SQL, {"campaign": campaign.pk, "labeler": labeler.pk, "now": now, "until": until})
-            row = cursor.fetchone()
+    if connection.vendor == "postgresql":  # pick, count and lease in one statement
+        row = sql.lease_free_task(labeler.pk, campaign.pk, now, until)
         if row is None:
             return None
-        task = Task(campaign=campaign, **dict(zip(TASK_COLUMNS, row[1:])))
+        task = Task(campaign=campaign, **dict(zip(sql.LEASED_TASK_FIELDS, row[1:])))
         assignment = Assignment(pk=row[0], task=task, labeler=labeler, campaign=campaign, state=State.OPEN, leased_at=now, leased_until=until)
         return Lease(assignment, task, is_new=True)
     with transaction.atomic():

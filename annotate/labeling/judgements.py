@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from django.db import IntegrityError, connection, transaction
+from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from annotate.core import sql
@@ -70,12 +70,8 @@ def submit(
 def _store(labeler, task, groups, rationale, flags, ratings, time_spent_ms, key) -> Submission:
     # Hand-written statements: this is the hot path of every labeler (the ORM's query building
     # costs more than the round trips). Lock the task first: two tabs or a retry can submit at once.
-    lock = sql.for_update()
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT remaining FROM annotate_task WHERE id = %s" + lock, [task.pk])
-        remaining = cursor.fetchone()[0]
-        cursor.execute("SELECT id, state FROM annotate_assignment WHERE task_id = %s AND labeler_id = %s" + lock, [task.pk, labeler.pk])
-        held = cursor.fetchone()
+    remaining = sql.task_remaining_locked(task.pk)
+    held = sql.assignment_locked(task.pk, labeler.pk)
     if held is None:
         raise NotLeased("This task is not leased to you: ask for the next task first.")
     assignment_id, state = held
@@ -85,12 +81,7 @@ def _store(labeler, task, groups, rationale, flags, ratings, time_spent_ms, key)
             return Submission(existing, replayed=True)
         raise AlreadySubmitted("You already submitted a judgement for this task.")
     counted = _take_slot(task.pk, state, remaining)
-    now = timezone.now()
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "UPDATE annotate_assignment SET state = %s, finished_at = %s WHERE id = %s",
-            [State.SUBMITTED, connection.ops.adapt_datetimefield_value(now), assignment_id],
-        )
+    sql.mark_submitted(assignment_id, timezone.now())
     # A key already used on another task violates the unique constraint: IdempotencyConflict.
     judgement = Judgement(
         assignment_id=assignment_id,
@@ -109,15 +100,11 @@ def _store(labeler, task, groups, rationale, flags, ratings, time_spent_ms, key)
 
 def _take_slot(task_id: int, state: str, remaining: int) -> bool:
     """Count the judgement toward the task's overlap if a slot is (still) held or free; False means surplus."""
-    with connection.cursor() as cursor:
-        if state == State.OPEN:
-            # The lease holds a slot, even if it lapsed a moment ago and was not reclaimed yet.
-            cursor.execute("UPDATE annotate_task SET judgements_received = judgements_received + 1 WHERE id = %s", [task_id])
-            return True
-        if remaining > 0:
-            cursor.execute(
-                "UPDATE annotate_task SET remaining = remaining - 1, judgements_received = judgements_received + 1 WHERE id = %s",
-                [task_id],
-            )
-            return True
+    if state == State.OPEN:
+        # The lease holds a slot, even if it lapsed a moment ago and was not reclaimed yet.
+        sql.count_judgement(task_id)
+        return True
+    if remaining > 0:
+        sql.take_slot_and_count_judgement(task_id)
+        return True
     return False

@@ -7,8 +7,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-from django.db import connection
-
+from annotate.core import sql
 from annotate.core.errors import InvalidRanking
 from annotate.models import Task
 
@@ -80,9 +79,8 @@ def validate_ratings(ratings, criteria: list[dict], response_ids: list[int]) -> 
 
 
 def task_response_ids(task: Task) -> list[int]:
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT response_id FROM annotate_taskresponse WHERE task_id = %s ORDER BY position", [task.pk])
-        return [row[0] for row in cursor.fetchall()]
+    """The ids of the task's responses in display order."""
+    return sql.task_response_ids(task.pk)
 
 
 def _few(ids: list[int], shown: int = 10) -> str:
