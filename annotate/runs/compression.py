@@ -144,7 +144,7 @@ def run_optimize(ctx: RunContext) -> dict:
 
 def optimise_all(ctx: RunContext, source: ModelVersion, source_dir: Path, steps: int) -> dict[str, tuple[str, Path, dict]]:
     """Write each method's checkpoint under the run's directory; {label: (method, path, details)}."""
-    from training.models import CheckpointError
+    from training.checkpoints import CheckpointError
     from training.optimize import OptimizationError, OptimizeConfig, optimize
 
     p = ctx.params
@@ -168,7 +168,7 @@ def optimise_all(ctx: RunContext, source: ModelVersion, source_dir: Path, steps:
 
 def measure_all(ctx: RunContext, source_dir: Path, candidates: dict[str, Path], steps: int) -> dict[str, dict]:
     """The source's and each candidate's figures on the campaign's newest prompts and pairs."""
-    from training.models import CheckpointError
+    from training.checkpoints import CheckpointError
     from training.optimize import MeasureConfig, compare
 
     p = ctx.params

@@ -72,8 +72,8 @@ def run_generation(ctx: RunContext) -> dict:
 
 def generate_into_queue(ctx: RunContext, params: dict) -> dict:
     """Sample from each model in params["models"], store responses and build tasks batch by batch."""
+    from training.checkpoints import CheckpointError
     from training.generate import GenerationConfig, generate
-    from training.models import CheckpointError
 
     campaign = ctx.run.campaign
     prompts = campaign.prompts.order_by("id")

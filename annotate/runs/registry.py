@@ -59,7 +59,7 @@ def can_generate(name: str) -> bool:
     return ModelVersion.objects.filter(name=name).exclude(checkpoint_path="").exclude(kind=ModelVersion.Kind.REWARD).exists()
 
 
-# training.models.QUANTIZED_MARKER (not imported: that would load torch into the web process)
+# training.checkpoints.QUANTIZED_MARKER (not imported: that would load torch into the web process)
 QUANTIZED_MARKER = "quantization.json"
 
 

@@ -56,7 +56,9 @@ def run_reward_training(ctx: RunContext) -> dict:
 def train_and_register(ctx: RunContext, p: dict):
     """Build the dataset from a snapshot of the campaign's judgements, train, register; returns (ModelVersion, RewardResult)."""
     from training.preferences import PreferenceDatasetError, PreferenceOptions, build_preference_dataset
-    from training.reward import RewardConfig, RewardTrainingError, TrainingCancelled, train_reward_model
+    from training.reward import train_reward_model
+    from training.reward_config import RewardConfig, RewardTrainingError
+    from training.trl_common import TrainingCancelled
 
     run, campaign = ctx.run, ctx.run.campaign
     options = PreferenceOptions(weighting=p["weighting"], aggregation=p["aggregation"], include_excluded=p["include_excluded"],

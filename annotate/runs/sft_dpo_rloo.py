@@ -100,7 +100,7 @@ def run_policy_training(kind: str):
 def train_and_register_policy(kind: str, ctx: RunContext, p: dict) -> ModelVersion:
     """Train with SFT, DPO or RLOO from the parent policy and register the result."""
     from training.policy_io import PolicyTrainingError
-    from training.reward import TrainingCancelled
+    from training.trl_common import TrainingCancelled
 
     campaign = ctx.run.campaign
     parent = ModelVersion.objects.get(name=p["policy"]) if p["policy"] else current_policy(campaign)

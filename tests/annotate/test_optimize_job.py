@@ -148,7 +148,7 @@ def test_an_optimize_run_registers_each_version_with_its_lineage_and_figures(pol
         response = api_client(carol).post("/api/v1/campaigns/opt/runs/", {"kind": kind, "params": {field: "tiny-ppo-int8"}}, format="json")
         assert response.status_code == 400 and response.json()["field"] == field and "quantised" in response.json()["detail"]
     from annotate.runs.registry import QUANTIZED_MARKER
-    from training.models import QUANTIZED_MARKER as WRITTEN_BY_TRAINING
+    from training.checkpoints import QUANTIZED_MARKER as WRITTEN_BY_TRAINING
 
     assert QUANTIZED_MARKER == WRITTEN_BY_TRAINING
 
