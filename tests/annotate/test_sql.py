@@ -4,7 +4,6 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-import pytest
 from django.db import connection
 
 from annotate.core import sql
@@ -25,7 +24,6 @@ def test_no_module_but_core_sql_writes_sql():
     assert found == []
 
 
-@pytest.mark.django_db
 def test_statements_take_table_and_column_names_from_the_models(monkeypatch):
     # a renamed column would reach every statement that reads it (the text is built once per vendor)
     field = Task._meta.get_field("remaining")
