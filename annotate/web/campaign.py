@@ -81,9 +81,8 @@ def start_run(request, slug, kind):
 @login_required
 @require_GET
 def run_page(request, run_id):
-    engine.fail_stale_runs()
-    run = access.run_for(request.user, run_id)
-    context = {"run": run, "plots": metric_panels(engine.metric_series(run)), "can_cancel": _is_admin(request.user, run)}
+    run = access.run_as_seen_by(request.user, access.run_for(request.user, run_id))
+    context = {"run": run, "plots": metric_panels(engine.metric_series(run)), "can_cancel": access.may_manage_run(request.user, run)}
     if run.kind == "reward" and run.result.get("chosen_scores"):
         context["score_histogram"] = histograms(
             {"chosen": run.result["chosen_scores"], "rejected": run.result["rejected_scores"]}, "Held-out reward scores"
@@ -101,7 +100,7 @@ def cancel_run(request, run_id):
 
 
 def _runs_context(campaign) -> dict:
-    engine.fail_stale_runs()
+    # Reads do not write: runs whose worker died are failed by `manage.py housekeeping`, not here.
     runs = list(campaign.runs.select_related("created_by").order_by("-created_at")[:50])
     return {"runs": runs, "any_active": any(not r.is_finished for r in runs)}
 
@@ -115,6 +114,3 @@ def _reward_context(campaign) -> dict:
     plot = metric_panels({"agreement with new judgements": [(i, p["agreement"]) for i, p in enumerate(drift, 1)]}) if len(drift) > 1 else None
     return {"reward_model": version, "reward_accuracy": version.metadata.get("metrics", {}).get("eval/accuracy"), "drift": drift, "drift_plot": plot}
 
-
-def _is_admin(user, run) -> bool:
-    return run.campaign is not None and access.role_in(user, run.campaign) == Membership.Role.ADMIN
