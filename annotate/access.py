@@ -182,6 +182,21 @@ def visible_models(user, versions: QuerySet[ModelVersion]) -> QuerySet[ModelVers
     )
 
 
+def visible_model_for(user, model_id: int) -> ModelVersion:
+    """A model version the user may see in the registry (access.visible_models), with its parent; 404 otherwise."""
+    version = visible_models(user, ModelVersion.objects.select_related("parent")).filter(pk=model_id).first()
+    if version is None:
+        raise Http404
+    return version
+
+
+def readable_runs(user, runs: QuerySet[Run]) -> QuerySet[Run]:
+    """The runs of campaigns the user reads (admins, researchers); staff see all."""
+    if is_staff(user):
+        return runs
+    return runs.filter(campaign_id__in=Membership.objects.filter(user=user, role__in=READING_ROLES).values("campaign_id"))
+
+
 def sees_server_detail(user) -> bool:
     """Server paths and tracebacks (in run records, the registry) are for staff; others get the short story."""
     return is_staff(user)
