@@ -220,6 +220,16 @@ def may_receive_live_events(user, slug: str) -> int | None:
         return None
 
 
+def administers(campaign: Campaign) -> bool:
+    """Whether the caller (`campaign` as returned by campaign_for) is its admin: the pages show admins their forms."""
+    return campaign.user_role == Role.ADMIN
+
+
+def labels_in(campaign: Campaign) -> bool:
+    """Whether the caller (`campaign` as returned by campaign_for) may label in it (labelers and admins)."""
+    return campaign.user_role in LABELING_ROLES
+
+
 def require_real_names(campaign: Campaign) -> None:
     """Labelers' real usernames are for the campaign's admins only (`campaign` as returned by campaign_for)."""
     if campaign.user_role != Role.ADMIN:

@@ -158,7 +158,7 @@ def skip_task(request, task_id):
 @api_view(["GET"])
 def progress(request, slug):
     campaign = access.campaign_for(request.user, slug)
-    labeler = request.user if campaign.user_role in access.LABELING_ROLES else None
+    labeler = request.user if access.labels_in(campaign) else None
     return Response(assignment.progress(campaign, labeler))
 
 

@@ -26,7 +26,7 @@ def overview(request, slug):
     context = {"campaign": campaign, "progress": assignment.progress(campaign), **_runs_context(campaign), **dashboard_context(campaign)}
     context.update(_reward_context(campaign))
     context["rounds"] = round_summaries(campaign)
-    if campaign.user_role == Membership.Role.ADMIN:
+    if access.administers(campaign):
         context["form"] = GenerationForm(campaign=campaign)
         context["reward_form"] = RewardForm()
         context["round_form"] = RewardForm(prefix="round")

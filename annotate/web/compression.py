@@ -44,7 +44,7 @@ class OptimizeForm(forms.Form):
 @require_GET
 def optimized(request, slug):
     campaign = access.campaign_for(request.user, slug, access.READING_ROLES)
-    form = OptimizeForm() if campaign.user_role == Membership.Role.ADMIN else None
+    form = OptimizeForm() if access.administers(campaign) else None
     return render(request, "annotate/optimize.html", _context(campaign, form))
 
 
