@@ -172,14 +172,13 @@ def model_usable_in(version: ModelVersion, campaign: Campaign) -> bool:
 
 def visible_models(user, versions: QuerySet[ModelVersion]) -> QuerySet[ModelVersion]:
     """The registry as a user may list it: staff everything; others the models of campaigns where they are
-    admin or researcher, and base models of no campaign."""
+    admin or researcher, and the checkpoints of no campaign (the default base, models staff registered).
+    Names that only label imported responses (no checkpoint) came with some campaign's data: staff only."""
     if is_staff(user):
         return versions
     slugs = list(Membership.objects.filter(user=user, role__in=READING_ROLES).values_list("campaign__slug", flat=True))
-    no_campaign = ~Q(metadata__has_key="campaign") & ~Q(metadata__has_key="optimized_in")
-    return versions.filter(
-        Q(metadata__campaign__in=slugs) | Q(metadata__optimized_in__in=slugs) | (no_campaign & Q(kind=ModelVersion.Kind.BASE))
-    )
+    no_campaign = ~Q(metadata__has_key="campaign") & ~Q(metadata__has_key="optimized_in") & ~Q(checkpoint_path="")
+    return versions.filter(Q(metadata__campaign__in=slugs) | Q(metadata__optimized_in__in=slugs) | no_campaign)
 
 
 def visible_model_for(user, model_id: int) -> ModelVersion:

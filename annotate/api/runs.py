@@ -121,7 +121,7 @@ def score(request, model_id):
 @api_view(["GET"])
 def models(request):
     """The model registry: staff see every model; others the models of campaigns where they are admin or
-    researcher, and base models of no campaign (access.visible_models). Server paths are for staff."""
+    researcher, and checkpoints of no campaign (access.visible_models). Server paths are for staff."""
     versions = access.visible_models(request.user, ModelVersion.objects.select_related("parent").order_by("-created_at"))
     kind = request.query_params.get("kind")
     if kind:
