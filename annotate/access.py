@@ -170,6 +170,12 @@ def model_usable_in(version: ModelVersion, campaign: Campaign) -> bool:
     return slug is None or slug == campaign.slug
 
 
+def models_usable_in(campaign: Campaign, versions: QuerySet[ModelVersion]) -> QuerySet[ModelVersion]:
+    """`versions` that a run of `campaign` may use (model_usable_in, as a query)."""
+    no_campaign = ~Q(metadata__has_key="campaign") & ~Q(metadata__has_key="optimized_in")
+    return versions.filter(Q(metadata__campaign=campaign.slug) | Q(metadata__optimized_in=campaign.slug) | no_campaign)
+
+
 def visible_models(user, versions: QuerySet[ModelVersion]) -> QuerySet[ModelVersion]:
     """The registry as a user may list it: staff everything; others the models of campaigns where they are
     admin or researcher, and the checkpoints of no campaign (the default base, models staff registered).

@@ -28,8 +28,8 @@ def overview(request, slug):
     context["rounds"] = round_summaries(campaign)
     if access.administers(campaign):
         context["form"] = GenerationForm(campaign=campaign)
-        context["reward_form"] = RewardForm()
-        context["round_form"] = RewardForm(prefix="round")
+        context["reward_form"] = RewardForm(campaign=campaign)
+        context["round_form"] = RewardForm(prefix="round", campaign=campaign)
     return render(request, "annotate/campaign.html", context)
 
 
@@ -63,7 +63,7 @@ def start_run(request, slug, kind):
     """The one-click runs of the campaign page (reward model, round, active selection, drift)."""
     campaign = access.campaign_for(request.user, slug, ADMIN)
     # reward and round take the reward form's choices (the round's under its own prefix); the others none
-    form = RewardForm(request.POST, prefix="round" if kind == "round" else None) if kind in ("reward", "round") else None
+    form = RewardForm(request.POST, prefix="round" if kind == "round" else None, campaign=campaign) if kind in ("reward", "round") else None
     if form is not None and not form.is_valid():
         messages.error(request, "; ".join(f"{field}: {' '.join(errors)}" for field, errors in form.errors.items()))
         return redirect("campaign", slug=slug)

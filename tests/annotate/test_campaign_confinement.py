@@ -72,6 +72,14 @@ def test_own_models_the_default_base_and_staff_models_of_no_campaign_stay_usable
     assert response.status_code == 201, response.json()
 
 
+def test_the_run_forms_offer_only_this_campaigns_models(carol, models):
+    client = Client()
+    client.force_login(carol)
+    for url in ("/c/helpful/", "/c/helpful/optimized/"):
+        page = client.get(url).content.decode()
+        assert "helpful-policy" in page and "plain-base" in page and "other-policy" not in page, url
+
+
 # Issue 12, item 11: the registry shows a user only what is theirs; server paths only to staff
 
 
