@@ -1,7 +1,9 @@
 """Arbiter's data: campaigns, prompts, model versions, responses, tasks, assignments, judgements.
 
-The counters on Task (`remaining`, `judgements_received`) are only changed by
-`annotate.labeling.assignment` and `annotate.labeling.judgements`, under a row lock on the task.
+The counters on Task (`remaining`, `judgements_received`) are set when a task is built
+(`annotate.campaigns.task_building`, `annotate.runs.generation`) and afterwards only changed by
+`annotate.labeling.assignment` (leases, skips, reclaims, a new overlap, a task turned gold) and
+`annotate.labeling.judgements`, under a row lock on the task.
 """
 from __future__ import annotations
 
@@ -65,6 +67,9 @@ class Membership(models.Model):
     # Paused labelers get no tasks; their judgements are left out of exports and training by default.
     is_paused = models.BooleanField(default=False)
     paused_reason = models.CharField(max_length=200, blank=True)
+    # The account was created by adding this member to this campaign: the campaign's admins may deactivate it
+    # (see annotate.campaigns.members).
+    created_account = models.BooleanField(default=False)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

@@ -90,7 +90,7 @@ def file_import(request, slug):
     options = files.import_options(body.validated_data)
     summary, run = files.import_upload(campaign, body.validated_data["file"], options, request.user)
     if run is not None:
-        return Response(RunSerializer(run).data, status=status.HTTP_202_ACCEPTED, headers={"Location": f"/api/v1/runs/{run.pk}/"})
+        return Response(RunSerializer(run, context={"request": request}).data, status=status.HTTP_202_ACCEPTED, headers={"Location": f"/api/v1/runs/{run.pk}/"})
     return Response(summary, status=status.HTTP_201_CREATED)
 
 
@@ -209,7 +209,7 @@ def labeler_list(request, slug):
         body = LabelerInSerializer(data=request.data)
         body.is_valid(raise_exception=True)
         data = body.validated_data
-        added = members.add_member(campaign, data["username"], data["role"], email=data.get("email", ""))
+        added = members.add_member(campaign, request.user, data["username"], data["role"], email=data.get("email", ""))
         out = {"username": added.membership.user.username, "role": added.membership.role, "created_user": added.created_user}
         if added.password:
             out["password"] = added.password

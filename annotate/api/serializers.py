@@ -13,13 +13,6 @@ class CampaignSerializer(serializers.ModelSerializer):
         read_only_fields = ["created_at"]
         extra_kwargs = {"slug": {"validators": []}, "responses_per_task": {"min_value": 2, "max_value": 8}, "overlap": {"min_value": 1, "max_value": 100}, "lease_seconds": {"min_value": 10, "max_value": 7 * 24 * 3600}}
 
-    def validate(self, attrs):
-        task_type = attrs.get("task_type", getattr(self.instance, "task_type", Campaign.TaskType.PAIRWISE))
-        k = attrs.get("responses_per_task", getattr(self.instance, "responses_per_task", 2))
-        if task_type == Campaign.TaskType.PAIRWISE and k != 2:
-            raise serializers.ValidationError({"responses_per_task": "a pairwise campaign has exactly 2 responses per task."})
-        return attrs
-
 
 class MemberSerializer(serializers.Serializer):
     username = serializers.CharField(max_length=150)

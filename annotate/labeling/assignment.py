@@ -31,7 +31,7 @@ from datetime import timedelta
 
 from django.db import IntegrityError, connection, transaction
 from django.db.models import Count, F, Q, Sum
-from django.db.models.functions import Coalesce
+from django.db.models.functions import Coalesce, Greatest
 from django.utils import timezone
 
 from annotate.core import sql
@@ -163,6 +163,20 @@ def skip(labeler, task: Task) -> None:
         assignment.finished_at = timezone.now()
         assignment.save(update_fields=["state", "finished_at"])
         Task.objects.filter(pk=task.pk, is_gold=False).update(remaining=F("remaining") + 1)
+
+
+def withdraw_from_queue(task: Task) -> None:
+    """A task turned gold leaves the normal queue: no free slots (gold is served at the gold rate instead)."""
+    Task.objects.filter(pk=task.pk).update(remaining=0)
+
+
+def apply_overlap(campaign: Campaign, overlap: int) -> None:
+    """A new overlap for every non-gold task: its free slots grow or shrink by the difference, never below zero."""
+    # One UPDATE: the right-hand sides read the row as it was, and it locks each row it changes.
+    Task.objects.filter(campaign=campaign, is_gold=False).update(
+        judgements_needed=overlap,
+        remaining=Greatest(F("remaining") + overlap - F("judgements_needed"), 0),
+    )
 
 
 def reclaim_expired_leases(campaign: Campaign | None = None, now=None) -> int:

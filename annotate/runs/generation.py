@@ -16,7 +16,14 @@ from annotate.campaigns.task_building import build_tasks, shuffle
 from annotate.jobs.engine import InvalidParams, RunContext, RunFailed, register
 from annotate.jobs.params import integer, number
 from annotate.models import Campaign, ModelVersion, Response, Task, TaskResponse
-from annotate.runs.registry import RegistryError, can_generate, checkpoint_dir, resolve_for_generation
+from annotate.runs.registry import (
+    RegistryError,
+    can_generate,
+    checkpoint_dir,
+    generating_model_param,
+    resolve_for_generation,
+    reward_model_param,
+)
 
 LIMITS = {"n_per_prompt": (1, 16), "max_new_tokens": (1, 2048), "batch_size": (1, 1024), "limit": (1, 1_000_000)}
 
@@ -33,6 +40,7 @@ def validate_params(campaign: Campaign | None, params: dict) -> dict:
     if not isinstance(models, list) or not models or not all(isinstance(m, str) for m in models):
         raise InvalidParams("models must be a non-empty list of model names.", field="models")
     for name in models:
+        generating_model_param(campaign, name, "models")
         if not can_generate(name):
             raise InvalidParams(f"model {name!r} is unknown or has no checkpoint to generate with.", field="models")
     clean = {
@@ -57,8 +65,8 @@ def validate_params(campaign: Campaign | None, params: dict) -> dict:
             raise InvalidParams(f"model {baseline!r} has no responses in this campaign to pair against.", field="head_to_head_with")
     clean["head_to_head_with"] = baseline
     reward_model = params.get("reward_model")
-    if reward_model is not None and not ModelVersion.objects.filter(name=reward_model, kind=ModelVersion.Kind.REWARD).exists():
-        raise InvalidParams(f"{reward_model!r} is not a registered reward model.", field="reward_model")
+    if reward_model is not None:
+        reward_model_param(campaign, reward_model)
     clean["reward_model"] = reward_model
     clean["best_of"] = integer(params, "best_of", 4 if reward_model else 1, 1, 32)
     if clean["best_of"] > 1 and reward_model is None:

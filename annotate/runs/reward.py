@@ -24,6 +24,7 @@ def validate_params(campaign: Campaign | None, params: dict) -> dict:
     base = params.get("base_model", registry.DEFAULT_BASE_NAME)
     if error := registry.training_base_error(base):
         raise InvalidParams(f"base {error}", field="base_model")
+    registry.generating_model_param(campaign, base, "base_model")
     name = params.get("name")
     if name is not None and (not isinstance(name, str) or not name.strip() or ModelVersion.objects.filter(name=name).exists()):
         raise InvalidParams(f"name {name!r} is empty or already taken.", field="name")

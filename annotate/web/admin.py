@@ -82,7 +82,7 @@ def campaign_status(request, slug):
 @require_POST
 def preview_markdown(request):
     """The instructions as labelers will see them (htmx, while the admin types)."""
-    if not (access.can_create_campaigns(request.user) or Membership.objects.filter(user=request.user, role=Membership.Role.ADMIN).exists()):
+    if not access.may_preview_instructions(request.user):
         raise PermissionDenied("Only campaign admins preview instructions.")
     return render(request, "annotate/admin_preview.html", {"html": render_markdown(request.POST.get("instructions", ""))})
 
@@ -193,7 +193,8 @@ def labeler_list(request, slug):
     if request.method == "POST":
         if form.is_valid():
             try:
-                added = members.add_member(campaign, form.cleaned_data["username"], form.cleaned_data["role"], email=form.cleaned_data["email"])
+                data = form.cleaned_data
+                added = members.add_member(campaign, request.user, data["username"], data["role"], email=data["email"])
                 form = AddLabelerForm()
             except DomainError as exc:
                 form.add_error(exc.field if exc.field in form.fields else None, exc.message)

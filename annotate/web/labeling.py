@@ -10,7 +10,7 @@ from django.shortcuts import render
 from django.views.decorators.http import require_GET, require_POST
 
 from annotate import access
-from annotate.core.errors import DomainError
+from annotate.core.errors import DomainError, NotLeased
 from annotate.core.markdown import render_markdown
 from annotate.labeling import assignment, judgements, validation
 from annotate.labeling.task_content import task_content
@@ -21,12 +21,10 @@ from annotate.models import Campaign, Membership
 @require_GET
 def home(request):
     """The campaigns this user belongs to, with their counts."""
-    campaigns = Campaign.objects.order_by("-created_at").annotate(
+    campaigns = access.visible_campaigns(request.user).order_by("-created_at").annotate(
         task_count=Count("tasks", distinct=True),
         open_count=Count("tasks", filter=Q(tasks__remaining__gt=0), distinct=True),
     )
-    if not request.user.is_superuser:
-        campaigns = campaigns.filter(memberships__user=request.user)
     roles = dict(Membership.objects.filter(user=request.user).values_list("campaign_id", "role"))
     rows = [{"campaign": c, "role": roles.get(c.pk, "admin")} for c in campaigns[:200]]
     return render(request, "annotate/home.html", {"rows": rows})
@@ -39,7 +37,7 @@ def label(request, slug):
     campaign = access.campaign_for(request.user, slug, access.LABELING_ROLES)
     context = {"campaign": campaign, "instructions_html": render_markdown(campaign.instructions)}
     context.update(_next_task_context(request, campaign))
-    return render(request, "annotate/label.html", context)
+    return render(request, "annotate/label.html", context, status=context.get("status", 200))
 
 
 @login_required
@@ -61,9 +59,13 @@ def submit(request, task_id):
         )
     except (DomainError, ValueError) as exc:
         message = exc.message if isinstance(exc, DomainError) else "The ranking could not be read; please rank again."
+        if not access.holds_lease(request.user, task):  # only the lease holder sees the task again
+            refused = isinstance(exc, DomainError) and exc.status in (403, 409)  # not leased, already submitted
+            return _notice(request, task.campaign, message if refused else NotLeased.default_message, exc.status if refused else 403)
         context = _task_context(request, task.campaign, task, error=message)
         return render(request, "annotate/_task.html", context, status=422)
     _count_in_session(request, task.campaign)
+    # stored: a 200 even if the next task is refused (the gold check may have paused the labeler just now)
     return render(request, "annotate/_task.html", _next_task_context(request, task.campaign))
 
 
@@ -71,7 +73,10 @@ def submit(request, task_id):
 @require_POST
 def skip(request, task_id):
     task = access.task_for_labeler(request.user, task_id)
-    assignment.skip(request.user, task)
+    try:
+        assignment.skip(request.user, task)
+    except DomainError as exc:
+        return _notice(request, task.campaign, exc.message, exc.status)
     return render(request, "annotate/_task.html", _next_task_context(request, task.campaign))
 
 
@@ -88,7 +93,10 @@ def _ratings_from_form(post) -> dict:
 def _next_task_context(request, campaign: Campaign) -> dict:
     if campaign.status != Campaign.Status.ACTIVE:
         return {"campaign": campaign, "closed": True, **_progress(request, campaign)}
-    lease = assignment.next_task_for(request.user, campaign)
+    try:
+        lease = assignment.next_task_for(request.user, campaign)
+    except DomainError as exc:  # paused (by hand, or by the gold check just now): say so, serve nothing
+        return {"campaign": campaign, "notice": exc.message, "status": exc.status, **_progress(request, campaign)}
     if lease is None:
         return {"campaign": campaign, "content": None, **_progress(request, campaign)}
     return _task_context(request, campaign, lease.task, lease_expires_at=lease.assignment.leased_until)
@@ -107,6 +115,11 @@ def _task_context(request, campaign: Campaign, task, *, error: str = "", lease_e
         "flag_choices": _flag_choices(campaign),
         **_progress(request, campaign),
     }
+
+
+def _notice(request, campaign: Campaign, message: str, status: int):
+    """The task area with a message and no task: what a refused submit or skip gets back."""
+    return render(request, "annotate/_task.html", {"campaign": campaign, "notice": message, **_progress(request, campaign)}, status=status)
 
 
 def _flag_choices(campaign: Campaign) -> list[tuple[str, str]]:
