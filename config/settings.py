@@ -79,6 +79,7 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
+    "annotate.core.middleware.RefuseBadTextMiddleware",
 ]
 
 ROOT_URLCONF = "config.urls"
@@ -159,6 +160,12 @@ REST_FRAMEWORK = {
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    # DRF's parsers plus a 400 for NUL, lone surrogates and deep nesting (annotate/api/parsers.py)
+    "DEFAULT_PARSER_CLASSES": [
+        "annotate.api.parsers.JSONParser",
+        "annotate.api.parsers.FormParser",
+        "annotate.api.parsers.MultiPartParser",
+    ],
     "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.PageNumberPagination",
     "PAGE_SIZE": 100,
     "EXCEPTION_HANDLER": "annotate.api.errors.exception_handler",

@@ -7,10 +7,10 @@ from django.db import IntegrityError, transaction
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import status
 from rest_framework.decorators import api_view, parser_classes
-from rest_framework.parsers import JSONParser
 from rest_framework.response import Response
 
 from annotate import access
+from annotate.api.parsers import JSONParser
 from annotate.api.serializers import (
     CampaignSerializer,
     ImportResultSerializer,
