@@ -72,7 +72,7 @@ def members(request, slug):
 
 
 @extend_schema(
-    request={"application/json": {"type": "array", "items": {"type": "object"}}},
+    request={"application/json": {"type": "array", "items": {"type": "object"}, "maxItems": batches.MAX_ROWS}},
     responses={201: ImportResultSerializer, 400: ImportResultSerializer},
     description="A JSON list of `{external_id, messages | text, context?, metadata?}`. All or nothing: "
     "a broken row rejects the batch and `errors` lists `{row, error}`.",
@@ -85,7 +85,7 @@ def prompts(request, slug):
 
 
 @extend_schema(
-    request={"application/json": {"type": "array", "items": {"type": "object"}}},
+    request={"application/json": {"type": "array", "items": {"type": "object"}, "maxItems": batches.MAX_ROWS}},
     responses={201: ImportResultSerializer, 400: ImportResultSerializer},
     description="A JSON list of `{prompt: external_id, model: name, text, generation_params?}`. "
     "Tasks are built as prompts gain k unused responses (see annotate/task_building.py).",
