@@ -182,10 +182,15 @@ SECURE_PROXY_SSL_HEADER = ("HTTP_" + _proxy_header.upper().replace("-", "_"), "h
 
 # Content-Security-Policy (django-csp): scripts, styles, images and connections from this site only.
 # Inline styles stay allowed: matplotlib's inline SVG figures and the progress bars carry style attributes.
-# The one inline handler (the labelers page's role select) is allowed by its hash.
+# The two inline scripts (a select's onchange, a "Back" link) are allowed by their hashes.
 _CSP = {
     "default-src": ["'self'"],
-    "script-src": ["'self'", "'unsafe-hashes'", "'sha256-osjxnKEPL/pQJbFk1dKsF7PYFmTyMWGmVSiL9inhxJY='"],  # this.form.submit()
+    "script-src": [
+        "'self'",
+        "'unsafe-hashes'",
+        "'sha256-osjxnKEPL/pQJbFk1dKsF7PYFmTyMWGmVSiL9inhxJY='",  # onchange="this.form.submit()" (labelers page)
+        "'sha256-LdlORHyUW/rwezK0l13nW+IwcZmi78eWOCBjewMWRr4='",  # href="javascript:history.back()" (admin messages)
+    ],
     "style-src": ["'self'", "'unsafe-inline'"],
     "img-src": ["'self'", "data:"],  # data: for Swagger UI's icons
     "connect-src": ["'self'"],  # 'self' covers the dashboard's same-host websocket

@@ -5,6 +5,7 @@ Before the first byte: a JSON error. After it: the connection ends without HTTP'
 from __future__ import annotations
 
 import http.client
+import os
 import socket
 import subprocess
 import sys
@@ -52,42 +53,48 @@ def test_an_empty_selection_is_still_a_valid_empty_file(judged, rita):  # noqa: 
     assert b"".join(response.streaming_content) == b""
 
 
-FAILING_APP = '''
-from annotate.core.aborting import abort_failed_responses
+# The real ASGI app (config.asgi) with one extra URL: an export response whose rows fail after the first chunk.
+FAILING_URLS = '''
+from django.urls import path
 
-async def broken(scope, receive, send):
-    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/jsonl")]})
-    await send({"type": "http.response.body", "body": b'{"row": 0}\\n', "more_body": True})
+from annotate.api.exports import ExportResponse
+from config.urls import urlpatterns
+
+
+def rows():
+    yield b'{"row": 0}\\n'
     raise RuntimeError("the database went away")
 
-application = abort_failed_responses(broken)
+
+urlpatterns = [path("broken-export/", lambda request: ExportResponse(rows(), content_type="application/jsonl")), *urlpatterns]
 '''
 
 
 def test_under_daphne_a_stream_that_fails_ends_without_its_final_chunk(tmp_path):
-    (tmp_path / "failing_app.py").write_text(FAILING_APP)
+    (tmp_path / "failing_urls.py").write_text(FAILING_URLS)
+    (tmp_path / "failing_settings.py").write_text('from config.settings import *  # noqa: F403\nROOT_URLCONF = "failing_urls"\n')
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": f"{tmp_path}:{root}", "DJANGO_SETTINGS_MODULE": "failing_settings"}
     daphne = subprocess.Popen(
-        [str(Path(sys.executable).parent / "daphne"), "-b", "127.0.0.1", "-p", str(port), "failing_app:application"],
-        cwd=tmp_path, env={"PYTHONPATH": f"{tmp_path}:{root}", "PATH": "/usr/bin:/bin"},
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [str(Path(sys.executable).parent / "daphne"), "-b", "127.0.0.1", "-p", str(port), "config.asgi:application"],
+        cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     try:
-        for _ in range(100):
+        for _ in range(300):
             try:
                 socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
                 break
             except OSError:
                 time.sleep(0.1)
         connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-        connection.request("GET", "/")
+        connection.request("GET", "/broken-export/")
         response = connection.getresponse()
         assert response.status == 200
         with pytest.raises(http.client.IncompleteRead) as broken:
-            response.read()  # without the wrapper: no end at all, a read timeout
+            response.read()  # without annotate/core/aborting.py: no end at all, a read timeout
         assert broken.value.partial == b'{"row": 0}\n'
     finally:
         daphne.terminate()
