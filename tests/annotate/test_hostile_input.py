@@ -216,3 +216,52 @@ def test_no_bad_value_gives_a_500_on_any_api_endpoint(carol, alice, probe_target
                 if response.status_code >= 500:
                     failures.append((method, path, body[:60], response.status_code))
     assert failures == []
+
+
+# The same for the HTML pages: every POST route with bad form values
+
+
+FORM_FIELDS = ["name", "slug", "instructions", "task_type", "responses_per_task", "overlap", "lease_seconds", "criteria",
+               "gold_rate", "gold_threshold", "username", "role", "action", "page", "ranking", "rationale", "flags",
+               "time_spent_ms", "key", "text", "models", "kind", "q", "status", "reason", "methods"]
+
+
+def web_routes(patterns, prefix=""):
+    for entry in patterns:
+        route = prefix + str(entry.pattern).lstrip("^").rstrip("$")
+        if isinstance(entry, URLResolver):
+            yield from web_routes(entry.url_patterns, route)
+        elif isinstance(entry, URLPattern) and not route.startswith(("api/", "admin/")):
+            yield route
+
+
+def test_no_bad_form_value_gives_a_500_on_any_page(carol, alice, campaign):
+    from django.test import Client
+
+    task = Task.objects.filter(campaign=campaign).first()
+    run = Run.objects.create(kind="generate", campaign=campaign, created_by=carol)
+    values = {"<slug:slug>": campaign.slug, "<int:task_id>": str(task.pk), "<int:run_id>": str(run.pk), "<str:kind>": "reward",
+              "<int:user_id>": str(alice.pk)}
+    paths = set()
+    for route in web_routes(get_resolver().url_patterns):
+        for placeholder, value in values.items():
+            route = route.replace(placeholder, value)
+        paths.add("/" + route)
+    browser = Client()
+    browser.force_login(carol)
+    lease(api_client(alice))
+    labeler = Client()
+    labeler.force_login(alice)
+    failures = []
+    for path in sorted(paths - {"/logout/"}):
+        client = labeler if path.startswith("/tasks/") else browser
+        for value in ("a\x00b", "²", "9" * 5000, "-²"):
+            data = dict.fromkeys(FORM_FIELDS, value)
+            data.update({f"place-{slot.response_id}": value for slot in task.slots.all()})
+            data.update({f"rating-{slot.response_id}-helpful": value for slot in task.slots.all()})
+            response = client.post(path, data)
+            if response.status_code >= 500:
+                failures.append((path, value[:10], response.status_code))
+            if client.get(path, {"q": value, "page": value, "gold": value}).status_code >= 500:
+                failures.append(("get", path, value[:10]))
+    assert failures == []
