@@ -38,7 +38,7 @@ def validate_ranking(ranking, response_ids: list[int]) -> list[list[int]]:
             raise InvalidRanking(f"ranking names more than {MAX_RANKING_IDS} response ids.", field="ranking")
         for rid in group:
             if isinstance(rid, bool) or not isinstance(rid, int):
-                raise InvalidRanking(f"response id {rid!r} is not an integer.", field="ranking")
+                raise InvalidRanking(f"response id {str(rid)[:40]!r} is not an integer.", field="ranking")
         groups.append(list(group))
         seen.extend(group)
     expected = set(response_ids)
@@ -63,7 +63,7 @@ def validate_flags(flags) -> list[str]:
         raise InvalidRanking(f"flags lists {len(flags)} items; at most {MAX_FLAGS} are allowed.", field="flags")
     unknown = sorted(set(flags) - ALLOWED_FLAGS)
     if unknown:
-        raise InvalidRanking(f"unknown flags {unknown}; allowed: {sorted(ALLOWED_FLAGS)}.", field="flags")
+        raise InvalidRanking(f"unknown flags {[flag[:40] for flag in unknown]}; allowed: {sorted(ALLOWED_FLAGS)}.", field="flags")
     return sorted(set(flags))
 
 
