@@ -38,21 +38,34 @@ def text_problem(text: str) -> str | None:
 
 
 def check_data(data, field: str = "") -> None:
-    """Walk parsed JSON without recursion (so depth cannot blow the stack); raise BadText at the first bad value."""
+    """Walk parsed JSON without recursion (so depth cannot blow the stack); raise BadText at the first bad value.
+
+    Paths are built only for containers and on failure: a body of 170k ids is one pass of type checks.
+    """
+    if isinstance(data, str):
+        _check_text(data, field)
+    if not isinstance(data, (dict, list)):
+        return
     stack = [(data, field, 0)]
     while stack:
-        value, path, depth = stack.pop()
-        if isinstance(value, str):
-            _check_text(value, path)
-        elif isinstance(value, (dict, list)):
-            if depth >= MAX_DEPTH:
-                raise BadText(f"is nested deeper than {MAX_DEPTH} levels", path or "body")
-            if isinstance(value, dict):
-                for key, item in value.items():
-                    _check_text(key, path or "body")
+        container, path, depth = stack.pop()
+        if depth >= MAX_DEPTH:
+            raise BadText(f"is nested deeper than {MAX_DEPTH} levels", path or "body")
+        if isinstance(container, dict):
+            for key, item in container.items():
+                _check_text(key, path or "body")
+                if isinstance(item, str):
+                    if _BAD_CHARACTER.search(item):
+                        _check_text(item, f"{path}.{key}" if path else str(key))
+                elif isinstance(item, (dict, list)):
                     stack.append((item, f"{path}.{key}" if path else str(key), depth + 1))
-            else:
-                stack.extend((item, f"{path}[{i}]", depth + 1) for i, item in enumerate(value))
+        else:
+            for i, item in enumerate(container):
+                if isinstance(item, str):
+                    if _BAD_CHARACTER.search(item):
+                        _check_text(item, f"{path}[{i}]")
+                elif isinstance(item, (dict, list)):
+                    stack.append((item, f"{path}[{i}]", depth + 1))
 
 
 def ascii_int(text) -> int | None:
