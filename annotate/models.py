@@ -299,3 +299,14 @@ class RunMetric(models.Model):
 
     class Meta:
         indexes = [models.Index(fields=["run", "name", "step"])]
+
+
+class ApiToken(models.Model):
+    """A user's API key, stored as its SHA-256 only: the key itself is shown once, when it is issued."""
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_tokens")
+    digest = models.CharField(max_length=64, unique=True, help_text="SHA-256 of the key, hex.")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self) -> str:
+        return f"API token of user {self.user_id}"

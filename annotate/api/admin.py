@@ -9,10 +9,10 @@ from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_sche
 from rest_framework import serializers, status
 from rest_framework.decorators import api_view, parser_classes
 from rest_framework.pagination import PageNumberPagination
-from rest_framework.parsers import FormParser, MultiPartParser
 from rest_framework.response import Response
 
 from annotate import access
+from annotate.api.parsers import FormParser, MultiPartParser
 from annotate.api.runs import RunSerializer
 from annotate.campaigns import members
 from annotate.campaigns.imports import files

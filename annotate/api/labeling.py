@@ -6,10 +6,10 @@ from django.db import IntegrityError
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import status
 from rest_framework.decorators import api_view, parser_classes
-from rest_framework.parsers import JSONParser
 from rest_framework.response import Response
 
 from annotate import access
+from annotate.api.parsers import JSONParser
 from annotate.api.serializers import (
     CampaignSerializer,
     ImportResultSerializer,
@@ -74,7 +74,7 @@ def members(request, slug):
 
 
 @extend_schema(
-    request={"application/json": {"type": "array", "items": {"type": "object"}}},
+    request={"application/json": {"type": "array", "items": {"type": "object"}, "maxItems": batches.MAX_ROWS}},
     responses={201: ImportResultSerializer, 400: ImportResultSerializer},
     description="A JSON list of `{external_id, messages | text, context?, metadata?}`. All or nothing: "
     "a broken row rejects the batch and `errors` lists `{row, error}`.",
@@ -87,7 +87,7 @@ def prompts(request, slug):
 
 
 @extend_schema(
-    request={"application/json": {"type": "array", "items": {"type": "object"}}},
+    request={"application/json": {"type": "array", "items": {"type": "object"}, "maxItems": batches.MAX_ROWS}},
     responses={201: ImportResultSerializer, 400: ImportResultSerializer},
     description="A JSON list of `{prompt: external_id, model: name, text, generation_params?}`. "
     "Tasks are built as prompts gain k unused responses (see annotate/task_building.py).",

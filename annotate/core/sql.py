@@ -18,9 +18,8 @@ from django.contrib.auth import get_user_model
 from django.db import connection
 from django.db.models import Model
 from django.db.models.expressions import Col
-from rest_framework.authtoken.models import Token
 
-from annotate.models import Assignment, Campaign, Judgement, Membership, Prompt, Response, Task, TaskResponse
+from annotate.models import ApiToken, Assignment, Campaign, Judgement, Membership, Prompt, Response, Task, TaskResponse
 
 
 def select_list(model: type[Model], alias: str) -> str:
@@ -174,13 +173,13 @@ def role_task_and_campaign(user_id: int, task_id: int) -> tuple | None:
 @_per_vendor
 def _user_of_token() -> str:
     User = get_user_model()
-    t, u = _names(Token), _names(User)
-    return f"SELECT {select_list(User, 'u')} FROM {t.table} t JOIN {u.table} u ON u.{u.pk} = t.{t.user} WHERE t.{t.key} = %s"
+    t, u = _names(ApiToken), _names(User)
+    return f"SELECT {select_list(User, 'u')} FROM {t.table} t JOIN {u.table} u ON u.{u.pk} = t.{t.user} WHERE t.{t.digest} = %s"
 
 
-def user_of_token(key: str) -> tuple | None:
-    """The user columns (`select_list(User, ...)`) of the API token `key`'s owner; None for an unknown key."""
-    return _fetchone(_user_of_token(), [key])
+def user_of_token(digest: str) -> tuple | None:
+    """The user columns (`select_list(User, ...)`) of the owner of the API token with this SHA-256 `digest`; None if unknown."""
+    return _fetchone(_user_of_token(), [digest])
 
 
 # NEXT TASK (assignment)

@@ -4,7 +4,8 @@ A judgement on a lease that lapsed (expired) or was skipped is still a human's w
 - if the task still has a free slot, it takes the slot and counts;
 - otherwise it is stored as surplus (`is_surplus=True`): kept and exported, not counted
   toward the task's overlap.
-A replay with the same idempotency key returns the judgement already stored.
+A replay with the same idempotency key and the same judgement returns the judgement already stored;
+the same key with a different ranking, rationale, flags or ratings is a conflict (409).
 """
 from __future__ import annotations
 
@@ -16,7 +17,14 @@ from django.utils import timezone
 from annotate.core import sql
 from annotate.core.errors import AlreadySubmitted, IdempotencyConflict, InvalidRanking, NotLeased
 from annotate.labeling.gold import apply_gold_threshold
-from annotate.labeling.validation import MAX_RATIONALE, task_response_ids, validate_flags, validate_ranking, validate_ratings
+from annotate.labeling.validation import (
+    MAX_RATIONALE,
+    task_response_ids,
+    validate_flags,
+    validate_ranking,
+    validate_ratings,
+    validate_time_spent,
+)
 from annotate.models import Assignment, Judgement, Task
 from annotate.realtime import events
 
@@ -46,10 +54,9 @@ def submit(
         rationale = ""
     if not isinstance(rationale, str) or len(rationale) > MAX_RATIONALE:
         raise InvalidRanking(f"rationale must be text of at most {MAX_RATIONALE} characters.", field="rationale")
-    if time_spent_ms is not None and (isinstance(time_spent_ms, bool) or not isinstance(time_spent_ms, int) or time_spent_ms < 0):
-        raise InvalidRanking("time_spent_ms must be a non-negative integer.", field="time_spent_ms")
-    if key is not None and (not isinstance(key, str) or not 0 < len(key) <= 100):
-        raise InvalidRanking("the idempotency key must be 1 to 100 characters.", field="idempotency_key")
+    time_spent_ms = validate_time_spent(time_spent_ms)
+    if key is not None and (not isinstance(key, str) or not 0 < len(key) <= 100 or not key.isprintable()):
+        raise InvalidRanking("the idempotency key must be 1 to 100 printable characters.", field="idempotency_key")
     flags = validate_flags(flags)
     response_ids = task_response_ids(task)
     groups = validate_ranking(ranking, response_ids)
@@ -78,6 +85,11 @@ def _store(labeler, task, groups, rationale, flags, ratings, time_spent_ms, key)
     if state == State.SUBMITTED:
         existing = Judgement.objects.filter(assignment_id=assignment_id).first()
         if key is not None and existing is not None and existing.idempotency_key == key:
+            if (existing.ranking, existing.rationale, existing.flags, existing.ratings) != (groups, rationale, flags, ratings):
+                raise IdempotencyConflict(
+                    "This idempotency key was already used with a different judgement (ranking, rationale, flags or ratings).",
+                    field="idempotency_key",
+                )
             return Submission(existing, replayed=True)
         raise AlreadySubmitted("You already submitted a judgement for this task.")
     counted = _take_slot(task.pk, state, remaining)

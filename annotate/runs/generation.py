@@ -14,7 +14,7 @@ from django.db import transaction
 
 from annotate.campaigns.task_building import build_tasks, shuffle
 from annotate.jobs.engine import InvalidParams, RunContext, RunFailed, register
-from annotate.jobs.params import integer, number
+from annotate.jobs.params import integer, number, text_list
 from annotate.models import Campaign, ModelVersion, Response, Task, TaskResponse
 from annotate.runs.registry import (
     RegistryError,
@@ -25,6 +25,7 @@ from annotate.runs.registry import (
     reward_model_param,
 )
 
+MAX_MODELS, MAX_PROMPTS = 32, 100_000  # list params: a clear 400 rather than a body-sized loop
 LIMITS = {"n_per_prompt": (1, 16), "max_new_tokens": (1, 2048), "batch_size": (1, 1024), "limit": (1, 1_000_000)}
 
 
@@ -36,9 +37,7 @@ def validate_params(campaign: Campaign | None, params: dict) -> dict:
                "head_to_head_with", "reward_model", "best_of"}
     if unknown := sorted(set(params) - allowed):
         raise InvalidParams(f"unknown params {unknown}; allowed: {sorted(allowed)}.", field=unknown[0])
-    models = params.get("models")
-    if not isinstance(models, list) or not models or not all(isinstance(m, str) for m in models):
-        raise InvalidParams("models must be a non-empty list of model names.", field="models")
+    models = text_list(params, "models", max_items=MAX_MODELS, required=True, what="model names")
     for name in models:
         generating_model_param(campaign, name, "models")
         if not can_generate(name):
@@ -53,10 +52,7 @@ def validate_params(campaign: Campaign | None, params: dict) -> dict:
         "temperature": number(params, "temperature", 0.7, low=0.0, high=2.0, low_open=True),
         "top_p": number(params, "top_p", 1.0, low=0.0, high=1.0, low_open=True),
     }
-    prompts = params.get("prompts")
-    if prompts is not None and (not isinstance(prompts, list) or not all(isinstance(p, str) for p in prompts)):
-        raise InvalidParams("prompts must be a list of prompt external ids.", field="prompts")
-    clean["prompts"] = prompts
+    clean["prompts"] = text_list(params, "prompts", max_items=MAX_PROMPTS, what="prompt external ids")
     baseline = params.get("head_to_head_with")
     if baseline is not None:
         if campaign.responses_per_task != 2:

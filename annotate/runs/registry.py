@@ -12,6 +12,7 @@ from django.db import transaction
 
 from annotate import access
 from annotate.jobs.engine import InvalidParams
+from annotate.jobs.params import model_name
 from annotate.models import Campaign, ModelVersion, Run
 
 DEFAULT_BASE_NAME = "SmolLM2-135M-Instruct"
@@ -129,10 +130,7 @@ def current_policy(campaign: Campaign) -> ModelVersion:
 
 
 def policy_name(campaign: Campaign, params: dict) -> str | None:
-    name = params.get("name")
-    if name is not None and (not isinstance(name, str) or not name.strip() or ModelVersion.objects.filter(name=name).exists()):
-        raise InvalidParams(f"name {name!r} is empty or already taken.", field="name")
-    return name
+    return model_name(params)
 
 
 def register_policy(campaign: Campaign, run: Run, parent: ModelVersion, path, name: str | None, *, method: str, extra: dict) -> ModelVersion:

@@ -12,6 +12,7 @@ from django.views.decorators.http import require_GET, require_POST
 from annotate import access
 from annotate.core.errors import DomainError, NotLeased
 from annotate.core.markdown import render_markdown
+from annotate.core.text_input import ascii_int
 from annotate.labeling import assignment, judgements, validation
 from annotate.labeling.task_content import task_content
 from annotate.models import Campaign, Membership
@@ -54,7 +55,7 @@ def submit(request, task_id):
             rationale=request.POST.get("rationale", ""),
             flags=request.POST.getlist("flags"),
             ratings=_ratings_from_form(request.POST),
-            time_spent_ms=int(time_spent) if time_spent and time_spent.isdigit() else None,
+            time_spent_ms=ascii_int(time_spent),
             key=request.POST.get("key") or None,
         )
     except (DomainError, ValueError) as exc:
@@ -86,7 +87,8 @@ def _ratings_from_form(post) -> dict:
     for name, value in post.items():
         if name.startswith("rating-") and value:
             _, rid, criterion = name.split("-", 2)
-            ratings.setdefault(rid, {})[criterion] = int(value) if value.lstrip("-").isdigit() else value
+            digits = ascii_int(value.removeprefix("-"))  # not isdigit(): int() refuses "²"
+            ratings.setdefault(rid, {})[criterion] = value if digits is None else -digits if value.startswith("-") else digits
     return ratings
 
 
