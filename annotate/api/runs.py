@@ -9,11 +9,10 @@ from rest_framework.response import Response
 from annotate import access
 from annotate.campaigns.imports.batches import normalise_messages
 from annotate.jobs import engine
-from annotate.models import Membership, ModelVersion, Run
+from annotate.models import ModelVersion, Run
 from annotate.runs.registry import RegistryError
+from annotate.runs.roles import roles_to_start
 from annotate.runs.scoring import score_responses
-
-ADMIN = (Membership.Role.ADMIN,)
 
 
 class RunInSerializer(serializers.Serializer):
@@ -47,15 +46,15 @@ class ModelVersionSerializer(serializers.ModelSerializer):
 @extend_schema(request=RunInSerializer, responses={200: RunSerializer(many=True), 201: RunSerializer})
 @api_view(["GET", "POST"])
 def campaign_runs(request, slug):
-    """List the campaign's runs, or start one (`{kind: "generate", params: {...}}`, campaign admins)."""
+    """List the campaign's runs, or start one (`{kind: "reward", params: {...}}`: researchers train, generation is for admins)."""
     if request.method == "GET":
         campaign = access.campaign_for(request.user, slug, access.READING_ROLES)
         engine.fail_stale_runs()
         runs = campaign.runs.select_related("campaign", "created_by").order_by("-created_at")[:100]
         return Response(RunSerializer(runs, many=True).data)
-    campaign = access.campaign_for(request.user, slug, ADMIN)
     body = RunInSerializer(data=request.data)
     body.is_valid(raise_exception=True)
+    campaign = access.campaign_for(request.user, slug, roles_to_start(body.validated_data["kind"]))
     run = engine.start_run(body.validated_data["kind"], campaign=campaign, params=body.validated_data["params"], user=request.user)
     return Response(RunSerializer(run).data, status=status.HTTP_201_CREATED)
 
@@ -71,7 +70,8 @@ def run_detail(request, run_id):
 @extend_schema(request=None, responses=RunSerializer)
 @api_view(["POST"])
 def run_cancel(request, run_id):
-    run = access.run_for(request.user, run_id, ADMIN)
+    run = access.run_for(request.user, run_id)  # 404 for strangers first, then the kind's roles
+    run = access.run_for(request.user, run_id, roles_to_start(run.kind))
     if run.is_finished:
         return Response({"code": "finished", "detail": f"the run already ended ({run.status})."}, status=status.HTTP_409_CONFLICT)
     return Response(RunSerializer(engine.request_cancel(run)).data)

@@ -12,6 +12,7 @@ from annotate.jobs import engine
 from annotate.labeling import assignment
 from annotate.models import Membership
 from annotate.runs.registry import latest_reward_model
+from annotate.runs.roles import may_start, roles_to_start
 from annotate.runs.rounds import round_summaries
 from annotate.stats.dashboard import dashboard_context
 from annotate.web.run_forms import GenerationForm, RewardForm
@@ -26,8 +27,9 @@ def overview(request, slug):
     context = {"campaign": campaign, "progress": assignment.progress(campaign), **_runs_context(campaign), **dashboard_context(campaign)}
     context.update(_reward_context(campaign))
     context["rounds"] = round_summaries(campaign)
-    if campaign.user_role == Membership.Role.ADMIN:
+    if may_start(campaign.user_role, "generate"):
         context["form"] = GenerationForm(campaign=campaign)
+    if may_start(campaign.user_role, "reward"):
         context["reward_form"] = RewardForm()
         context["round_form"] = RewardForm(prefix="round")
     return render(request, "annotate/campaign.html", context)
@@ -48,8 +50,8 @@ def start_generation(request, slug):
     form = GenerationForm(request.POST, campaign=campaign)
     if form.is_valid():
         try:
-            engine.start_run("generate", campaign=campaign, params=form.params(), user=request.user)
-            return redirect("campaign", slug=slug)
+            run = engine.start_run("generate", campaign=campaign, params=form.params(), user=request.user)
+            return redirect("run", run_id=run.pk)
         except engine.InvalidParams as exc:
             form.add_error(exc.field if exc.field in form.fields else None, exc.message)
     context = {"campaign": campaign, "progress": assignment.progress(campaign), "form": form, **_runs_context(campaign), **dashboard_context(campaign)}
@@ -61,7 +63,7 @@ def start_generation(request, slug):
 @require_POST
 def start_run(request, slug, kind):
     """The one-click runs of the campaign page (reward model, round, active selection, drift)."""
-    campaign = access.campaign_for(request.user, slug, ADMIN)
+    campaign = access.campaign_for(request.user, slug, roles_to_start(kind))
     # reward and round take the reward form's choices (the round's under its own prefix); the others none
     form = RewardForm(request.POST, prefix="round" if kind == "round" else None) if kind in ("reward", "round") else None
     if form is not None and not form.is_valid():
@@ -83,7 +85,7 @@ def start_run(request, slug, kind):
 def run_page(request, run_id):
     engine.fail_stale_runs()
     run = access.run_for(request.user, run_id)
-    context = {"run": run, "plots": metric_panels(engine.metric_series(run)), "can_cancel": _is_admin(request.user, run)}
+    context = {"run": run, "plots": metric_panels(engine.metric_series(run)), "can_cancel": _may_cancel(request.user, run)}
     if run.kind == "reward" and run.result.get("chosen_scores"):
         context["score_histogram"] = histograms(
             {"chosen": run.result["chosen_scores"], "rejected": run.result["rejected_scores"]}, "Held-out reward scores"
@@ -94,7 +96,8 @@ def run_page(request, run_id):
 @login_required
 @require_POST
 def cancel_run(request, run_id):
-    run = access.run_for(request.user, run_id, ADMIN)
+    run = access.run_for(request.user, run_id)  # 404 for strangers first, then the kind's roles
+    run = access.run_for(request.user, run_id, roles_to_start(run.kind))
     if not run.is_finished:
         engine.request_cancel(run)
     return redirect("run", run_id=run.pk)
@@ -116,5 +119,5 @@ def _reward_context(campaign) -> dict:
     return {"reward_model": version, "reward_accuracy": version.metadata.get("metrics", {}).get("eval/accuracy"), "drift": drift, "drift_plot": plot}
 
 
-def _is_admin(user, run) -> bool:
-    return run.campaign is not None and access.role_in(user, run.campaign) == Membership.Role.ADMIN
+def _may_cancel(user, run) -> bool:
+    return run.campaign is not None and may_start(access.role_in(user, run.campaign), run.kind)

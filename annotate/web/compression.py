@@ -11,6 +11,7 @@ from annotate.core.plots import bar_panels
 from annotate.jobs import engine
 from annotate.models import Membership
 from annotate.runs.compression import METHODS, comparisons
+from annotate.runs.roles import may_start, roles_to_start
 from annotate.web.run_forms import generatable_models
 
 ADMIN = (Membership.Role.ADMIN,)
@@ -44,14 +45,14 @@ class OptimizeForm(forms.Form):
 @require_GET
 def optimized(request, slug):
     campaign = access.campaign_for(request.user, slug, access.READING_ROLES)
-    form = OptimizeForm() if campaign.user_role == Membership.Role.ADMIN else None
+    form = OptimizeForm() if may_start(campaign.user_role, "optimize") else None
     return render(request, "annotate/optimize.html", _context(campaign, form))
 
 
 @login_required
 @require_POST
 def start_optimize(request, slug):
-    campaign = access.campaign_for(request.user, slug, ADMIN)
+    campaign = access.campaign_for(request.user, slug, roles_to_start("optimize"))
     form = OptimizeForm(request.POST)
     if form.is_valid():
         try:

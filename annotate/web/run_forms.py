@@ -14,6 +14,12 @@ def generatable_models() -> list[str]:
     return names if DEFAULT_BASE_NAME in names else [DEFAULT_BASE_NAME, *names]
 
 
+def current_policy(names: list[str]) -> str:
+    """The newest policy among the generatable models, else the first (the base model)."""
+    newest = ModelVersion.objects.filter(kind=ModelVersion.Kind.POLICY, name__in=names).order_by("-created_at").values_list("name", flat=True).first()
+    return newest or names[0]
+
+
 class GenerationForm(forms.Form):
     models = forms.MultipleChoiceField(help_text="Each model samples n responses per prompt.")
     n_per_prompt = forms.IntegerField(min_value=1, max_value=16, initial=2, label="Responses per prompt")
@@ -25,7 +31,9 @@ class GenerationForm(forms.Form):
 
     def __init__(self, *args, campaign, **kwargs):
         super().__init__(*args, **kwargs)
-        self.fields["models"].choices = [(n, n) for n in generatable_models()]
+        names = generatable_models()
+        self.fields["models"].choices = [(n, n) for n in names]
+        self.fields["models"].initial = [current_policy(names)]  # defaults that work: one click generates
         baselines = Response.objects.filter(prompt__campaign=campaign).values_list("model_version__name", flat=True).distinct()
         self.fields["head_to_head_with"].choices = [("", "— build tasks from new responses only —")] + [(n, n) for n in sorted(baselines)]
 
