@@ -1,7 +1,7 @@
 from django.contrib.auth import views as auth_views
 from django.urls import path
 
-from annotate.web import admin, campaign, compression, exports, labeling
+from annotate.web import admin, campaign, compression, exports, labeling, runs
 
 urlpatterns = [
     path("", labeling.home, name="home"),
@@ -13,6 +13,7 @@ urlpatterns = [
     path("c/<slug:slug>/runs/<str:kind>/start/", campaign.start_run, name="start-run"),
     path("runs/<int:run_id>/", campaign.run_page, name="run"),
     path("runs/<int:run_id>/cancel/", campaign.cancel_run, name="cancel-run"),
+    path("runs/<int:run_id>/state/", runs.run_state, name="run-state"),
     path("c/<slug:slug>/label/", labeling.label, name="label"),
     path("tasks/<int:task_id>/submit/", labeling.submit, name="submit"),
     path("tasks/<int:task_id>/skip/", labeling.skip, name="skip"),
