@@ -2,6 +2,8 @@ import json
 
 from django import template
 
+from annotate.core.markdown import render_markdown
+
 register = template.Library()
 
 
@@ -21,3 +23,9 @@ def pretty_json(value) -> str:
 def is_scalar(value) -> bool:
     """True for what a table cell shows as is (not a list or a mapping)."""
     return not isinstance(value, (dict, list, tuple))
+
+
+@register.filter
+def model_text(text: str, as_markdown: bool = True):
+    """Prompt or response text: sanitised Markdown (nh3 has the last word), or the plain text, escaped by the template."""
+    return render_markdown(text) if as_markdown else text
