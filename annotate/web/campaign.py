@@ -11,6 +11,7 @@ from annotate.core.plots import histograms, metric_panels
 from annotate.jobs import engine
 from annotate.labeling import assignment
 from annotate.models import Membership
+from annotate.runs.readiness import training_blocker
 from annotate.runs.registry import latest_reward_model
 from annotate.runs.roles import may_start, roles_to_start
 from annotate.runs.rounds import round_summaries
@@ -32,6 +33,7 @@ def overview(request, slug):
     if may_start(campaign.user_role, "reward"):
         context["reward_form"] = RewardForm()
         context["round_form"] = RewardForm(prefix="round")
+        context["training_blocker"] = training_blocker(campaign)
     return render(request, "annotate/campaign.html", context)
 
 
