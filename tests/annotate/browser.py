@@ -51,3 +51,13 @@ def uncovered(page, selector: str) -> bool:
         const top = document.elementFromPoint(x, y); return top === el || el.contains(top); }""",
         selector,
     )
+
+
+def overflowing(page) -> list[str]:
+    """The deepest elements that stick out past the right edge (for failure messages)."""
+    return page.evaluate(
+        """() => Array.from(document.querySelectorAll('body *')).filter(e => e.getBoundingClientRect().right > innerWidth + 0.5
+        && !Array.from(e.children).some(c => c.getBoundingClientRect().right > innerWidth + 0.5))
+        .slice(0, 5).map(e => e.tagName.toLowerCase() + (e.className && typeof e.className === 'string' ? '.' + e.className.split(' ').join('.') : '')
+        + ' ' + Math.round(e.getBoundingClientRect().right))"""
+    )
