@@ -52,8 +52,10 @@ def test_pairwise_controls_are_in_view_and_the_choice_stands_out(long_pairwise, 
     if viewport is PHONE:
         assert a.evaluate("e => e.getBoundingClientRect().height") >= 44  # a finger's size
         expect(a.locator("kbd")).to_be_hidden()  # no keyboard hints on a phone
+    expect(page.get_by_test_id("wanted-count")).to_have_text("3")
     page.get_by_test_id("submit").click()
     expect(page.get_by_test_id("done-count")).to_have_text("1")
+    expect(page.get_by_test_id("wanted-count")).to_have_text("2")  # moves with every judgement
     expect(page.get_by_test_id("guidelines")).not_to_have_attribute("open", "")  # collapsed after the first task
     page.reload()
     expect(page.get_by_test_id("guidelines")).not_to_have_attribute("open", "")  # and remembered for the campaign
