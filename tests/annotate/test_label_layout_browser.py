@@ -32,6 +32,8 @@ def test_pairwise_controls_are_in_view_and_the_choice_stands_out(long_pairwise, 
     for choice in ("a", "tie", "b", "bad"):
         assert uncovered(page, f'[data-choice="{choice}"]'), choice
     assert uncovered(page, '[data-testid="submit"]')
+    first_response_top = page.evaluate("document.querySelector('.response').getBoundingClientRect().top")
+    assert first_response_top < page.evaluate("document.querySelector('.actions').getBoundingClientRect().top")  # on the first screen
     expect(page.get_by_test_id("guidelines")).to_have_attribute("open", "")
     a = page.locator('[data-choice="a"]')
     a.click()
