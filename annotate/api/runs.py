@@ -52,9 +52,10 @@ def campaign_runs(request, slug):
         engine.fail_stale_runs()
         runs = campaign.runs.select_related("campaign", "created_by").order_by("-created_at")[:100]
         return Response(RunSerializer(runs, many=True).data)
+    campaign = access.campaign_for(request.user, slug, access.READING_ROLES)  # strangers 404, labelers 403, before the body
     body = RunInSerializer(data=request.data)
     body.is_valid(raise_exception=True)
-    campaign = access.campaign_for(request.user, slug, roles_to_start(body.validated_data["kind"]))
+    access.require_role(request.user, campaign, roles_to_start(body.validated_data["kind"]))
     run = engine.start_run(body.validated_data["kind"], campaign=campaign, params=body.validated_data["params"], user=request.user)
     return Response(RunSerializer(run).data, status=status.HTTP_201_CREATED)
 
