@@ -29,3 +29,9 @@ def is_scalar(value) -> bool:
 def model_text(text: str, as_markdown: bool = True):
     """Prompt or response text: sanitised Markdown (nh3 has the last word), or the plain text, escaped by the template."""
     return render_markdown(text) if as_markdown else text
+
+
+@register.filter
+def readable(value) -> str:
+    """A scalar as a person reads it in a table: true/false/null as in JSON, numbers and text as they are."""
+    return json.dumps(value) if value is None or isinstance(value, bool) else str(value)
