@@ -121,11 +121,26 @@ def run_for(user, run_id: int, roles=READING_ROLES) -> Run:
     return run
 
 
+# Researchers of a campaign start and cancel the training and selection runs and snapshots; generating
+# responses changes the labelers' queue, so it stays with admins, as do settings, imports, gold and labelers.
+RESEARCH_KINDS = frozenset({"reward", "sft", "dpo", "ppo", "rloo", "round", "optimize", "drift", "prioritize", "snapshot"})
+
+
+def roles_to_start(kind: str) -> tuple[str, ...]:
+    """The campaign roles that may start (and cancel) a run of `kind`."""
+    return READING_ROLES if kind in RESEARCH_KINDS else (Role.ADMIN,)
+
+
+def may_start(campaign: Campaign, kind: str) -> bool:
+    """Whether the caller (`campaign` as returned by campaign_for) may start a run of `kind` in it."""
+    return campaign.user_role in roles_to_start(kind)
+
+
 def may_manage_run(user, run: Run) -> bool:
-    """Cancelling a run: admins of its campaign (staff, for a run of no campaign)."""
+    """Cancelling a run: those who may start its kind in its campaign (staff, for a run of no campaign)."""
     if run.campaign is None:
         return is_staff(user)
-    return role_in(user, run.campaign) == Role.ADMIN
+    return role_in(user, run.campaign) in roles_to_start(run.kind)
 
 
 def model_for(user, model_id: int) -> ModelVersion:

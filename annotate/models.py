@@ -37,6 +37,9 @@ class Campaign(models.Model):
     gold_rate = models.FloatField(default=0.0, help_text="Share of each labeler's stream that is gold tasks (0 to 1).")
     gold_min_accuracy = models.FloatField(default=0.0, help_text="Labelers below this gold accuracy are paused (0: never).")
     gold_min_answered = models.PositiveSmallIntegerField(default=5, help_text="Gold answers needed before the threshold applies.")
+    markdown_text = models.BooleanField(
+        default=True, help_text="Show prompts and responses as sanitised Markdown (code, tables, lists); off: plain text."
+    )
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
     created_at = models.DateTimeField(auto_now_add=True)
 

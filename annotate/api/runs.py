@@ -11,11 +11,9 @@ from annotate import access
 from annotate.campaigns.imports.batches import normalise_messages
 from annotate.core.redact import hide_paths
 from annotate.jobs import engine
-from annotate.models import Membership, ModelVersion, Run
+from annotate.models import ModelVersion, Run
 from annotate.runs.registry import RegistryError
 from annotate.runs.scoring import score_responses
-
-ADMIN = (Membership.Role.ADMIN,)
 
 
 class RunInSerializer(serializers.Serializer):
@@ -62,14 +60,15 @@ class ModelVersionSerializer(serializers.ModelSerializer):
 @extend_schema(request=RunInSerializer, responses={200: RunSerializer(many=True), 201: RunSerializer})
 @api_view(["GET", "POST"])
 def campaign_runs(request, slug):
-    """List the campaign's runs, or start one (`{kind: "generate", params: {...}}`, campaign admins)."""
+    """List the campaign's runs, or start one (`{kind: "reward", params: {...}}`: researchers train, generation is for admins)."""
     if request.method == "GET":
         campaign = access.campaign_for(request.user, slug, access.READING_ROLES)
         runs = campaign.runs.select_related("campaign", "created_by").order_by("-created_at")[:100]
         return Response(RunSerializer(runs, many=True, context={"request": request}).data)
-    campaign = access.campaign_for(request.user, slug, ADMIN)
+    campaign = access.campaign_for(request.user, slug, access.READING_ROLES)  # strangers 404, labelers 403, before the body
     body = RunInSerializer(data=request.data)
     body.is_valid(raise_exception=True)
+    access.require_role(request.user, campaign, access.roles_to_start(body.validated_data["kind"]))
     run = engine.start_run(body.validated_data["kind"], campaign=campaign, params=body.validated_data["params"], user=request.user)
     return Response(RunSerializer(run, context={"request": request}).data, status=status.HTTP_201_CREATED)
 
@@ -84,7 +83,8 @@ def run_detail(request, run_id):
 @extend_schema(request=None, responses=RunSerializer)
 @api_view(["POST"])
 def run_cancel(request, run_id):
-    run = access.run_for(request.user, run_id, ADMIN)
+    run = access.run_for(request.user, run_id)  # 404 for strangers first, then the kind's roles
+    run = access.run_for(request.user, run_id, access.roles_to_start(run.kind))
     if run.is_finished:
         return Response({"code": "finished", "detail": f"the run already ended ({run.status})."}, status=status.HTTP_409_CONFLICT)
     return Response(RunSerializer(engine.request_cancel(run), context={"request": request}).data)

@@ -80,3 +80,19 @@ def held_out_prompts(campaign: Campaign, filters: ExportFilters, options: Export
 
 def export_filename(campaign: Campaign, options: ExportOptions) -> str:
     return f"{campaign.slug}-{options.shape}{EXTENSIONS[options.format]}"
+
+
+PREVIEW_LIMIT = 50_000
+"""Up to this many selected judgements a preview counts the export's rows exactly (a dry run, no file)."""
+
+
+def preview(campaign: Campaign, options: ExportOptions, filters: ExportFilters) -> dict:
+    """What the export would hold: {rows, judgements, tasks}; beyond PREVIEW_LIMIT judgements only the
+    SQL-side judgement count (rows and tasks None), since counting rows means building them."""
+    selected = select_judgements(campaign, filters).count()
+    if selected > PREVIEW_LIMIT:
+        return {"rows": None, "judgements": selected, "tasks": None}
+    stats = ExportStats()
+    for _ in export_lines(campaign, options, filters, stats):
+        pass
+    return {"rows": stats.rows, "judgements": stats.judgements, "tasks": stats.tasks}

@@ -5,6 +5,7 @@ Every page of a campaign goes through access.campaign_for(..., ADMIN): 404 for n
 """
 from __future__ import annotations
 
+from django.contrib import messages
 from django.contrib.auth import get_user_model
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
@@ -44,6 +45,7 @@ def create_campaign(request):
     if request.method == "POST" and form.is_valid():
         try:
             campaign = setup.create_campaign(request.user, status="draft", **form.settings())
+            messages.success(request, f"Campaign {campaign.name} created as a draft. Next: import prompts and responses, then open it on the Settings page.")
             return redirect("campaign-import", slug=campaign.slug)
         except DomainError as exc:
             form.add_error(exc.field if exc.field in form.fields else None, exc.message)

@@ -45,12 +45,15 @@ class CampaignForm(forms.Form):
         help_text="Optional ratings per response, one a line: name | Label | min | max (scales within 0..10).",
     )
     instructions = forms.CharField(required=False, widget=forms.Textarea(attrs={"rows": 10}), help_text="Markdown, shown to labelers.")
+    markdown_text = forms.BooleanField(
+        required=False, initial=True, label="Show prompts and responses as Markdown", help_text="Code, tables and lists rendered (sanitised); off: plain text."
+    )
 
     def __init__(self, *args, campaign: Campaign | None = None, **kwargs):
         self.campaign = campaign
         if campaign is not None and "initial" not in kwargs:
             kwargs["initial"] = {
-                **{f: getattr(campaign, f) for f in ("name", "slug", "task_type", "responses_per_task", "overlap", "lease_seconds", "gold_min_answered", "instructions")},
+                **{f: getattr(campaign, f) for f in ("name", "slug", "task_type", "responses_per_task", "overlap", "lease_seconds", "gold_min_answered", "instructions", "markdown_text")},
                 "gold_percent": round(campaign.gold_rate * 100, 2),
                 "gold_min_accuracy_percent": round(campaign.gold_min_accuracy * 100, 2),
                 "criteria": criteria_to_text(campaign.criteria),
@@ -84,7 +87,7 @@ class CampaignForm(forms.Form):
     def settings(self) -> dict:
         """Keyword arguments for campaigns.create_campaign / update_campaign."""
         data = self.cleaned_data
-        fields = {k: data[k] for k in ("name", "task_type", "responses_per_task", "overlap", "lease_seconds", "gold_min_answered", "instructions", "criteria")}
+        fields = {k: data[k] for k in ("name", "task_type", "responses_per_task", "overlap", "lease_seconds", "gold_min_answered", "instructions", "criteria", "markdown_text")}
         fields["gold_rate"] = data["gold_percent"] / 100
         fields["gold_min_accuracy"] = data["gold_min_accuracy_percent"] / 100
         if self.campaign is None:

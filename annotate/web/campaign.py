@@ -11,6 +11,7 @@ from annotate.core.plots import histograms, metric_panels
 from annotate.jobs import engine
 from annotate.labeling import assignment
 from annotate.models import Membership
+from annotate.runs.readiness import training_blocker
 from annotate.runs.registry import latest_reward_model
 from annotate.runs.rounds import round_summaries
 from annotate.stats.dashboard import dashboard_context
@@ -26,10 +27,12 @@ def overview(request, slug):
     context = {"campaign": campaign, "progress": assignment.progress(campaign), **_runs_context(campaign), **dashboard_context(campaign)}
     context.update(_reward_context(campaign))
     context["rounds"] = round_summaries(campaign)
-    if access.administers(campaign):
+    if access.may_start(campaign, "generate"):
         context["form"] = GenerationForm(campaign=campaign)
+    if access.may_start(campaign, "reward"):
         context["reward_form"] = RewardForm(campaign=campaign)
         context["round_form"] = RewardForm(prefix="round", campaign=campaign)
+        context["training_blocker"] = training_blocker(campaign)
     return render(request, "annotate/campaign.html", context)
 
 
@@ -48,8 +51,8 @@ def start_generation(request, slug):
     form = GenerationForm(request.POST, campaign=campaign)
     if form.is_valid():
         try:
-            engine.start_run("generate", campaign=campaign, params=form.params(), user=request.user)
-            return redirect("campaign", slug=slug)
+            run = engine.start_run("generate", campaign=campaign, params=form.params(), user=request.user)
+            return redirect("run", run_id=run.pk)
         except engine.InvalidParams as exc:
             form.add_error(exc.field if exc.field in form.fields else None, exc.message)
     context = {"campaign": campaign, "progress": assignment.progress(campaign), "form": form, **_runs_context(campaign), **dashboard_context(campaign)}
@@ -61,7 +64,7 @@ def start_generation(request, slug):
 @require_POST
 def start_run(request, slug, kind):
     """The one-click runs of the campaign page (reward model, round, active selection, drift)."""
-    campaign = access.campaign_for(request.user, slug, ADMIN)
+    campaign = access.campaign_for(request.user, slug, access.roles_to_start(kind))
     # reward and round take the reward form's choices (the round's under its own prefix); the others none
     form = RewardForm(request.POST, prefix="round" if kind == "round" else None, campaign=campaign) if kind in ("reward", "round") else None
     if form is not None and not form.is_valid():
@@ -93,7 +96,8 @@ def run_page(request, run_id):
 @login_required
 @require_POST
 def cancel_run(request, run_id):
-    run = access.run_for(request.user, run_id, ADMIN)
+    run = access.run_for(request.user, run_id)  # 404 for strangers first, then the kind's roles
+    run = access.run_for(request.user, run_id, access.roles_to_start(run.kind))
     if not run.is_finished:
         engine.request_cancel(run)
     return redirect("run", run_id=run.pk)
@@ -113,4 +117,3 @@ def _reward_context(campaign) -> dict:
     drift = version.metadata.get("drift", [])
     plot = metric_panels({"agreement with new judgements": [(i, p["agreement"]) for i, p in enumerate(drift, 1)]}) if len(drift) > 1 else None
     return {"reward_model": version, "reward_accuracy": version.metadata.get("metrics", {}).get("eval/accuracy"), "drift": drift, "drift_plot": plot}
-

@@ -44,14 +44,14 @@ class OptimizeForm(forms.Form):
 @require_GET
 def optimized(request, slug):
     campaign = access.campaign_for(request.user, slug, access.READING_ROLES)
-    form = OptimizeForm(campaign=campaign) if access.administers(campaign) else None
+    form = OptimizeForm(campaign=campaign) if access.may_start(campaign, "optimize") else None
     return render(request, "annotate/optimize.html", _context(campaign, form))
 
 
 @login_required
 @require_POST
 def start_optimize(request, slug):
-    campaign = access.campaign_for(request.user, slug, ADMIN)
+    campaign = access.campaign_for(request.user, slug, access.roles_to_start("optimize"))
     form = OptimizeForm(request.POST, campaign=campaign)
     if form.is_valid():
         try:

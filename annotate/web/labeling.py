@@ -133,7 +133,9 @@ def _flag_choices(campaign: Campaign) -> list[tuple[str, str]]:
 
 def _progress(request, campaign: Campaign) -> dict:
     counts = assignment.progress(campaign)
-    return {"done_this_session": request.session.get(_session_key(campaign), 0), "open_tasks": counts["open_tasks"]}
+    # judgements still wanted moves with every submit; open tasks did not while overlap > 1
+    wanted = max(counts["judgements_needed"] - counts["judgements_received"], 0)
+    return {"done_this_session": request.session.get(_session_key(campaign), 0), "open_tasks": counts["open_tasks"], "judgements_wanted": wanted}
 
 
 def _count_in_session(request, campaign: Campaign) -> None:

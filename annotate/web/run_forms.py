@@ -5,7 +5,7 @@ from django import forms
 
 from annotate import access
 from annotate.models import ModelVersion, Response
-from annotate.runs.registry import DEFAULT_BASE_NAME
+from annotate.runs.registry import DEFAULT_BASE_NAME, current_policy
 
 
 def generatable_models(campaign) -> list[str]:
@@ -26,7 +26,10 @@ class GenerationForm(forms.Form):
 
     def __init__(self, *args, campaign, **kwargs):
         super().__init__(*args, **kwargs)
-        self.fields["models"].choices = [(n, n) for n in generatable_models(campaign)]
+        names = generatable_models(campaign)
+        self.fields["models"].choices = [(n, n) for n in names]
+        policy = current_policy(campaign).name
+        self.fields["models"].initial = [policy if policy in names else names[0]]  # defaults that work: one click generates
         baselines = Response.objects.filter(prompt__campaign=campaign).values_list("model_version__name", flat=True).distinct()
         self.fields["head_to_head_with"].choices = [("", "— build tasks from new responses only —")] + [(n, n) for n in sorted(baselines)]
 

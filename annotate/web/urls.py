@@ -1,7 +1,7 @@
 from django.contrib.auth import views as auth_views
 from django.urls import path
 
-from annotate.web import admin, campaign, compression, labeling
+from annotate.web import admin, campaign, compression, exports, labeling, runs
 from annotate.web.login import ThrottledLoginView
 
 urlpatterns = [
@@ -14,6 +14,7 @@ urlpatterns = [
     path("c/<slug:slug>/runs/<str:kind>/start/", campaign.start_run, name="start-run"),
     path("runs/<int:run_id>/", campaign.run_page, name="run"),
     path("runs/<int:run_id>/cancel/", campaign.cancel_run, name="cancel-run"),
+    path("runs/<int:run_id>/state/", runs.run_state, name="run-state"),
     path("c/<slug:slug>/label/", labeling.label, name="label"),
     path("tasks/<int:task_id>/submit/", labeling.submit, name="submit"),
     path("tasks/<int:task_id>/skip/", labeling.skip, name="skip"),
@@ -27,6 +28,10 @@ urlpatterns = [
     path("c/<slug:slug>/tasks/<int:task_id>/gold/", admin.gold_answer, name="campaign-gold"),
     path("c/<slug:slug>/labelers/", admin.labeler_list, name="campaign-labelers"),
     path("c/<slug:slug>/labelers/<int:user_id>/", admin.labeler_action, name="campaign-labeler"),
+    # Exports and snapshots (web/exports.py; the download itself is the API's streamed export)
+    path("c/<slug:slug>/export/", exports.export_page, name="campaign-export"),
+    path("c/<slug:slug>/export/preview/", exports.export_preview, name="campaign-export-preview"),
+    path("c/<slug:slug>/export/snapshots/", exports.create_snapshot, name="campaign-snapshot-create"),
     # Optimised models (views_optimize)
     path("c/<slug:slug>/optimized/", compression.optimized, name="campaign-optimized"),
     path("c/<slug:slug>/optimized/start/", compression.start_optimize, name="start-optimize"),

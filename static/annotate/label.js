@@ -58,6 +58,13 @@
     return rest.length === 0 ? groups : null;
   }
 
+  // The pairwise choice the state stands for: "a", "b", "tie", "bad", or null before any.
+  function pairChoice() {
+    if (!isPairwise() || !groups.length) return null;
+    if (allBad) return "bad";
+    return groups.length === 1 ? "tie" : groups[0][0] === ids()[0] ? "a" : "b";
+  }
+
   function letterOf(id) {
     const el = form().querySelector(`.response[data-response-id="${id}"]`);
     return el ? el.dataset.letter : "?";
@@ -69,18 +76,26 @@
     const full = completed();
     f.querySelector('input[name="ranking"]').value = full ? JSON.stringify(full) : "";
     f.querySelector('button[type="submit"]').disabled = !full;
+    const choice = pairChoice();
     responses().forEach((el) => {
       const id = Number(el.dataset.responseId);
       const place = groups.findIndex((g) => g.includes(id));
-      el.classList.toggle("ranked", place >= 0);
-      el.querySelector(".rank-mark").textContent = place >= 0 ? `#${place + 1}` : "";
+      const mark = el.querySelector(".rank-mark");
+      if (isPairwise()) {
+        // the winner stands out from the other card; a tie or "both bad" marks both alike
+        const won = (choice === "a" || choice === "b") && groups[0][0] === id;
+        el.classList.toggle("preferred", won);
+        el.classList.toggle("not-preferred", (choice === "a" || choice === "b") && !won);
+        mark.textContent = won ? "Better" : choice === "tie" ? "Tie" : choice === "bad" ? "Bad" : "";
+      } else {
+        el.classList.toggle("ranked", place >= 0);
+        mark.textContent = place >= 0 ? `#${place + 1}` : "";
+      }
     });
-    f.querySelectorAll("[data-choice]").forEach((btn) => btn.classList.remove("chosen"));
-    if (isPairwise() && groups.length) {
-      const [a] = ids();
-      const choice = allBad ? "bad" : groups.length === 1 ? "tie" : groups[0][0] === a ? "a" : "b";
-      f.querySelector(`[data-choice="${choice}"]`).classList.add("chosen");
-    }
+    f.querySelectorAll("[data-choice]").forEach((btn) => {
+      btn.classList.toggle("chosen", btn.dataset.choice === choice);
+      btn.setAttribute("aria-pressed", String(btn.dataset.choice === choice));
+    });
     f.querySelectorAll('input[name="flags"][value="all_bad"]').forEach((box) => { if (isPairwise()) box.checked = allBad; });
     const list = f.querySelector(".rank-list");
     if (list) renderList(list);
@@ -101,6 +116,7 @@
         tie.addEventListener("click", () => toggleTie(id));
         const up = document.createElement("button");
         up.type = "button"; up.className = "link"; up.textContent = "↑"; up.setAttribute("aria-label", "Move up");
+        up.hidden = gi === 0 && i === 0;  // nothing above the first row
         up.addEventListener("click", () => move(id, -1));
         li.append(" ", up, " ", tie);
         li.addEventListener("dragstart", (e) => e.dataTransfer.setData("text/plain", String(id)));
@@ -174,6 +190,8 @@
     const choice = e.target.closest("[data-choice]");
     if (choice) { choosePair(choice.dataset.choice); return; }
     if (e.target.closest('[data-action="reset"]')) { reset(); return; }
+    const more = e.target.closest('[data-action="show-all"]');
+    if (more) { more.closest(".response").classList.add("expanded"); more.hidden = true; return; }
     const card = e.target.closest(".response");
     if (card && !isPairwise() && !e.target.closest(".rating")) pick(Number(card.dataset.index));
   });
@@ -182,7 +200,29 @@
     if (e.target.id === "task-form" && !completed()) e.preventDefault();
   });
 
+  // Long responses are capped; "Show all" appears only where the cap hides something.
+  function offerShowAll() {
+    document.querySelectorAll(".response:not(.expanded) .response-text").forEach((text) => {
+      text.parentElement.querySelector('[data-action="show-all"]').hidden = text.scrollHeight <= text.clientHeight + 1;
+    });
+  }
+
+  // Guidelines: open on a labeler's first task in a campaign, collapsed after (remembered in this browser).
+  const guidelines = () => document.querySelector("details.guidelines[data-campaign]");
+  const seenKey = (g) => `arbiter:guidelines-seen:${g.dataset.campaign}`;
+  function collapseSeenGuidelines() {
+    const g = guidelines();
+    try { if (g && localStorage.getItem(seenKey(g))) g.open = false; } catch (e) { /* storage off: leave them open */ }
+  }
+  // (beforeSwap: the submitted form is still in the document, so the event reaches this listener)
+  document.addEventListener("htmx:beforeSwap", (e) => {
+    const g = guidelines();
+    if (!g || e.detail.xhr.status !== 200 || e.detail.requestConfig.elt.id !== "task-form") return;
+    try { localStorage.setItem(seenKey(g), "1"); } catch (err) { /* storage off */ }
+    g.open = false;
+  });
+
   // A new task was swapped in (or the page loaded): show its (fresh) state.
-  document.addEventListener("htmx:load", () => { if (form()) render(); });
-  document.addEventListener("DOMContentLoaded", () => { if (form()) render(); });
+  document.addEventListener("htmx:load", () => { if (form()) { render(); offerShowAll(); } });
+  document.addEventListener("DOMContentLoaded", () => { collapseSeenGuidelines(); if (form()) { render(); offerShowAll(); } });
 })();

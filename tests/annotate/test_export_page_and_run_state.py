@@ -1,0 +1,49 @@
+"""The export page's preview and snapshot form, and a run's JSON state, through Django's test client: answers and refusals."""
+from __future__ import annotations
+
+import json
+
+from django.test import Client
+
+from annotate.models import Run, Snapshot
+from tests.annotate.test_exports import judge_all
+
+
+def browser(user) -> Client:
+    client = Client()
+    client.force_login(user)
+    return client
+
+
+def test_the_preview_counts_rows_per_shape_and_names_a_bad_field(alice, bob, rita, campaign):
+    judge_all(alice, campaign, "m1")
+    judge_all(bob, campaign, "m2")
+    url = f"/c/{campaign.slug}/export/preview/"
+    assert 'data-testid="row-count">10<' in browser(rita).get(url, {"shape": "pairs"}).content.decode()
+    assert 'data-testid="row-count">5<' in browser(rita).get(url, {"shape": "tasks"}).content.decode()
+    bad = browser(rita).get(url, {"min_agreement": "2"})
+    assert bad.status_code == 422 and "min_agreement" in bad.content.decode()
+
+
+def test_only_readers_of_the_campaign_see_the_export_page(alice, rita, mallory, campaign):
+    assert browser(rita).get(f"/c/{campaign.slug}/export/").status_code == 200
+    assert browser(alice).get(f"/c/{campaign.slug}/export/").status_code == 403
+    assert browser(mallory).get(f"/c/{campaign.slug}/export/").status_code == 404
+    assert browser(alice).post(f"/c/{campaign.slug}/export/snapshots/", {"name": "x"}).status_code == 403
+
+
+def test_a_snapshot_from_the_page_is_pseudonymous_and_a_bad_name_is_refused(carol, campaign, artifacts):
+    client = browser(carol)
+    client.post(f"/c/{campaign.slug}/export/snapshots/", {"name": "v1", "shape": "rankings", "format": "jsonl", "identities": "real"})
+    snapshot = Snapshot.objects.get()
+    assert (snapshot.name, snapshot.shape) == ("v1", "rankings") and "identities" not in snapshot.filters
+    page = client.post(f"/c/{campaign.slug}/export/snapshots/", {"name": "no spaces"}, follow=True).content.decode()
+    assert "Snapshot not created" in page and Snapshot.objects.count() == 1
+
+
+def test_a_runs_state_is_small_json_for_readers_only(alice, rita, mallory, carol, campaign):
+    run = Run.objects.create(kind="reward", campaign=campaign, created_by=carol)
+    state = json.loads(browser(rita).get(f"/runs/{run.pk}/state/").content)
+    assert state["status"] == "queued" and not state["finished"] and "waiting for a worker" in state["message"]
+    assert browser(alice).get(f"/runs/{run.pk}/state/").status_code == 403
+    assert browser(mallory).get(f"/runs/{run.pk}/state/").status_code == 404
