@@ -29,6 +29,8 @@ class Seen:
     authorization: str | None
     seed: int | None
     at: float
+    model: str = ""
+    messages: list = field(default_factory=list)
     status: int = 200
 
 
@@ -44,7 +46,7 @@ class ChatServer:
     seen: list[Seen] = field(default_factory=list)
     max_in_flight: int = 0
     on_request: object = None
-    """Called (on the server's thread) with each request's prompt text."""
+    """Called (on a thread of the server's) with each request's prompt text."""
 
     def __post_init__(self):
         self.in_flight = 0
@@ -88,10 +90,11 @@ class ChatServer:
     async def _chat(self, request: web.Request) -> web.Response:
         body = await request.json()
         prompt = body["messages"][-1]["content"]
-        record = Seen(prompt, body.get("n", 1), request.headers.get("Authorization"), body.get("seed"), time.monotonic())
+        record = Seen(prompt, body.get("n", 1), request.headers.get("Authorization"), body.get("seed"), time.monotonic(),
+                      body["model"], body["messages"])
         self.seen.append(record)
         if self.on_request is not None:
-            self.on_request(prompt)
+            await asyncio.get_running_loop().run_in_executor(None, self.on_request, prompt)
         queue = self.faults.get(prompt)
         fault = queue.pop(0) if queue else "ok"
         self.in_flight += 1

@@ -166,6 +166,13 @@ def serve_commands(version: ModelVersion) -> dict:
     """
     if version.kind == ENDPOINT:
         raise InvalidEndpoint("an endpoint is already a server.", field="model")
+    try:
+        return _serve_commands(version)
+    except RegistryError as exc:  # no checkpoint (imported responses), or an adapter without its base
+        raise InvalidEndpoint(str(exc), field="model") from exc
+
+
+def _serve_commands(version: ModelVersion) -> dict:
     path = checkpoint_dir(version)
     adapter = version.metadata.get("adapter_dir")
     name = shlex.quote(version.name)
