@@ -172,6 +172,17 @@ def serve_commands(version: ModelVersion) -> dict:
         raise InvalidEndpoint(str(exc), field="model") from exc
 
 
+def serving_of_run(run) -> list[dict]:
+    """The serve commands of each policy a run made (for its page): [{"policy", "vllm", "tgi", ...}]."""
+    rows = []
+    for policy in run.models_made.filter(kind=ModelVersion.Kind.POLICY).exclude(checkpoint_path="").select_related("parent"):
+        try:
+            rows.append({"policy": policy.name, **serve_commands(policy)})
+        except InvalidEndpoint:
+            continue
+    return rows
+
+
 def _serve_commands(version: ModelVersion) -> dict:
     path = checkpoint_dir(version)
     adapter = version.metadata.get("adapter_dir")

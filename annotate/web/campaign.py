@@ -11,6 +11,7 @@ from annotate.core.plots import histograms, metric_panels
 from annotate.jobs import engine
 from annotate.labeling import assignment
 from annotate.models import Membership
+from annotate.runs.endpoints import serving_of_run
 from annotate.runs.registry import latest_reward_model
 from annotate.runs.rounds import round_summaries
 from annotate.stats.dashboard import dashboard_context
@@ -84,6 +85,7 @@ def run_page(request, run_id):
     engine.fail_stale_runs()
     run = access.run_for(request.user, run_id)
     context = {"run": run, "plots": metric_panels(engine.metric_series(run)), "can_cancel": _is_admin(request.user, run)}
+    context["serving"] = serving_of_run(run) if run.kind in ("ppo", "sft", "dpo", "rloo", "round") and run.status == "succeeded" else []
     if run.kind == "reward" and run.result.get("chosen_scores"):
         context["score_histogram"] = histograms(
             {"chosen": run.result["chosen_scores"], "rejected": run.result["rejected_scores"]}, "Held-out reward scores"

@@ -227,3 +227,16 @@ def test_a_lora_policys_serving_commands_name_its_base_and_adapter(staff, tmp_pa
     assert api_client(staff).get(f"/api/v1/models/{full.pk}/serving/").json()["vllm"] == "vllm serve /ckpt/full --served-model-name full"
     imported = ModelVersion.objects.create(name="imported", kind="policy")
     assert api_client(staff).get(f"/api/v1/models/{imported.pk}/serving/").status_code == 400
+
+
+def test_the_page_of_the_run_that_made_a_lora_policy_shows_how_to_serve_it(campaign, carol, tmp_path, client):
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": "/models/smollm2"}))
+    run = Run.objects.create(kind="ppo", campaign=campaign, status="succeeded")
+    ModelVersion.objects.create(name="helpful-ppo-r1", kind="policy", checkpoint_path=str(tmp_path / "merged"), run=run,
+                                metadata={"adapter_dir": str(adapter), "campaign": campaign.slug})
+    client.force_login(carol)
+    page = client.get(f"/runs/{run.pk}/").content.decode()
+    assert f"vllm serve /models/smollm2 --enable-lora --lora-modules helpful-ppo-r1={adapter}" in page
+    assert f"text-generation-launcher --model-id /models/smollm2 --lora-adapters helpful-ppo-r1={adapter}" in page
