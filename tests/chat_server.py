@@ -43,6 +43,7 @@ class ChatServer:
     hold_until_in_flight: int | None = None
     """Each request waits (up to 2 s) until this many are in flight: makes the concurrency limit visible."""
     faults: dict[str, list[str]] = field(default_factory=dict)
+    adapters: dict[str, str] = field(default_factory=dict)
     seen: list[Seen] = field(default_factory=list)
     max_in_flight: int = 0
     on_request: object = None
@@ -74,6 +75,7 @@ class ChatServer:
             self._loop, self._stop = asyncio.get_running_loop(), asyncio.Event()
             app = web.Application()
             app.router.add_post("/v1/chat/completions", self._chat)
+            app.router.add_post("/v1/load_lora_adapter", self._load_lora_adapter)
             runner = web.AppRunner(app, shutdown_timeout=0.5)
             await runner.setup()
             site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -86,6 +88,12 @@ class ChatServer:
         asyncio.run(main())
 
     # THE PROTOCOL
+
+    async def _load_lora_adapter(self, request: web.Request) -> web.Response:
+        """vLLM's runtime LoRA loading: the adapter's name becomes a served model."""
+        body = await request.json()
+        self.adapters[body["lora_name"]] = body["lora_path"]
+        return web.Response(text=f"Success: LoRA adapter '{body['lora_name']}' added successfully.")
 
     async def _chat(self, request: web.Request) -> web.Response:
         body = await request.json()

@@ -126,6 +126,20 @@ def generate_from_endpoint(
         thread.join()
 
 
+def load_lora_adapter(endpoint: Endpoint, name: str, path: str) -> None:
+    """Ask a vLLM server to load a LoRA adapter under `name` while it runs (POST {base_url}/load_lora_adapter).
+
+    The server needs VLLM_ALLOW_RUNTIME_LORA_UPDATING=True and must read `path` (a shared disk);
+    afterwards `name` is a served model. EndpointError says why it refused.
+    """
+    with openai.OpenAI(base_url=endpoint.base_url, api_key=endpoint.api_key or "EMPTY", timeout=endpoint.timeout,
+                       max_retries=endpoint.max_retries) as client:
+        try:
+            client.post("/load_lora_adapter", body={"lora_name": name, "lora_path": path}, cast_to=str)
+        except openai.APIError as exc:
+            raise EndpointError(redact(f"the server did not load adapter {name!r}: {exc}"[:400], endpoint.api_key)) from exc
+
+
 def _take(results: queue.Queue, wait: float, most: int) -> list[PromptResult]:
     """What has arrived, waiting up to `wait` seconds for the first."""
     try:

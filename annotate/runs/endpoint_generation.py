@@ -18,7 +18,7 @@ from django.conf import settings
 
 from annotate.jobs.engine import RunContext
 from annotate.models import ModelVersion, Prompt
-from annotate.runs.endpoints import client_endpoint, endpoint_settings
+from annotate.runs.endpoints import client_endpoint, endpoint_settings, served_model
 
 SHOWN_FAILURES = 20  # in the run's result; all of them are in the artifact
 
@@ -60,14 +60,14 @@ class EndpointSource:
                                        n_per_prompt=n_per_prompt, seed=params["seed"])
         served = endpoint_settings(endpoint)
         # what each Response keeps: where it came from and how it was sampled (never the key or its variable's value)
-        self.generation_params = {"endpoint": endpoint.name, "base_url": served["base_url"], "served_model": served["model"],
+        self.generation_params = {"endpoint": endpoint.name, "base_url": served["base_url"], "served_model": served_model(version, endpoint),
                                   **self.sampling.to_dict()}
         self.failures: dict[int, str] = {}
 
     def batches(self) -> Iterator[list[EndpointCompletion]]:
         from training.endpoint_client import generate_from_endpoint
 
-        client = client_endpoint(self.endpoint)  # RegistryError when the key's variable is unset
+        client = client_endpoint(self.endpoint, self.generation_params["served_model"])  # RegistryError: the key's variable is unset
         for batch in generate_from_endpoint(client, self._chats(), self.sampling, should_stop=self.ctx.should_stop):
             completions = []
             for result in batch:

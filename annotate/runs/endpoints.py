@@ -125,8 +125,13 @@ def sampling_defaults(names: list[str]) -> dict:
     return {key: value for key, value in settings[0].items() if all(s.get(key) == value for s in settings)} if settings else {}
 
 
-def client_endpoint(endpoint: ModelVersion):
-    """The training.endpoint_client.Endpoint to call, with the key read from the worker's environment now."""
+def served_model(version: ModelVersion, endpoint: ModelVersion) -> str:
+    """The name the server knows `version` by: the endpoint's model, or the policy's own name once its adapter was loaded."""
+    return version.metadata.get("served_model") or endpoint_settings(endpoint)["model"]
+
+
+def client_endpoint(endpoint: ModelVersion, model: str | None = None):
+    """The training.endpoint_client.Endpoint to call (for `model`, else the endpoint's), with the key read from the worker's environment now."""
     from training.endpoint_client import Endpoint
 
     settings = endpoint_settings(endpoint)
@@ -135,7 +140,7 @@ def client_endpoint(endpoint: ModelVersion):
         key = os.environ.get(variable)
         if not key:
             raise RegistryError(f"endpoint {endpoint.name!r} takes its key from ${variable}, which is not set on this worker.")
-    return Endpoint(base_url=settings["base_url"], model=settings["model"], api_key=key, max_concurrency=settings["max_concurrency"],
+    return Endpoint(base_url=settings["base_url"], model=model or settings["model"], api_key=key, max_concurrency=settings["max_concurrency"],
                     requests_per_minute=settings.get("requests_per_minute"), timeout=float(settings.get("timeout_seconds", 120)))
 
 
@@ -154,6 +159,29 @@ def set_served_by(policy: ModelVersion, endpoint_name: str | None) -> ModelVersi
         raise InvalidEndpoint(f"{endpoint_name!r} is not a registered endpoint.", field="served_by")
     else:
         policy.metadata["served_by"] = endpoint_name
+    policy.save(update_fields=["metadata"])
+    return policy
+
+
+def serve_through(policy: ModelVersion, endpoint_name: str) -> ModelVersion:
+    """Load the policy's LoRA adapter into the endpoint's running vLLM server and generate through it from now on.
+
+    What a round does with `served_by`: the policy it just trained is served by the team's server
+    under its own name (vLLM's runtime LoRA loading; the server reads the adapter from a shared disk).
+    """
+    from training.endpoint_client import EndpointError, load_lora_adapter
+
+    endpoint = ModelVersion.objects.filter(name=endpoint_name, kind=ENDPOINT).first()
+    adapter = policy.metadata.get("adapter_dir")
+    if endpoint is None:
+        raise RegistryError(f"{endpoint_name!r} is not a registered endpoint.")
+    if not adapter:
+        raise RegistryError(f"policy {policy.name!r} has no LoRA adapter to load into a server; serve its checkpoint whole instead.")
+    try:
+        load_lora_adapter(client_endpoint(endpoint), policy.name, str(adapter))
+    except EndpointError as exc:
+        raise RegistryError(str(exc)) from exc
+    policy.metadata.update(served_by=endpoint.name, served_model=policy.name)
     policy.save(update_fields=["metadata"])
     return policy
 

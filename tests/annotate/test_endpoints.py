@@ -240,3 +240,29 @@ def test_the_page_of_the_run_that_made_a_lora_policy_shows_how_to_serve_it(campa
     page = client.get(f"/runs/{run.pk}/").content.decode()
     assert f"vllm serve /models/smollm2 --enable-lora --lora-modules helpful-ppo-r1={adapter}" in page
     assert f"text-generation-launcher --model-id /models/smollm2 --lora-adapters helpful-ppo-r1={adapter}" in page
+
+
+def test_a_policy_served_through_a_running_vllm_gets_its_adapter_loaded_and_generates_under_its_name(chat, artifacts, tmp_path, tiny_checkpoint):
+    from annotate.runs.endpoints import serve_through
+
+    register_endpoint("team-vllm", chat.url, "base")
+    adapter = tmp_path / "adapter"
+    policy = ModelVersion.objects.create(name="helpful-ppo-r2", kind="policy", checkpoint_path=str(tiny_checkpoint), metadata={"adapter_dir": str(adapter)})
+    serve_through(policy, "team-vllm")
+    assert chat.adapters == {"helpful-ppo-r2": str(adapter)}
+    run = engine.start_run("generate", campaign=make_campaign("lora", prompts=2), params={"models": ["helpful-ppo-r2"], "max_new_tokens": 4})
+    work_off_queue()
+    run.refresh_from_db()
+    assert run.status == "succeeded", run.error
+    assert {s.model for s in chat.seen} == {"helpful-ppo-r2"}
+    assert {r.generation_params["served_model"] for r in Response.objects.filter(model_version=policy)} == {"helpful-ppo-r2"}
+
+
+def test_a_round_takes_a_served_by_endpoint(db):
+    campaign = make_campaign("round", prompts=1)
+    with pytest.raises(engine.InvalidParams) as error:
+        engine.start_run("round", campaign=campaign, params={"served_by": "nope"})
+    assert error.value.field == "served_by"
+    register_endpoint("team-vllm", "http://gpu-box/v1", "base")
+    assert engine.start_run("round", campaign=campaign, params={"served_by": "team-vllm"}).params["served_by"] == "team-vllm"
+    assert "served_by" not in engine.start_run("round", campaign=campaign, params={}).params
