@@ -102,6 +102,7 @@ class ModelVersion(models.Model):
         BASE = "base"
         POLICY = "policy"
         REWARD = "reward"
+        ENDPOINT = "endpoint"  # an OpenAI-compatible server (annotate.runs.endpoints); settings in metadata
 
     name = models.CharField(max_length=200, unique=True)
     kind = models.CharField(max_length=16, choices=Kind.choices, default=Kind.POLICY)

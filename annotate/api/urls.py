@@ -1,6 +1,6 @@
 from django.urls import include, path
 
-from annotate.api import admin, compression, dashboard, exports, labeling, runs
+from annotate.api import admin, compression, dashboard, endpoints, exports, labeling, runs
 
 urlpatterns = [
     # the labelers' hot path first
@@ -24,6 +24,9 @@ urlpatterns = [
     path("campaigns/<slug:slug>/data/", include(exports.data_router.urls)),
     path("models/<int:model_id>/score/", runs.score, name="api-model-score"),
     path("models/<int:model_id>/comparison/", compression.comparison, name="api-model-comparison"),
+    path("models/endpoints/", endpoints.register_endpoint, name="api-endpoints"),
+    path("models/<int:model_id>/serving/", endpoints.serving, name="api-model-serving"),
+    path("models/<int:model_id>/served-by/", endpoints.served_by, name="api-model-served-by"),
     # Campaign admins (api_admin)
     path("campaigns/<slug:slug>/imports/", admin.file_import, name="api-imports"),
     path("campaigns/<slug:slug>/tasks/", admin.tasks, name="api-tasks"),

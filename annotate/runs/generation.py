@@ -16,6 +16,8 @@ from annotate.campaigns.task_building import build_tasks, shuffle
 from annotate.jobs.engine import InvalidParams, RunContext, RunFailed, register
 from annotate.jobs.params import integer, number, text_list
 from annotate.models import Campaign, ModelVersion, Response, Task, TaskResponse
+from annotate.runs.endpoint_generation import EndpointSource
+from annotate.runs.endpoints import is_endpoint, sampling_defaults, serving_endpoint
 from annotate.runs.registry import (
     RegistryError,
     can_generate,
@@ -40,17 +42,18 @@ def validate_params(campaign: Campaign | None, params: dict) -> dict:
     models = text_list(params, "models", max_items=MAX_MODELS, required=True, what="model names")
     for name in models:
         generating_model_param(campaign, name, "models")
-        if not can_generate(name):
+        if not can_generate(name) and not is_endpoint(name):
             raise InvalidParams(f"model {name!r} is unknown or has no checkpoint to generate with.", field="models")
+    served = sampling_defaults(models)  # an endpoint's default sampling params, where the run sets none
     clean = {
         "models": models,
         "n_per_prompt": integer(params, "n_per_prompt", 1, *LIMITS["n_per_prompt"]),
-        "max_new_tokens": integer(params, "max_new_tokens", 128, *LIMITS["max_new_tokens"]),
+        "max_new_tokens": integer(params, "max_new_tokens", served.get("max_tokens", 128), *LIMITS["max_new_tokens"]),
         "batch_size": integer(params, "batch_size", None, *LIMITS["batch_size"]),
         "limit": integer(params, "limit", None, *LIMITS["limit"]),
         "seed": integer(params, "seed", 0, 0, 2**31 - 1),
-        "temperature": number(params, "temperature", 0.7, low=0.0, high=2.0, low_open=True),
-        "top_p": number(params, "top_p", 1.0, low=0.0, high=1.0, low_open=True),
+        "temperature": number(params, "temperature", served.get("temperature", 0.7), low=0.0, high=2.0, low_open=True),
+        "top_p": number(params, "top_p", served.get("top_p", 1.0), low=0.0, high=1.0, low_open=True),
     }
     clean["prompts"] = text_list(params, "prompts", max_items=MAX_PROMPTS, what="prompt external ids")
     baseline = params.get("head_to_head_with")
@@ -77,6 +80,7 @@ def run_generation(ctx: RunContext) -> dict:
 def generate_into_queue(ctx: RunContext, params: dict) -> dict:
     """Sample from each model in params["models"], store responses and build tasks batch by batch."""
     from training.checkpoints import CheckpointError
+    from training.endpoint_client import EndpointError
     from training.generate import GenerationConfig, generate
 
     campaign = ctx.run.campaign
@@ -93,25 +97,35 @@ def generate_into_queue(ctx: RunContext, params: dict) -> dict:
     )
     total = len(prompt_rows) * keep * len(params["models"])
     score_fn = _reward_scorer(params.get("reward_model"), prompt_rows)
-    done, built = 0, 0
+    done, built, failures = 0, 0, {}
     for name in params["models"]:
         try:
-            version = resolve_for_generation(name)
-            path = checkpoint_dir(version)
-        except (RegistryError, CheckpointError) as exc:
-            raise RunFailed(str(exc)) from exc
-        ctx.log(f"generating with {name} ({path})")
-        try:
-            batches = generate(path, [m for _, m in prompt_rows], config, should_stop=ctx.should_stop)
+            version = resolve_for_generation(name) if not is_endpoint(name) else ModelVersion.objects.get(name=name)
+            endpoint = serving_endpoint(version)
+            if endpoint is not None:  # an OpenAI-compatible server generates (annotate.runs.endpoint_generation)
+                source = EndpointSource(ctx, version, endpoint, prompt_rows, params, keep * best_of)
+                ctx.log(f"generating with {name} through endpoint {endpoint.name} ({source.generation_params['base_url']})")
+                batches, stored_params = source.batches(), source.generation_params
+            else:
+                path = checkpoint_dir(version)
+                ctx.log(f"generating with {name} ({path})")
+                batches, stored_params = generate(path, [m for _, m in prompt_rows], config, should_stop=ctx.should_stop), config.to_dict()
             for batch in keep_best(batches, keep * best_of, keep, score_fn):
-                built += store_batch(campaign, version, prompt_rows, batch, config.to_dict(), params["head_to_head_with"])
+                built += store_batch(campaign, version, prompt_rows, batch, stored_params, params["head_to_head_with"])
                 done += len(batch)
                 ctx.progress(done / total, f"{done} of {total} responses")
+        except (RegistryError, EndpointError) as exc:
+            raise RunFailed(str(exc)) from exc
         except CheckpointError as exc:
             raise RunFailed(f"model {name!r} does not load: {exc}") from exc
+        if endpoint is not None and (report := source.report()):
+            failures[name] = report
         ctx.check_cancelled()
     ctx.log(f"stored {done} responses, built {built} tasks")
-    return {"responses": done, "tasks_built": built}
+    if failures and not done:
+        reasons = "; ".join(f"{name}: {report['failure_reasons']}" for name, report in failures.items())
+        raise RunFailed(f"every request failed: {reasons}")
+    return {"responses": done, "tasks_built": built, **({"failures": failures} if failures else {})}
 
 
 def _reward_scorer(name: str | None, prompt_rows):

@@ -11,9 +11,10 @@ from annotate.jobs.engine import InvalidParams, RunCancelled, RunContext, RunFai
 from annotate.jobs.params import choice, flag, integer, model_name, number
 from annotate.models import Campaign, ModelVersion
 from annotate.runs import registry
+from annotate.runs.launching import process_count, train_reward_launched
 
 ALLOWED = {"base_model", "name", "use_lora", "learning_rate", "epochs", "batch_size", "max_length", "aggregation",
-           "weighting", "eval_fraction", "seed", "include_excluded", "center_rewards_coefficient", "use_margin", "snapshot"}
+           "weighting", "eval_fraction", "seed", "include_excluded", "center_rewards_coefficient", "use_margin", "snapshot", "num_processes"}
 
 
 def validate_params(campaign: Campaign | None, params: dict) -> dict:
@@ -43,6 +44,8 @@ def validate_params(campaign: Campaign | None, params: dict) -> dict:
     clean["batch_size"] = integer(params, "batch_size", 8, 1, 512)
     clean["max_length"] = integer(params, "max_length", 1024, 16, 8192)
     clean["seed"] = integer(params, "seed", 0, 0, 2**31 - 1)
+    if "num_processes" in params:  # absent: the worker's GPU count (annotate.runs.launching)
+        clean["num_processes"] = integer(params, "num_processes", 1, 1, 64)
     return clean
 
 
@@ -88,8 +91,12 @@ def train_and_register(ctx: RunContext, p: dict):
         ctx.metrics(step, {k: v for k, v in metrics.items() if k in ("loss", "accuracy", "margin", "mean_reward", "grad_norm", "learning_rate")})
         ctx.progress(min(step / total_steps, 0.99), f"step {step} of about {total_steps}")
 
+    processes = process_count(p)
     try:
-        result = train_reward_model(config, dataset.train, dataset.eval, on_log=on_log, should_stop=ctx.should_stop)
+        if processes > 1:
+            result = train_reward_launched(ctx, config, out / "data", processes, on_log)
+        else:
+            result = train_reward_model(config, dataset.train, dataset.eval, on_log=on_log, should_stop=ctx.should_stop)
     except TrainingCancelled as exc:
         raise RunCancelled() from exc
     except RewardTrainingError as exc:

@@ -9,12 +9,13 @@ against round N-1) come from `round_summaries`.
 """
 from __future__ import annotations
 
-from annotate.jobs.engine import InvalidParams, RunContext, register
+from annotate.jobs.engine import InvalidParams, RunContext, RunFailed, register
 from annotate.models import Campaign, Judgement, ModelVersion, Response
+from annotate.runs.endpoints import is_endpoint, serve_through
 from annotate.runs.generation import generate_into_queue
 from annotate.runs.generation import validate_params as validate_generation
 from annotate.runs.ppo import optimise_with_ppo
-from annotate.runs.registry import current_policy
+from annotate.runs.registry import RegistryError, current_policy
 from annotate.runs.reward import train_and_register
 from annotate.runs.reward import validate_params as validate_reward
 
@@ -44,8 +45,8 @@ class PhaseContext:
 def validate_params(campaign: Campaign | None, params: dict) -> dict:
     if campaign is None:
         raise InvalidParams("a round belongs to a campaign.", field="campaign")
-    if unknown := sorted(set(params) - {"method", "reward", "policy", "generate"}):
-        raise InvalidParams(f"unknown params {unknown}; allowed: method, reward, policy, generate.", field=unknown[0])
+    if unknown := sorted(set(params) - {"method", "reward", "policy", "generate", "served_by"}):
+        raise InvalidParams(f"unknown params {unknown}; allowed: method, reward, policy, generate, served_by.", field=unknown[0])
     method = params.get("method", "ppo")
     if method not in METHODS:
         raise InvalidParams(f"method must be one of {list(METHODS)}.", field="method")
@@ -60,7 +61,10 @@ def validate_params(campaign: Campaign | None, params: dict) -> dict:
     generate = dict(params.get("generate", {}))
     if "models" in generate or "head_to_head_with" in generate:
         raise InvalidParams("generate.models and generate.head_to_head_with are chosen by the round itself.", field="generate")
-    return {"method": method, "reward": reward, "policy": policy, "generate": generate}
+    served_by = params.get("served_by")  # an endpoint whose vLLM server loads the new adapter and generates for the round
+    if served_by is not None and not (isinstance(served_by, str) and is_endpoint(served_by)):
+        raise InvalidParams(f"served_by {served_by!r} is not a registered endpoint.", field="served_by")
+    return {"method": method, "reward": reward, "policy": policy, "generate": generate, **({"served_by": served_by} if served_by else {})}
 
 
 def run_round(ctx: RunContext) -> dict:
@@ -71,6 +75,12 @@ def run_round(ctx: RunContext) -> dict:
     ctx.check_cancelled()
     policy = optimise_policy(method, PhaseContext(ctx, "policy"), campaign, previous, reward)
     ctx.check_cancelled()
+    if ctx.params.get("served_by"):
+        try:
+            policy = serve_through(policy, ctx.params["served_by"])
+        except RegistryError as exc:
+            raise RunFailed(str(exc)) from exc
+        ctx.log(f"{policy.name} is served by {ctx.params['served_by']}: generating through it")
     baseline = previous.name if Response.objects.filter(prompt__campaign=campaign, model_version=previous).exists() else None
     generation_params = validate_generation(campaign, {**ctx.params["generate"], "models": [policy.name], "head_to_head_with": baseline})
     generated = generate_into_queue(PhaseContext(ctx, "generate"), generation_params)

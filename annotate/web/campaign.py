@@ -11,6 +11,7 @@ from annotate.core.plots import histograms, metric_panels
 from annotate.jobs import engine
 from annotate.labeling import assignment
 from annotate.models import Membership
+from annotate.runs.endpoints import serving_of_run
 from annotate.runs.readiness import training_blocker
 from annotate.runs.registry import latest_reward_model
 from annotate.runs.rounds import round_summaries
@@ -86,6 +87,9 @@ def start_run(request, slug, kind):
 def run_page(request, run_id):
     run = access.run_as_seen_by(request.user, access.run_for(request.user, run_id))
     context = {"run": run, "plots": metric_panels(engine.metric_series(run)), "can_cancel": access.may_manage_run(request.user, run)}
+    # the commands name server paths: for staff, who run the serving machines
+    serving = access.sees_server_detail(request.user) and run.kind in ("ppo", "sft", "dpo", "rloo", "round") and run.status == "succeeded"
+    context["serving"] = serving_of_run(run) if serving else []
     if run.kind == "reward" and run.result.get("chosen_scores"):
         context["score_histogram"] = histograms(
             {"chosen": run.result["chosen_scores"], "rejected": run.result["rejected_scores"]}, "Held-out reward scores"
