@@ -82,6 +82,12 @@ def is_staff(user) -> bool:
     return user.is_authenticated and (user.is_superuser or user.is_staff)
 
 
+def require_staff(user) -> None:
+    """Deployment-wide actions (registering models and endpoints, serving commands with server paths): staff only."""
+    if not is_staff(user):
+        raise PermissionDenied("Only staff may do this.")
+
+
 def can_create_campaigns(user) -> bool:
     return is_staff(user)
 

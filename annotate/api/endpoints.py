@@ -8,8 +8,7 @@ from __future__ import annotations
 
 from drf_spectacular.utils import extend_schema
 from rest_framework import serializers, status
-from rest_framework.decorators import api_view, permission_classes
-from rest_framework.permissions import IsAdminUser
+from rest_framework.decorators import api_view
 from rest_framework.response import Response
 
 from annotate import access
@@ -40,9 +39,9 @@ class ServedByInSerializer(serializers.Serializer):
 
 @extend_schema(request=EndpointInSerializer, responses={201: ModelVersionSerializer})
 @api_view(["POST"])
-@permission_classes([IsAdminUser])
 def register_endpoint(request):
     """Register an OpenAI-compatible server (vLLM, TGI, SGLang, a hosted API) as a model version (staff)."""
+    access.require_staff(request.user)
     body = EndpointInSerializer(data=request.data)
     body.is_valid(raise_exception=True)
     data = body.validated_data
@@ -53,16 +52,18 @@ def register_endpoint(request):
 @extend_schema(responses={200: dict})
 @api_view(["GET"])
 def serving(request, model_id):
-    """How to serve this checkpoint over the OpenAI protocol: the exact vLLM and TGI commands."""
-    return Response(endpoints.serve_commands(access.model_for(request.user, model_id)))
+    """How to serve this checkpoint over the OpenAI protocol: the exact vLLM and TGI commands (staff: they name server paths)."""
+    version = access.model_for(request.user, model_id)  # 404 for strangers, then staff only
+    access.require_staff(request.user)
+    return Response(endpoints.serve_commands(version))
 
 
 @extend_schema(request=ServedByInSerializer, responses={200: ModelVersionSerializer})
 @api_view(["POST"])
-@permission_classes([IsAdminUser])
 def served_by(request, model_id):
     """Name the endpoint that serves this policy (its generation then goes through that server), or null (staff)."""
-    version = access.model_for(request.user, model_id)
+    version = access.model_for(request.user, model_id)  # 404 for strangers, then staff only
+    access.require_staff(request.user)
     body = ServedByInSerializer(data=request.data)
     body.is_valid(raise_exception=True)
     return Response(ModelVersionSerializer(endpoints.set_served_by(version, body.validated_data["endpoint"])).data)
