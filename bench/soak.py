@@ -109,8 +109,9 @@ async def send(session, method: str, url: str, stats: dict, **kwargs):
     return 503, None
 
 
-async def labeler(session, base: str, slug: str, token: str, until: float, think: float, stats: dict) -> None:
+async def labeler(session, base: str, slug: str, token: str, until: float, think: float, ready: asyncio.Event, stats: dict) -> None:
     headers = {"Authorization": f"Token {token}"}
+    await ready.wait()
     while time.monotonic() < until:
         status, task = await send(session, "GET", f"{base}/api/v1/campaigns/{slug}/tasks/next/", stats, headers=headers)
         if status == 204:
@@ -155,19 +156,29 @@ async def runs_starter(campaign: Campaign, until: float, stats: dict) -> None:
         await asyncio.to_thread(start)
 
 
-async def watch_dashboard(ws_base: str, http_base: str, slug: str, cookie: str, until: float, stats: dict) -> None:
+async def watch_dashboard(ws_base: str, http_base: str, slug: str, cookie: str, until: float, ready: asyncio.Event, stats: dict) -> None:
+    """One dashboard websocket for the whole soak, opened before the load starts; a close is
+    recorded (time and code) and the socket opened again, as the page's script does."""
     headers = {"Origin": http_base, "Cookie": f"sessionid={cookie}"}
-    async with aiohttp.ClientSession() as session, session.ws_connect(f"{ws_base}/ws/campaigns/{slug}/", headers=headers) as ws:
+    async with aiohttp.ClientSession() as session:
         while time.monotonic() < until:
             try:
-                message = await ws.receive(timeout=max(0.1, until - time.monotonic()))
-            except TimeoutError:
-                break
-            if message.type == aiohttp.WSMsgType.TEXT:
-                stats["ws_events"] += 1
-            elif message.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR):
-                stats["ws_closed"] = f"closed after {time.monotonic() - stats['t0']:.0f} s, code {ws.close_code}"
-                return
+                async with session.ws_connect(f"{ws_base}/ws/campaigns/{slug}/", headers=headers) as ws:
+                    ready.set()
+                    while time.monotonic() < until:
+                        try:
+                            message = await ws.receive(timeout=max(0.1, until - time.monotonic()))
+                        except TimeoutError:
+                            return
+                        if message.type == aiohttp.WSMsgType.TEXT:
+                            stats["ws_events"] += 1
+                        elif message.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR):
+                            stats["ws_closes"].append((round(time.monotonic() - stats["t0"]), ws.close_code))
+                            break
+            except aiohttp.ClientError as exc:
+                stats["ws_closes"].append((round(time.monotonic() - stats["t0"]), f"handshake: {exc}"))
+                ready.set()
+                await asyncio.sleep(1)
 
 
 def admin_session(campaign: Campaign) -> str:
@@ -182,15 +193,16 @@ def admin_session(campaign: Campaign) -> str:
 
 async def soak(args, base: str, ws_base: str, slug: str, tokens: list[str], cookie: str) -> dict:
     campaign = await asyncio.to_thread(Campaign.objects.get, slug=slug)
-    stats = {"acknowledged": [], "errors": [], "retries": 0, "killed": [], "runs": [], "bench_errors": [], "ws_events": 0, "ws_closed": None,
+    stats = {"acknowledged": [], "errors": [], "retries": 0, "killed": [], "runs": [], "bench_errors": [], "ws_events": 0, "ws_closes": [],
              "t0": time.monotonic()}
     until = time.monotonic() + args.minutes * 60
+    ready = asyncio.Event()  # the dashboard's websocket is open: start the load
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=len(tokens) + 10), timeout=aiohttp.ClientTimeout(total=120)) as session:
         await asyncio.gather(
-            *(labeler(session, base, slug, t, until, args.think, stats) for t in tokens),
+            *(labeler(session, base, slug, t, until, args.think, ready, stats) for t in tokens),
             killer(connection.settings_dict["NAME"], args.kill_every, until, stats),
             runs_starter(campaign, until, stats),
-            watch_dashboard(ws_base, base, slug, cookie, until, stats),
+            watch_dashboard(ws_base, base, slug, cookie, until, ready, stats),
         )
     return stats
 
@@ -246,7 +258,9 @@ def report(args, stats: dict, slug: str, stuck: int, died: list[str]) -> None:
     print("consistency: " + ("OK (lost 0, over-served 0, none served twice)" if not problems else "; ".join(problems)))
     print(f"runs started: {len(statuses)}  " + ", ".join(f"{s} {statuses.count(s)}" for s in sorted(set(statuses))) + f"  left queued/running: {stuck}")
     print(f"processes that died: {died or 'none'}")
-    print(f"dashboard websocket: {stats['ws_closed'] or 'open to the end'} ({stats['ws_events']} events)")
+    closes = stats["ws_closes"]
+    print(f"dashboard websocket: {'closed ' + str(len(closes)) + ' times (second, code): ' + str(closes[:5]) if closes else 'open to the end'}"
+          f" ({stats['ws_events']} events)")
     if errors:
         print("first errors:", errors[:5])
     if stats["bench_errors"]:
