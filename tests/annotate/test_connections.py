@@ -3,9 +3,20 @@
 from __future__ import annotations
 
 import inspect
+import json
 import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
 import uuid
+from pathlib import Path
 
+import psycopg
 import pytest
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
@@ -16,9 +27,13 @@ from django.conf import settings as django_settings
 from django.db import connection
 from django.test import Client
 from redis.asyncio.connection import AbstractConnection
+from rest_framework.authtoken.models import Token
 
+from annotate.jobs import engine
+from annotate.models import Judgement, Run
 from annotate.realtime.consumers import campaign_group
 from config.asgi import application
+from tests.conftest import join, make_campaign, make_user
 
 REDIS_URL = os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/3"
 PG_ONLY = pytest.mark.skipif(
@@ -80,3 +95,154 @@ def test_a_quiet_websocket_through_redis_stays_open_for_an_hour(settings, monkey
 
     assert async_to_sync(scenario)() == {"event": "still-here"}
     assert len(waits) >= hour_of_waits
+
+
+# -- a database that drops connections under load --------------------------------------------------
+
+LABELERS = 8
+LOAD_SECONDS = 15
+KILL_EVERY = 0.5
+
+
+def test_database_url() -> str:
+    db = connection.settings_dict
+    return f"postgres://{db['USER'] or 'postgres'}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
+
+
+test_database_url.__test__ = False  # a helper, not a test
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start(args: list[str], env: dict, log_path) -> subprocess.Popen:
+    return subprocess.Popen(
+        args, cwd=django_settings.BASE_DIR, env=env, stdout=log_path.open("w"), stderr=subprocess.STDOUT, start_new_session=True
+    )
+
+
+def wait_for_port(port: int, server: subprocess.Popen, log_path) -> None:
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            assert server.poll() is None and time.monotonic() < deadline, log_path.read_text()
+            time.sleep(0.2)
+
+
+def call(base: str, method: str, path: str, token: str, body: dict | None = None, key: str | None = None) -> tuple[int, dict | None]:
+    """One API call; a 503 (lost connection: the request did not complete) is sent again, as a client should."""
+    headers = {"Authorization": f"Token {token}", "Content-Type": "application/json"}
+    if key:
+        headers["Idempotency-Key"] = key
+    data = json.dumps(body).encode() if body is not None else None
+    for _ in range(50):
+        request = urllib.request.Request(base + path, data=data, headers=headers, method=method)
+        try:
+            with urllib.request.urlopen(request, timeout=60) as r:
+                raw = r.read()
+                return r.status, (json.loads(raw) if raw else None)
+        except urllib.error.HTTPError as exc:
+            if exc.code != 503:
+                return exc.code, None
+            time.sleep(float(exc.headers.get("Retry-After", "1")) / 10)  # a tenth: the test is short
+    return 503, None
+
+
+def label(base: str, slug: str, token: str, until: float, acknowledged: list, failures: list) -> None:
+    while time.monotonic() < until:
+        status, task = call(base, "GET", f"/api/v1/campaigns/{slug}/tasks/next/", token)
+        if status == 204:
+            return
+        if status != 200:
+            failures.append(("next", status))
+            continue
+        ids = [r["id"] for r in task["responses"]]
+        status, stored = call(base, "POST", f"/api/v1/tasks/{task['task_id']}/judgements/", token,
+                              {"ranking": [[ids[0]], [ids[1]]], "time_spent_ms": 900}, key=uuid.uuid4().hex)
+        if status in (200, 201):
+            acknowledged.append(stored["id"])
+        else:
+            failures.append(("submit", status))
+
+
+def kill_connections(dbname: str, spare: set[int], until: float, killed: list) -> None:
+    """Every KILL_EVERY seconds, terminate every backend on the test database but the test's own."""
+    with psycopg.connect("host=127.0.0.1 user=postgres dbname=postgres", autocommit=True) as admin:
+        while time.monotonic() < until:
+            rows = admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s AND NOT pid = ANY(%s)", [dbname, list(spare)]
+            ).fetchall()
+            killed.append(len(rows))
+            time.sleep(KILL_EVERY)
+
+
+@PG_ONLY
+@pytest.mark.django_db(transaction=True)
+def test_killing_every_connection_under_load_costs_retries_not_500s_or_stuck_runs(tmp_path, carol):
+    """daphne, db_worker and housekeeping (as `make demo` runs them) under labelers and runs while
+    every one of their connections is killed twice a second: no 500, no process dies, nothing
+    acknowledged is lost, no task over-served, and every run ends."""
+    campaign = make_campaign("kills", prompts=60, overlap=2)
+    join(carol, campaign, "admin")
+    tokens = [Token.objects.create(user=join(make_user(f"kl{i}"), campaign, "labeler")).key for i in range(LABELERS)]
+    env = {**os.environ, "DATABASE_URL": test_database_url(), "ARTIFACTS_DIR": str(tmp_path), "LOG_LEVEL": "WARNING"}
+    env.pop("CONN_MAX_AGE", None)  # the defaults, as a new user runs them
+    env.pop("REDIS_URL", None)
+    port = free_port()
+    manage = [sys.executable, "manage.py"]
+    processes = {
+        "daphne": start([str(Path(sys.executable).parent / "daphne"), "-b", "127.0.0.1", "-p", str(port), "config.asgi:application"],
+                        env, tmp_path / "daphne.log"),
+        "db_worker": start([*manage, "db_worker", "--queue-name", "*", "--no-startup-delay", "--interval", "0.2"], env, tmp_path / "worker.log"),
+        "housekeeping": start([*manage, "housekeeping", "--every", "0.5"], env, tmp_path / "housekeeping.log"),
+    }
+    base = f"http://127.0.0.1:{port}"
+    acknowledged: list[int] = []
+    failures: list = []
+    killed: list[int] = []
+    runs: list[int] = []
+    try:
+        wait_for_port(port, processes["daphne"], tmp_path / "daphne.log")
+        until = time.monotonic() + LOAD_SECONDS
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_backend_pid()")
+            spare = {cursor.fetchone()[0]}
+        threads = [threading.Thread(target=label, args=(base, campaign.slug, t, until, acknowledged, failures)) for t in tokens]
+        threads.append(threading.Thread(target=kill_connections, args=(connection.settings_dict["NAME"], spare, until, killed)))
+        for t in threads:
+            t.start()
+        while time.monotonic() < until - 3:  # runs started under fire: the worker is killed mid-run too
+            runs.append(engine.start_run("snapshot", campaign=campaign, params={"name": f"under-fire-{len(runs)}"}, user=carol).pk)
+            time.sleep(1)
+        for t in threads:
+            t.join(timeout=LOAD_SECONDS + 120)
+        deadline = time.monotonic() + 60
+        while Run.objects.filter(pk__in=runs, status__in=["queued", "running"]).exists():
+            assert time.monotonic() < deadline, list(Run.objects.filter(pk__in=runs).values_list("pk", "status"))
+            time.sleep(0.5)
+        alive = {name: p.poll() is None for name, p in processes.items()}
+    finally:
+        for p in processes.values():
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGTERM)
+        for p in processes.values():
+            try:
+                p.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(p.pid, signal.SIGKILL)
+    assert sum(killed) > LABELERS, "the killer found too few connections to kill: the test proved nothing"
+    assert alive == {"daphne": True, "db_worker": True, "housekeeping": True}, (tmp_path / "worker.log").read_text()[-3000:]
+    assert not failures, failures[:10]  # no 500: every lost connection was a 503 and the retry went through
+    assert acknowledged and Judgement.objects.filter(pk__in=acknowledged).count() == len(set(acknowledged))
+    assert Run.objects.filter(pk__in=runs, status="succeeded").exists()
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT count(*) FROM annotate_task WHERE campaign_id = %s AND (remaining < 0 OR judgements_received > judgements_needed)", [campaign.pk]
+        )
+        assert cursor.fetchone()[0] == 0  # no task over-served
