@@ -14,6 +14,8 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+from datetime import timedelta
+from io import StringIO
 from pathlib import Path
 
 import psycopg
@@ -24,8 +26,11 @@ from channels.testing import WebsocketCommunicator
 from channels_redis.core import RedisChannelLayer
 from channels_redis.utils import decode_hosts
 from django.conf import settings as django_settings
+from django.core.management import call_command
 from django.db import connection
 from django.test import Client
+from django.utils import timezone
+from django_tasks_db.models import DBTaskResult
 from redis.asyncio.connection import AbstractConnection
 from rest_framework.authtoken.models import Token
 
@@ -246,3 +251,51 @@ def test_killing_every_connection_under_load_costs_retries_not_500s_or_stuck_run
             "SELECT count(*) FROM annotate_task WHERE campaign_id = %s AND (remaining < 0 OR judgements_received > judgements_needed)", [campaign.pk]
         )
         assert cursor.fetchone()[0] == 0  # no task over-served
+
+
+# -- what a dead worker leaves behind --------------------------------------------------------------
+
+
+def work_off_queue() -> None:
+    call_command("db_worker", "--batch", "--queue-name", "*", "--no-startup-delay", stdout=StringIO(), stderr=StringIO())
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_dead_workers_run_task_row_and_partial_files_are_cleaned_up(artifacts, campaign, carol):
+    run = engine.start_run("snapshot", campaign=campaign, params={"name": "dead-worker"}, user=carol)
+    long_ago = timezone.now() - timedelta(minutes=5)
+    # what a SIGKILLed worker leaves: the run and its task row RUNNING, files half written
+    DBTaskResult.objects.filter(pk=Run.objects.get(pk=run.pk).task_result_id).update(status="RUNNING", started_at=long_ago)
+    Run.objects.filter(pk=run.pk).update(status="running", heartbeat_at=long_ago, started_at=long_ago)
+    partial = artifacts / "runs" / str(run.pk)
+    partial.mkdir(parents=True)
+    (partial / "half-written.bin").write_bytes(b"\0" * 10)
+    resumable = engine.start_run("snapshot", campaign=campaign, params={"name": "ppo-like"}, user=carol)
+    Run.objects.filter(pk=resumable.pk).update(kind="ppo", status="running", heartbeat_at=long_ago)
+    (artifacts / "runs" / str(resumable.pk) / "ppo").mkdir(parents=True)
+
+    assert engine.fail_stale_runs() == 2
+    run.refresh_from_db()
+    assert run.status == "failed"
+    assert DBTaskResult.objects.get(pk=run.task_result_id).status == "FAILED"
+    assert not partial.exists()
+    assert (artifacts / "runs" / str(resumable.pk) / "ppo").is_dir()  # PPO resumes from its checkpoint: kept
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_queued_run_whose_task_was_lost_is_enqueued_again_and_runs(artifacts, campaign, carol):
+    run = engine.start_run("snapshot", campaign=campaign, params={"name": "lost-task"}, user=carol)
+    lost_task = Run.objects.get(pk=run.pk).task_result_id
+    # the worker took the task and lost its connection before claiming the run: task failed, run queued
+    DBTaskResult.objects.filter(pk=lost_task).update(status="FAILED", finished_at=timezone.now())
+    Run.objects.filter(pk=run.pk).update(created_at=timezone.now() - timedelta(minutes=5))
+    fresh = engine.start_run("snapshot", campaign=campaign, params={"name": "fresh"}, user=carol)
+
+    assert engine.requeue_lost_runs() == 1
+    run.refresh_from_db()
+    assert run.task_result_id != lost_task
+    work_off_queue()
+    run.refresh_from_db()
+    fresh.refresh_from_db()
+    assert (run.status, fresh.status) == ("succeeded", "succeeded")
+    assert engine.requeue_lost_runs(now=timezone.now() + timedelta(minutes=5)) == 0  # finished runs are left alone
