@@ -6,10 +6,10 @@ existence of other campaigns does not leak.
 from __future__ import annotations
 
 from django.core.exceptions import PermissionDenied
-from django.db import connection
+from django.db.models import Q, QuerySet
 from django.http import Http404
 
-from annotate.core import sql
+from annotate.core import redact, sql
 from annotate.models import Assignment, Campaign, Membership, ModelVersion, Run, Task
 
 Role = Membership.Role
@@ -36,13 +36,7 @@ def campaign_for(user, slug: str, roles=ANY_ROLE) -> Campaign:
             raise Http404
         campaign.user_role = Role.ADMIN
         return campaign
-    with connection.cursor() as cursor:  # one hand-written query: this runs on every request
-        cursor.execute(
-            f"SELECT m.role, m.is_paused, {sql.select_list(Campaign, 'c')} FROM annotate_campaign c"
-            " JOIN annotate_membership m ON m.campaign_id = c.id WHERE c.slug = %s AND m.user_id = %s",
-            [slug, user.pk],
-        )
-        row = cursor.fetchone()
+    row = sql.membership_and_campaign(slug, user.pk)  # one hand-written query: this runs on every request
     if row is None:
         raise Http404
     role, paused = row[0], bool(row[1])
@@ -68,14 +62,7 @@ def task_for_labeler(user, task_id: int) -> Task:
     """A task of a campaign the user labels for, with its campaign (one query); 404 otherwise."""
     if not user.is_authenticated or not 0 < task_id < 2**63:  # out of range is no task, not a database error
         raise Http404
-    with connection.cursor() as cursor:
-        cursor.execute(
-            f"SELECT m.role, {sql.select_list(Task, 't')}, {sql.select_list(Campaign, 'c')} FROM annotate_task t"
-            " JOIN annotate_campaign c ON c.id = t.campaign_id"
-            " LEFT JOIN annotate_membership m ON m.campaign_id = c.id AND m.user_id = %s WHERE t.id = %s",
-            [user.pk, task_id],
-        )
-        row = cursor.fetchone()
+    row = sql.role_task_and_campaign(user.pk, task_id)
     if row is None:
         raise Http404
     role = Role.ADMIN if user.is_superuser else row[0]
@@ -90,8 +77,31 @@ def task_for_labeler(user, task_id: int) -> Task:
     return task
 
 
-def can_create_campaigns(user) -> bool:
+def is_staff(user) -> bool:
+    """Staff see every campaign's models and runs, and server detail (paths, tracebacks)."""
     return user.is_authenticated and (user.is_superuser or user.is_staff)
+
+
+def can_create_campaigns(user) -> bool:
+    return is_staff(user)
+
+
+def may_preview_instructions(user) -> bool:
+    """Staff (who create campaigns) and the admins of some campaign (who edit one)."""
+    return can_create_campaigns(user) or Membership.objects.filter(user=user, role=Role.ADMIN).exists()
+
+
+def visible_campaigns(user) -> QuerySet[Campaign]:
+    """The campaigns a user lists: their own; a superuser's are all of them."""
+    if user.is_superuser:
+        return Campaign.objects.all()
+    return Campaign.objects.filter(memberships__user=user)
+
+
+def holds_lease(user, task: Task) -> bool:
+    """Whether the task was leased to the user and not yet answered or given back (open, or lapsed: a judgement
+    is still accepted then). Only they may see the task's form again."""
+    return Assignment.objects.filter(task=task, labeler=user, state__in=(Assignment.State.OPEN, Assignment.State.EXPIRED)).exists()
 
 
 def assignment_of(user, task: Task) -> Assignment | None:
@@ -111,6 +121,13 @@ def run_for(user, run_id: int, roles=READING_ROLES) -> Run:
     return run
 
 
+def may_manage_run(user, run: Run) -> bool:
+    """Cancelling a run: admins of its campaign (staff, for a run of no campaign)."""
+    if run.campaign is None:
+        return is_staff(user)
+    return role_in(user, run.campaign) == Role.ADMIN
+
+
 def model_for(user, model_id: int) -> ModelVersion:
     """A model version the user may use: staff, or admins and researchers of the campaign it was trained on (404 otherwise)."""
     version = ModelVersion.objects.filter(pk=model_id).first()
@@ -120,10 +137,88 @@ def model_for(user, model_id: int) -> ModelVersion:
 
 
 def may_use_model(user, version: ModelVersion) -> bool:
-    if user.is_staff or user.is_superuser:
+    if is_staff(user):
         return True
-    slug = version.metadata.get("campaign")
+    slug = model_campaign(version)
     return bool(slug) and Membership.objects.filter(campaign__slug=slug, user=user, role__in=READING_ROLES).exists()
+
+
+def model_campaign(version: ModelVersion) -> str | None:
+    """The slug of the campaign a model version was made in (trained there, or optimised there); None: no campaign's."""
+    metadata = version.metadata if isinstance(version.metadata, dict) else {}
+    return metadata.get("campaign") or metadata.get("optimized_in") or None
+
+
+def model_usable_in(version: ModelVersion, campaign: Campaign) -> bool:
+    """A run of `campaign` may use a model made in that campaign, or one of no campaign (the default base,
+    staff-registered models); never another campaign's reward model or policy."""
+    slug = model_campaign(version)
+    return slug is None or slug == campaign.slug
+
+
+def models_usable_in(campaign: Campaign, versions: QuerySet[ModelVersion]) -> QuerySet[ModelVersion]:
+    """`versions` that a run of `campaign` may use (model_usable_in, as a query)."""
+    no_campaign = ~Q(metadata__has_key="campaign") & ~Q(metadata__has_key="optimized_in")
+    return versions.filter(Q(metadata__campaign=campaign.slug) | Q(metadata__optimized_in=campaign.slug) | no_campaign)
+
+
+def visible_models(user, versions: QuerySet[ModelVersion]) -> QuerySet[ModelVersion]:
+    """The registry as a user may list it: staff everything; others the models of campaigns where they are
+    admin or researcher, and the checkpoints of no campaign (the default base, models staff registered).
+    Names that only label imported responses (no checkpoint) came with some campaign's data: staff only."""
+    if is_staff(user):
+        return versions
+    slugs = list(Membership.objects.filter(user=user, role__in=READING_ROLES).values_list("campaign__slug", flat=True))
+    no_campaign = ~Q(metadata__has_key="campaign") & ~Q(metadata__has_key="optimized_in") & ~Q(checkpoint_path="")
+    return versions.filter(Q(metadata__campaign__in=slugs) | Q(metadata__optimized_in__in=slugs) | no_campaign)
+
+
+def visible_model_for(user, model_id: int) -> ModelVersion:
+    """A model version the user may see in the registry (access.visible_models), with its parent; 404 otherwise."""
+    version = visible_models(user, ModelVersion.objects.select_related("parent")).filter(pk=model_id).first()
+    if version is None:
+        raise Http404
+    return version
+
+
+def readable_runs(user, runs: QuerySet[Run]) -> QuerySet[Run]:
+    """The runs of campaigns the user reads (admins, researchers); staff see all."""
+    if is_staff(user):
+        return runs
+    return runs.filter(campaign_id__in=Membership.objects.filter(user=user, role__in=READING_ROLES).values("campaign_id"))
+
+
+def sees_server_detail(user) -> bool:
+    """Server paths and tracebacks (in run records, the registry) are for staff; others get the short story."""
+    return is_staff(user)
+
+
+def run_as_seen_by(user, run: Run) -> Run:
+    """The run with server detail (tracebacks, absolute paths) hidden unless the user is staff; for showing, never saving."""
+    if not sees_server_detail(user):
+        run.error = redact.short_error(run.error)
+        run.log_tail = redact.hide_paths(run.log_tail)
+        run.artifacts = redact.hide_paths(run.artifacts)
+        run.result = redact.hide_paths(run.result)
+    return run
+
+
+def may_receive_live_events(user, slug: str) -> int | None:
+    """The campaign's id if the user may follow its live judgement events (admins and researchers), else None."""
+    try:
+        return campaign_for(user, slug, READING_ROLES).pk
+    except (Http404, PermissionDenied):
+        return None
+
+
+def administers(campaign: Campaign) -> bool:
+    """Whether the caller (`campaign` as returned by campaign_for) is its admin: the pages show admins their forms."""
+    return campaign.user_role == Role.ADMIN
+
+
+def labels_in(campaign: Campaign) -> bool:
+    """Whether the caller (`campaign` as returned by campaign_for) may label in it (labelers and admins)."""
+    return campaign.user_role in LABELING_ROLES
 
 
 def require_real_names(campaign: Campaign) -> None:

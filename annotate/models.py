@@ -1,7 +1,9 @@
 """Arbiter's data: campaigns, prompts, model versions, responses, tasks, assignments, judgements.
 
-The counters on Task (`remaining`, `judgements_received`) are only changed by
-`annotate.labeling.assignment` and `annotate.labeling.judgements`, under a row lock on the task.
+The counters on Task (`remaining`, `judgements_received`) are set when a task is built
+(`annotate.campaigns.task_building`, `annotate.runs.generation`) and afterwards only changed by
+`annotate.labeling.assignment` (leases, skips, reclaims, a new overlap, a task turned gold) and
+`annotate.labeling.judgements`, under a row lock on the task.
 """
 from __future__ import annotations
 
@@ -65,6 +67,9 @@ class Membership(models.Model):
     # Paused labelers get no tasks; their judgements are left out of exports and training by default.
     is_paused = models.BooleanField(default=False)
     paused_reason = models.CharField(max_length=200, blank=True)
+    # The account was created by adding this member to this campaign: the campaign's admins may deactivate it
+    # (see annotate.campaigns.members).
+    created_account = models.BooleanField(default=False)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -294,3 +299,14 @@ class RunMetric(models.Model):
 
     class Meta:
         indexes = [models.Index(fields=["run", "name", "step"])]
+
+
+class ApiToken(models.Model):
+    """A user's API key, stored as its SHA-256 only: the key itself is shown once, when it is issued."""
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_tokens")
+    digest = models.CharField(max_length=64, unique=True, help_text="SHA-256 of the key, hex.")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self) -> str:
+        return f"API token of user {self.user_id}"

@@ -26,9 +26,12 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import torch
 import transformers
 
+from training.lora import lora_config
 from training.models import build_tiny_model, convert_smollm2
 from training.preferences import PreferenceOptions, RankedJudgement, build_preference_dataset
-from training.reward import RewardConfig, lora_config, train_reward_model, trl_reward_args
+from training.reward import train_reward_model
+from training.reward_config import RewardConfig
+from training.reward_trainer import trl_reward_args
 
 WORDS = "apple river stone cloud tiger paper glass mountain candle forest violin bridge engine garden rocket".split()
 
@@ -71,7 +74,7 @@ def run_trl(config: RewardConfig, train, eval_) -> tuple[float, float]:
         train_dataset=Dataset.from_list([{k: r[k] for k in columns} for r in train]),
         eval_dataset=Dataset.from_list([{k: r[k] for k in columns} for r in eval_]),
         processing_class=tokenizer,
-        peft_config=lora_config(config) if config.use_lora else None,
+        peft_config=lora_config(config, "SEQ_CLS") if config.use_lora else None,
     )
     output = trainer.train()
     trainer.evaluate()

@@ -1,6 +1,8 @@
 """Arbiter settings: read from the environment once, fail loudly on a bad value.
 
-Variables: DATABASE_URL, REDIS_URL, SECRET_KEY, DEBUG, ALLOWED_HOSTS, ARTIFACTS_DIR.
+Variables: DATABASE_URL, REDIS_URL, SECRET_KEY, DEBUG, ALLOWED_HOSTS, ARTIFACTS_DIR; for a TLS deployment
+TLS, SECURE_HSTS_SECONDS, SECURE_HSTS_INCLUDE_SUBDOMAINS, SECURE_HSTS_PRELOAD, SECURE_SSL_REDIRECT,
+SECURE_PROXY_SSL_HEADER, CSP_REPORT_ONLY; LOGIN_FAILURES_ALLOWED, LOGIN_FAILURE_WINDOW_SECONDS.
 Defaults are safe for the demo: SQLite under var/, DEBUG off, localhost only.
 """
 from __future__ import annotations
@@ -25,6 +27,15 @@ def env_bool(name: str, default: bool) -> bool:
     if value.lower() in {"0", "false", "no", "off"}:
         return False
     raise ImproperlyConfigured(f"{name} must be a boolean (1/0, true/false), got {value!r}")
+
+
+def env_int(name: str, default: int) -> int:
+    value = os.environ.get(name)
+    if value is None or value == "":
+        return default
+    if not (value.isascii() and value.isdigit()):
+        raise ImproperlyConfigured(f"{name} must be a non-negative integer, got {value!r}")
+    return int(value)
 
 
 def secret_key() -> str:
@@ -61,6 +72,8 @@ INSTALLED_APPS = [
     "rest_framework",
     "rest_framework.authtoken",
     "drf_spectacular",
+    "drf_spectacular_sidecar",  # Swagger UI from our own static files, not a CDN
+    "csp",
     "django_filters",
     "django_htmx",
     "channels",
@@ -72,6 +85,7 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     "annotate.core.db.DatabaseUnavailableMiddleware",  # a lost database connection: 503, retry
+    "csp.middleware.CSPMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -80,6 +94,7 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
+    "annotate.core.middleware.RefuseBadTextMiddleware",
 ]
 
 ROOT_URLCONF = "config.urls"
@@ -183,6 +198,48 @@ CSRF_COOKIE_HTTPONLY = False  # htmx reads the token from the page, not the cook
 X_FRAME_OPTIONS = "DENY"
 SECURE_CONTENT_TYPE_NOSNIFF = True
 
+# ---------------------------------------------------------------- security (TLS, CSP, login)
+# TLS=1: the site is served over HTTPS (usually by a proxy in front of granian/daphne). Off by default
+# so the demo works on http://localhost; on, cookies are Secure and browsers are told to use HTTPS only.
+TLS = env_bool("TLS", False)
+SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = TLS
+SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 365 * 24 * 3600 if TLS else 0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", False)
+SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD", False)
+SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", False)  # the proxy usually redirects; on, Django does
+# The header by which the proxy says the client used HTTPS; trust it only behind a proxy that sets it.
+_proxy_header = os.environ.get("SECURE_PROXY_SSL_HEADER", "X-Forwarded-Proto" if TLS else "").strip()
+SECURE_PROXY_SSL_HEADER = ("HTTP_" + _proxy_header.upper().replace("-", "_"), "https") if _proxy_header else None
+
+# Content-Security-Policy (django-csp): scripts, styles, images and connections from this site only.
+# Inline styles stay allowed: matplotlib's inline SVG figures and the progress bars carry style attributes.
+# The two inline scripts (a select's onchange, a "Back" link) are allowed by their hashes.
+_CSP = {
+    "default-src": ["'self'"],
+    "script-src": [
+        "'self'",
+        "'unsafe-hashes'",
+        "'sha256-osjxnKEPL/pQJbFk1dKsF7PYFmTyMWGmVSiL9inhxJY='",  # onchange="this.form.submit()" (labelers page)
+        "'sha256-LdlORHyUW/rwezK0l13nW+IwcZmi78eWOCBjewMWRr4='",  # href="javascript:history.back()" (admin messages)
+    ],
+    "style-src": ["'self'", "'unsafe-inline'"],
+    "img-src": ["'self'", "data:"],  # data: for Swagger UI's icons
+    "connect-src": ["'self'"],  # 'self' covers the dashboard's same-host websocket
+    "object-src": ["'none'"],
+    "base-uri": ["'self'"],
+    "form-action": ["'self'"],
+    "frame-ancestors": ["'none'"],
+}
+if TLS:
+    _CSP["upgrade-insecure-requests"] = True
+# CSP_REPORT_ONLY=1 sends the policy as Content-Security-Policy-Report-Only (try it before enforcing it).
+CONTENT_SECURITY_POLICY = None if env_bool("CSP_REPORT_ONLY", False) else {"DIRECTIVES": _CSP}
+CONTENT_SECURITY_POLICY_REPORT_ONLY = {"DIRECTIVES": _CSP} if env_bool("CSP_REPORT_ONLY", False) else None
+
+# Login throttling (annotate/web/login.py): the 6th failed password for one username within a minute is refused.
+LOGIN_FAILURES_ALLOWED = env_int("LOGIN_FAILURES_ALLOWED", 5)
+LOGIN_FAILURE_WINDOW_SECONDS = env_int("LOGIN_FAILURE_WINDOW_SECONDS", 60)
+
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
         "annotate.api.authentication.FastTokenAuthentication",
@@ -190,6 +247,12 @@ REST_FRAMEWORK = {
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    # DRF's parsers plus a 400 for NUL, lone surrogates and deep nesting (annotate/api/parsers.py)
+    "DEFAULT_PARSER_CLASSES": [
+        "annotate.api.parsers.JSONParser",
+        "annotate.api.parsers.FormParser",
+        "annotate.api.parsers.MultiPartParser",
+    ],
     "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.PageNumberPagination",
     "PAGE_SIZE": 100,
     "EXCEPTION_HANDLER": "annotate.api.errors.exception_handler",
@@ -200,6 +263,10 @@ SPECTACULAR_SETTINGS = {
     "DESCRIPTION": "Human-feedback annotation and RLHF: campaigns, ranking tasks, judgements.",
     "VERSION": "1",
     "SERVE_INCLUDE_SCHEMA": False,
+    # Swagger UI and Redoc from drf-spectacular-sidecar's static files (the machine may be offline)
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
 }
 
 # Each websocket waits for its next event in a blocking Redis read of 5 s (channels_redis's

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import pytest
 from django.contrib.auth import get_user_model
-from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
+from annotate.api.tokens import issue_token
 from annotate.campaigns.imports.batches import import_prompts, import_responses
 from annotate.models import Campaign, Membership
 
@@ -34,9 +34,15 @@ def join(user, campaign, role):
 
 def api_client(user) -> APIClient:
     client = APIClient()
-    token, _ = Token.objects.get_or_create(user=user)
-    client.credentials(HTTP_AUTHORIZATION=f"Token {token.key}")
+    client.credentials(HTTP_AUTHORIZATION=f"Token {api_key(user)}")
     return client
+
+
+def api_key(user) -> str:
+    """An API key of the user (keys are stored hashed, so one is issued per user object and kept on it)."""
+    if not hasattr(user, "_test_api_key"):
+        user._test_api_key = issue_token(user, replace=False)
+    return user._test_api_key
 
 
 @pytest.fixture

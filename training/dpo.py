@@ -19,21 +19,20 @@ from transformers import TrainerCallback
 from trl import DPOConfig as TRLDPOConfig
 from trl import DPOTrainer
 
+from training.lora import lora_config
 from training.policy_io import (
     PolicyConfig,
     PolicyResult,
     PolicyTrainingError,
     StreamAndStop,
-    TrainingCancelled,
     load_policy,
-    lora_config,
     run_trainer,
     save_policy,
     trl_common_args,
 )
 from training.preferences import Row
 
-__all__ = ["DPOConfig", "TrainingCancelled", "build_trainer", "train_dpo"]
+__all__ = ["DPOConfig", "build_trainer", "train_dpo"]
 
 
 @dataclass
@@ -93,7 +92,7 @@ def build_trainer(
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,
         processing_class=tokenizer,
-        peft_config=lora_config(config),
+        peft_config=lora_config(config, "CAUSAL_LM") if config.use_lora else None,
         callbacks=list(callbacks),
     )
 

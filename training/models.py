@@ -13,8 +13,6 @@ from __future__ import annotations
 import functools
 import importlib.util
 import re
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +26,9 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from training.checkpoints import QUANTIZED_MARKER, CheckpointError, atomic_dir
+from training.quantized import load_quantized
+
 SMOLLM2_GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 # The GGUF declares pad == EOS (<|im_end|>). Padding with EOS makes "where does the
@@ -35,14 +36,6 @@ SMOLLM2_GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 # an existing special token the chat model never emits: the vocabulary keeps its size.
 PAD_TOKEN = "<|endoftext|>"
 MODEL_MAX_LENGTH = 8192
-# Written by training.optimize into int8 / bitsandbytes checkpoints, which load through it.
-QUANTIZED_MARKER = "quantization.json"
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint directory is missing, incomplete or unreadable."""
-
-
 # ---------------------------------------------------------------- tokenizer
 
 
@@ -74,7 +67,7 @@ def export_tokenizer(out_dir: Path) -> Path:
     out_dir = Path(out_dir)
     if (out_dir / "tokenizer_config.json").is_file():
         return out_dir
-    with _atomic_dir(out_dir) as tmp:
+    with atomic_dir(out_dir) as tmp:
         _smollm2_tokenizer().save_pretrained(tmp)
     return out_dir
 
@@ -85,33 +78,6 @@ def _generation_config(tokenizer: PreTrainedTokenizerBase) -> GenerationConfig:
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
     )
-
-
-class _atomic_dir:
-    """Context manager: yields a temp dir beside `target`, renamed to `target` on success.
-
-    A crash halfway leaves no half-written checkpoint that a later call would take as done.
-    """
-
-    def __init__(self, target: Path) -> None:
-        self.target = Path(target)
-
-    def __enter__(self) -> Path:
-        self.target.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.target.name}-", dir=self.target.parent))
-        return self.tmp
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is not None:
-            shutil.rmtree(self.tmp, ignore_errors=True)
-            return
-        if self.target.exists():
-            if any(self.target.iterdir()):
-                shutil.rmtree(self.tmp, ignore_errors=True)  # someone else finished first
-                return
-            self.target.rmdir()
-        self.tmp.chmod(0o755)  # mkdtemp makes it private
-        self.tmp.rename(self.target)
 
 
 # ---------------------------------------------------------------- tiny model
@@ -204,7 +170,7 @@ def convert_smollm2(out_dir: Path) -> Path:
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     _load_exactly(model, state_dict)
     model.generation_config = _generation_config(tokenizer)
-    with _atomic_dir(out_dir) as tmp:
+    with atomic_dir(out_dir) as tmp:
         _save(model, tokenizer, tmp)
     return out_dir
 
@@ -308,15 +274,13 @@ def load_causal_lm(
 
     dtype defaults to bf16 on CUDA and fp32 on the CPU. Raises CheckpointError if it won't load.
     A checkpoint with a quantization.json (int8 or bitsandbytes, from training.optimize) loads
-    through training.optimize.load_quantized.
+    through training.quantized.load_quantized.
     """
     device = torch.device(device) if device is not None else default_device()
     dtype = dtype or default_dtype(device)
     if not (Path(path) / "config.json").is_file():
         raise CheckpointError(f"no checkpoint at {path} (config.json missing)")
     if (Path(path) / QUANTIZED_MARKER).is_file():
-        from training.optimize import load_quantized  # here: training.optimize imports this module
-
         return load_quantized(path, device, dtype)
     try:
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)

@@ -36,12 +36,9 @@ and how often it orders a set of response pairs as the source does.
 
 from __future__ import annotations
 
-import contextlib
-import importlib.util
 import json
 import math
 import time
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -49,20 +46,20 @@ from typing import Any
 
 import torch
 import transformers
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 from torch.nn.utils import prune as torch_prune
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
-from transformers import GenerationConfig as HFGenerationConfig
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from training.checkpoints import QUANTIZED_MARKER, atomic_dir
 from training.generate import GenerationConfig, generate
-from training.models import QUANTIZED_MARKER, CheckpointError, _atomic_dir, load_causal_lm, load_tokenizer
+from training.models import load_causal_lm, load_tokenizer
+from training.policy_io import response_logprobs
+from training.quantized import GPU_METHODS, INT8_WEIGHTS, bnb_unavailable, quantize_dynamic_int8
 
 Messages = list[dict[str, str]]
 
 METHODS = ("merge", "int8", "prune", "bnb8", "bnb4")
-GPU_METHODS = ("bnb8", "bnb4")
-INT8_WEIGHTS = "model.int8.safetensors"
 INT8_KEEP_FLOAT = ("lm_head", "mlp.down_proj")  # module-name suffixes left in fp32 (see the module docstring)
 DECODER_LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
@@ -97,13 +94,8 @@ class OptimizeConfig:
 
 def check_hardware(method: str) -> None:
     """Raise OptimizationError if this machine cannot run `method` (bitsandbytes: CUDA and the package)."""
-    if method in GPU_METHODS:
-        bits = 4 if method == "bnb4" else 8
-        if not torch.cuda.is_available():
-            raise OptimizationError(f"{method} (bitsandbytes {bits}-bit) needs a CUDA GPU and this machine has none; "
-                                    "on the CPU use int8")
-        if importlib.util.find_spec("bitsandbytes") is None:
-            raise OptimizationError(f"{method} needs the bitsandbytes package, which is not installed")
+    if method in GPU_METHODS and (reason := bnb_unavailable(method)):
+        raise OptimizationError(reason)
     if method == "int8" and set(torch.backends.quantized.supported_engines) <= {"none"}:
         raise OptimizationError("int8: this torch build has no quantised CPU kernels (fbgemm, x86 or qnnpack)")
 
@@ -116,7 +108,7 @@ def optimize(source_dir: Path | str, out_dir: Path | str, config: OptimizeConfig
     config.validate()
     check_hardware(config.method)
     source_dir, out_dir = Path(source_dir), Path(out_dir)
-    with _atomic_dir(out_dir) as tmp:
+    with atomic_dir(out_dir) as tmp:
         if config.method == "merge":
             details = merge_lora(Path(config.adapter_dir), tmp)
         elif config.method == "int8":
@@ -163,24 +155,6 @@ def int8_targets(model: nn.Module) -> list[str]:
             if isinstance(module, nn.Linear) and not name.endswith(INT8_KEEP_FLOAT)]
 
 
-def quantize_dynamic_int8(model: nn.Module, targets: Sequence[str]) -> nn.Module:
-    """The model with `targets` replaced in place by torch's dynamic int8 linears (per-channel weight scales)."""
-    from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
-
-    with _quiet_quantization():
-        return quantize_dynamic(model, dict.fromkeys(targets, per_channel_dynamic_qconfig), dtype=torch.qint8, inplace=True)
-
-
-@contextlib.contextmanager
-def _quiet_quantization():
-    # torch 2.13 warns on every use that torch.ao.quantization and quantised tensors will move to
-    # torchao; they are what this torch has (torchao is not a dependency), so the warnings are noise here
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        warnings.filterwarnings("ignore", message=".*(quantiz|deprecated).*", category=UserWarning)
-        yield
-
-
 def quantize_int8(source_dir: Path, out_dir: Path) -> dict[str, Any]:
     """Quantise the source's linear layers to int8 and store integers, scales and the float rest."""
     model = load_causal_lm(source_dir, device="cpu", dtype=torch.float32)
@@ -203,63 +177,6 @@ def quantize_int8(source_dir: Path, out_dir: Path) -> dict[str, Any]:
     return {"quantized_layers": len(targets), "float_layers": len(floats)}
 
 
-def load_quantized(path: Path | str, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> PreTrainedModel:
-    """A checkpoint written by quantize_int8 or quantize_bnb, in eval mode (load_causal_lm calls this)."""
-    path = Path(path)
-    try:
-        marker = json.loads((path / QUANTIZED_MARKER).read_text())
-    except (OSError, ValueError) as exc:
-        raise CheckpointError(f"unreadable {QUANTIZED_MARKER} in {path}: {exc}") from exc
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if marker.get("method") in GPU_METHODS:
-        return _load_bnb(path, marker["method"], device)
-    if marker.get("method") != "int8" or marker.get("format") != 1:
-        raise CheckpointError(f"{path}: unknown quantisation {marker.get('method')!r} (format {marker.get('format')})")
-    try:
-        return _load_int8(path, marker["quantized"], device, dtype)
-    except (OSError, ValueError, KeyError, RuntimeError) as exc:
-        raise CheckpointError(f"cannot load the int8 model in {path}: {exc}") from exc
-
-
-def _load_int8(path: Path, targets: list[str], device: torch.device, dtype: torch.dtype | None) -> PreTrainedModel:
-    from transformers.initialization import no_init_weights
-
-    with no_init_weights():  # every weight is overwritten below: skip the random init (seconds on 135M)
-        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(path), dtype=torch.float32)
-    tensors = load_file(path / INT8_WEIGHTS)
-    integers = {name: [tensors.pop(f"{name}.weight_{part}") for part in ("int8", "scale", "zero_point")] for name in targets}
-    missing, unexpected = model.load_state_dict(tensors, strict=False)
-    expected = {f"{name}.weight" for name in targets} | ({"lm_head.weight"} if model.config.tie_word_embeddings else set())
-    if set(missing) - expected or unexpected:
-        raise CheckpointError(f"int8 weights do not fit the model: missing {sorted(set(missing) - expected)}, unexpected {unexpected}")
-    if model.config.tie_word_embeddings:
-        model.get_output_embeddings().weight = model.get_input_embeddings().weight
-    with _quiet_quantization():
-        for name, (q, scale, zp) in integers.items():
-            # re-quantising (q - zero point) * scale with the stored scales gives back the stored integers (tested)
-            weight = (q.float() - zp[:, None]) * scale[:, None].float()
-            if device.type == "cpu":
-                _set_dynamic_int8(model, name, torch.quantize_per_channel(weight, scale, zp, 0, torch.qint8))
-            else:
-                model.get_submodule(name).weight.data = weight
-    if device.type != "cpu":  # no int8 kernels off the CPU: the int8-rounded weights, dequantised
-        model = model.to(device=device, dtype=dtype or torch.bfloat16)
-    if (path / "generation_config.json").is_file():
-        model.generation_config = HFGenerationConfig.from_pretrained(path)
-    return model.eval()
-
-
-def _set_dynamic_int8(model: nn.Module, name: str, qweight: torch.Tensor) -> None:
-    """Replace the linear layer `name` by torch's dynamic int8 linear holding `qweight` (what quantize_dynamic makes)."""
-    from torch.ao.nn.quantized.dynamic import Linear as DynamicInt8Linear
-
-    parent, _, child = name.rpartition(".")
-    layer = model.get_submodule(name)
-    quantized = DynamicInt8Linear(layer.in_features, layer.out_features, bias_=layer.bias is not None, dtype=torch.qint8)
-    quantized.set_weight_bias(qweight, layer.bias.detach() if layer.bias is not None else None)
-    setattr(model.get_submodule(parent) if parent else model, child, quantized)
-
-
 # ---------------------------------------------------------------- bitsandbytes (GPU)
 
 
@@ -276,18 +193,6 @@ def quantize_bnb(source_dir: Path, out_dir: Path, bits: int) -> dict[str, Any]:
     _save(model, AutoTokenizer.from_pretrained(source_dir), out_dir)
     (out_dir / QUANTIZED_MARKER).write_text(json.dumps({"method": f"bnb{bits}", "format": 1}) + "\n")
     return {"bits": bits, "quant_type": "nf4" if bits == 4 else "llm.int8"}
-
-
-def _load_bnb(path: Path, method: str, device: torch.device) -> PreTrainedModel:
-    if device.type != "cuda":
-        raise CheckpointError(f"{path} is a bitsandbytes ({method}) checkpoint: it loads on a CUDA GPU only")
-    try:
-        check_hardware(method)
-    except OptimizationError as exc:
-        raise CheckpointError(str(exc)) from exc
-    # the quantisation config is in config.json; bitsandbytes models are placed by device_map, never moved with .to()
-    index = device.index if device.index is not None else torch.cuda.current_device()
-    return AutoModelForCausalLM.from_pretrained(path, device_map={"": index}).eval()
 
 
 # ---------------------------------------------------------------- pruning
@@ -499,7 +404,7 @@ def _sample(model_dir: Path, prompts: Sequence[Messages], config: MeasureConfig)
 def _reward_scorer(path: Path | str | None, device: str):
     if path is None:
         return None
-    from training.reward import load_reward_model, score
+    from training.reward_scoring import load_reward_model, score
 
     model, tokenizer = load_reward_model(path, device=device)
     return lambda prompt, texts: score(model, tokenizer, prompt, texts)
@@ -510,18 +415,6 @@ def _mean_reward(scorer, samples: list[tuple[Messages, str]]) -> float | None:
         return None
     scores = [s for prompt, text in samples for s in scorer(prompt, [text])]
     return sum(scores) / len(scores)
-
-
-@torch.inference_mode()
-def response_logprobs(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompt: Messages, response: str) -> torch.Tensor:
-    """Log-probabilities (T,) of the response's tokens, its end of turn included, after the chat-templated prompt."""
-    prompt_ids = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"]
-    ids = tokenizer.apply_chat_template([*prompt, {"role": "assistant", "content": response}], tokenize=True,
-                                        return_dict=True)["input_ids"]
-    start = next((i for i, (a, b) in enumerate(zip(prompt_ids, ids)) if a != b), min(len(prompt_ids), len(ids)))
-    input_ids = torch.tensor([ids], device=model.device)
-    logprobs = model(input_ids=input_ids, use_cache=False).logits[0, :-1].float().log_softmax(-1)
-    return logprobs.gather(-1, input_ids[0, 1:, None])[start - 1 :, 0].cpu()
 
 
 def perplexity(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, samples: Sequence[tuple[Messages, str]]) -> float:

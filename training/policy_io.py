@@ -23,7 +23,6 @@ from typing import Any
 
 import torch
 from accelerate.utils import is_peft_model
-from peft import LoraConfig
 from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
@@ -40,7 +39,6 @@ __all__ = [
     "PolicyConfig",
     "PolicyResult",
     "PolicyTrainingError",
-    "TrainingCancelled",
     "load_policy",
     "response_logprobs",
 ]
@@ -136,19 +134,6 @@ def load_policy(path: str | Path) -> tuple[PreTrainedModel, PreTrainedTokenizerB
         # padding with EOS hides where a response ends (RLHF-NOTES, PPO checklist 1)
         raise PolicyTrainingError(f"tokenizer in {path} has no pad token distinct from EOS")
     return model, tokenizer
-
-
-def lora_config(config: PolicyConfig) -> LoraConfig | None:
-    """peft LoraConfig for a causal LM, or None for full fine-tuning."""
-    if not config.use_lora:
-        return None
-    return LoraConfig(
-        task_type="CAUSAL_LM",
-        r=config.lora_r,
-        lora_alpha=config.lora_alpha,
-        lora_dropout=config.lora_dropout,
-        target_modules=config.lora_target_modules,
-    )
 
 
 def trl_common_args(config: PolicyConfig) -> dict[str, Any]:
@@ -278,32 +263,24 @@ def _write_json(path: Path, data: Any) -> None:
 # ---------------------------------------------------------------- evaluation
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def response_logprobs(
-    model: PreTrainedModel,
-    tokenizer: PreTrainedTokenizerBase,
-    prompts: Sequence[Sequence[Message]],
-    responses: Sequence[str],
-) -> list[float]:
-    """log p(response | prompt) under the model, summed over the response's tokens (its end of turn included).
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompt: Sequence[Message], response: str
+) -> torch.Tensor:
+    """log p(token | before) of each of the response's tokens (its end of turn included), shape (T,), on the CPU.
 
     Tokenized as the trainers do: the prompt with the generation prompt, then the chat-templated
-    prompt + response; the response tokens are those after the common prefix.
+    prompt + response; the response tokens are those after the common prefix. Their sum is
+    log p(response | prompt).
     """
-    device = next(model.parameters()).device
-    scores = []
-    for prompt, response in zip(prompts, responses, strict=True):
-        prompt_ids = tokenizer.apply_chat_template(list(prompt), add_generation_prompt=True, tokenize=True,
-                                                   return_dict=True)["input_ids"]
-        full = [*prompt, {"role": "assistant", "content": response}]
-        ids = tokenizer.apply_chat_template(full, tokenize=True, return_dict=True)["input_ids"]
-        start = _common_prefix(prompt_ids, ids)
-        input_ids = torch.tensor([ids], device=device)
-        logprobs = model(input_ids=input_ids, use_cache=False).logits[0, :-1].float().log_softmax(-1)
-        targets = input_ids[0, 1:]
-        token_logprobs = logprobs.gather(-1, targets[:, None])[:, 0]
-        scores.append(float(token_logprobs[start - 1 :].sum()))
-    return scores
+    prompt_ids = tokenizer.apply_chat_template(list(prompt), add_generation_prompt=True, tokenize=True,
+                                               return_dict=True)["input_ids"]
+    full = [*prompt, {"role": "assistant", "content": response}]
+    ids = tokenizer.apply_chat_template(full, tokenize=True, return_dict=True)["input_ids"]
+    start = _common_prefix(prompt_ids, ids)
+    input_ids = torch.tensor([ids], device=next(model.parameters()).device)
+    logprobs = model(input_ids=input_ids, use_cache=False).logits[0, :-1].float().log_softmax(-1)
+    return logprobs.gather(-1, input_ids[0, 1:, None])[start - 1 :, 0].cpu()
 
 
 def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
@@ -313,9 +290,4 @@ def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
             break
         n += 1
     return n
-
-
-def text_fields(rows: Sequence[dict], keys: Sequence[str]) -> dict[str, list]:
-    """Columns `keys` of the rows, for Dataset.from_dict (provenance columns with mixed types are left out)."""
-    return {key: [row[key] for row in rows] for key in keys}
 

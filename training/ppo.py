@@ -24,7 +24,7 @@ from typing import Protocol
 
 import numpy as np
 import torch
-from peft import LoraConfig, PeftModel, get_peft_model
+from peft import PeftModel, get_peft_model
 from torch import Tensor, nn
 from transformers import (
     AutoModelForCausalLM,
@@ -34,6 +34,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from training.lora import lora_config
 from training.losses import (
     adaptive_kl_coef,
     clipped_policy_loss,
@@ -47,6 +48,7 @@ from training.losses import (
 )
 from training.models import default_device, load_tokenizer
 from training.ppo_checkpoints import append_jsonl, load_checkpoint, sample_row, save_checkpoint, save_final_policy, truncate_jsonl
+from training.reward_scoring import encode, forward_scores, load_reward_model
 
 Messages = list[dict]
 
@@ -139,31 +141,16 @@ class RewardFn(Protocol):
 
 
 def reward_fn_from_checkpoint(path: str | Path, device: str | None = None, batch_size: int = 16) -> RewardFn:
-    """A RewardFn scoring prompt + response with a sequence-classification checkpoint (num_labels=1).
+    """A RewardFn scoring prompt + response with the reward model saved at `path` (merged, or an adapter over its base).
 
-    Inputs are built exactly as TRL's RewardTrainer tokenises conversational pairs: the chat
-    template over prompt + assistant message. Eval mode, no grad.
+    Inputs are built exactly as TRL's RewardTrainer tokenises conversational pairs (`training.reward_scoring.encode`):
+    the chat template over prompt + assistant message. Eval mode, no grad.
     """
-    device = torch.device(device) if device else default_device()
-    tokenizer = load_tokenizer(path)
-    tokenizer.padding_side = "right"  # positions start at 0 without explicit position ids
-    model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, dtype=torch.float32)
-    model.config.pad_token_id = tokenizer.pad_token_id
-    model = _without_dropout(model).to(device)
+    model, tokenizer = load_reward_model(path, device or default_device())
 
-    @torch.no_grad()
     def score(prompts: Sequence[Messages], completions: Sequence[str], completion_ids: Sequence[list[int]]) -> Tensor:
-        ids = [
-            tokenizer.apply_chat_template(list(p) + [{"role": "assistant", "content": c}], tokenize=True, return_dict=True)[
-                "input_ids"
-            ]
-            for p, c in zip(prompts, completions)
-        ]
-        scores = []
-        for start in range(0, len(ids), batch_size):
-            batch = tokenizer.pad({"input_ids": ids[start : start + batch_size]}, return_tensors="pt").to(device)
-            scores.append(model(**batch).logits[:, 0].float().cpu())
-        return torch.cat(scores)
+        sequences = [encode(tokenizer, prompt, completion) for prompt, completion in zip(prompts, completions)]
+        return torch.tensor(forward_scores(model, sequences, batch_size))
 
     return score
 
@@ -183,19 +170,9 @@ def _without_dropout(model: nn.Module) -> nn.Module:
     return model.eval()
 
 
-def _lora(config: PPOConfig, task_type: str) -> LoraConfig:
-    return LoraConfig(
-        task_type=task_type,
-        r=config.lora_r,
-        lora_alpha=config.lora_alpha,
-        target_modules=list(config.lora_target_modules),
-        lora_dropout=0.0,
-    )
-
-
 def _load_policy(config: PPOConfig, device: torch.device) -> PeftModel:
     base = AutoModelForCausalLM.from_pretrained(config.policy_path, dtype=torch.float32)
-    return _without_dropout(get_peft_model(base, _lora(config, "CAUSAL_LM"))).to(device)
+    return _without_dropout(get_peft_model(base, lora_config(config, "CAUSAL_LM"))).to(device)
 
 
 def _load_critic(config: PPOConfig, pad_token_id: int, device: torch.device) -> PeftModel:
@@ -205,7 +182,7 @@ def _load_critic(config: PPOConfig, pad_token_id: int, device: torch.device) -> 
     if config.reward_model_path is None:
         nn.init.zeros_(base.score.weight)  # a fresh head: start the values at 0, not at noise
     # SEQ_CLS puts the score head in modules_to_save: it trains alongside the critic's own adapter
-    return _without_dropout(get_peft_model(base, _lora(config, "SEQ_CLS"))).to(device)
+    return _without_dropout(get_peft_model(base, lora_config(config, "SEQ_CLS"))).to(device)
 
 
 def _response_hidden(model: PreTrainedModel, query_responses: Tensor, attention_mask: Tensor, context_length: int) -> Tensor:

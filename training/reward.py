@@ -2,7 +2,7 @@
 
 Data in: rows in TRL's conversational preference format, as `training.preferences` writes them
 ({"prompt": [...messages], "chosen": [assistant message], "rejected": [assistant message],
-"margin", "weight"}). Artifact out: a directory that `load_reward_model` reads back, with
+"margin", "weight"}). Artifact out: a directory that `training.reward_scoring.load_reward_model` reads back, with
 
     config.json, model.safetensors      the reward model (LlamaForSequenceClassification, num_labels=1),
                                         LoRA merged in; or adapter_config.json + adapter_model.safetensors
@@ -14,7 +14,7 @@ Data in: rows in TRL's conversational preference format, as `training.preference
 
 Scoring format. RewardTrainer renders conversational rows with the chat template and appends
 nothing (for SmolLM2 every turn already ends with "<|im_end|>\\n"); the model reads its score at the
-last non-pad token. `score` renders prompt + response the same way (`encode`), so a response must
+last non-pad token. `reward_scoring.score` renders prompt + response the same way (`encode`), so a response must
 be passed as plain text, without special tokens: the template adds the end of turn.
 
 One device: `python -m training.reward --data train.jsonl --eval eval.jsonl --base PATH --out PATH`.
@@ -27,7 +27,7 @@ Several GPUs, the same entry point (the batch size is per device; only rank 0 wr
 
 The parts live beside this module: `reward_config` (RewardConfig, RewardResult), `reward_trainer`
 (TRL's trainer with pair weights, and how it is built), `reward_metrics` (accuracy, calibration),
-`reward_scoring` (loading a saved model, scoring). This module runs a training and re-exports their names.
+`reward_scoring` (loading a saved model, scoring). This module runs a training; import the parts from where they live.
 """
 
 from __future__ import annotations
@@ -45,43 +45,8 @@ from transformers import PreTrainedModel, TrainerCallback
 from training.preferences import Row, content_hash, read_jsonl
 from training.reward_config import RewardConfig, RewardResult, RewardTrainingError
 from training.reward_metrics import calibration, eval_scores, pairwise_accuracy
-from training.reward_scoring import encode, forward_scores, load_reward_model, score
-from training.reward_trainer import (
-    WeightedPreferenceCollator,
-    WeightedRewardTrainer,
-    build_trainer,
-    load_base_model,
-    lora_config,
-    pairwise_loss,
-    rows_to_dataset,
-    trl_reward_args,
-)
+from training.reward_trainer import WeightedRewardTrainer, build_trainer
 from training.trl_common import TrainingCancelled, resolved_settings
-
-__all__ = [
-    "RewardConfig",
-    "RewardResult",
-    "RewardTrainingError",
-    "TrainingCancelled",
-    "WeightedPreferenceCollator",
-    "WeightedRewardTrainer",
-    "build_trainer",
-    "calibration",
-    "encode",
-    "eval_scores",
-    "forward_scores",
-    "load_base_model",
-    "load_reward_model",
-    "lora_config",
-    "main",
-    "pairwise_accuracy",
-    "pairwise_loss",
-    "rows_to_dataset",
-    "score",
-    "train_reward_model",
-    "trl_reward_args",
-]
-
 
 # ---------------------------------------------------------------- training
 

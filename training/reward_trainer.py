@@ -11,7 +11,6 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from datasets import Dataset
-from peft import LoraConfig
 from torch import Tensor
 from transformers import (
     AutoModelForSequenceClassification,
@@ -26,6 +25,7 @@ from trl import RewardConfig as TRLRewardConfig
 from trl import RewardTrainer
 from trl.trainer.reward_trainer import DataCollatorForPreference
 
+from training.lora import lora_config
 from training.preferences import Row
 from training.reward_config import RewardConfig, RewardTrainingError
 from training.trl_common import common_training_kwargs
@@ -127,18 +127,6 @@ def trl_reward_args(config: RewardConfig) -> TRLRewardConfig:
     )
 
 
-def lora_config(config: RewardConfig) -> LoraConfig:
-    """peft LoraConfig for a sequence classifier."""
-    # SEQ_CLS puts the score head in modules_to_save: it trains in full next to the adapters
-    return LoraConfig(
-        task_type="SEQ_CLS",
-        r=config.lora_r,
-        lora_alpha=config.lora_alpha,
-        lora_dropout=config.lora_dropout,
-        target_modules=config.lora_target_modules,
-    )
-
-
 def build_trainer(
     config: RewardConfig,
     train_rows: Sequence[Row],
@@ -160,7 +148,7 @@ def build_trainer(
         eval_dataset=rows_to_dataset(eval_rows, config),
         processing_class=tokenizer,
         data_collator=WeightedPreferenceCollator(pad_token_id=tokenizer.pad_token_id),
-        peft_config=lora_config(config) if config.use_lora else None,
+        peft_config=lora_config(config, "SEQ_CLS") if config.use_lora else None,
         callbacks=list(callbacks),
     )
     trainer.remove_callback(PrinterCallback)  # metrics go to on_log, not to stdout

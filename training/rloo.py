@@ -9,7 +9,7 @@ Reward functions. A plain callable `reward_fn(prompts, completions, **kwargs) ->
 `prompts[i]` is the chat (list of messages), `completions[i]` the response as plain text (decoded
 with special tokens skipped, so without its end of turn), `kwargs["completion_ids"][i]` its tokens.
 `reward_fn_from_reward_model(path)` builds one from a reward model saved by `training.reward`,
-scoring prompt + response exactly as it was trained (`training.reward.score`: the chat template
+scoring prompt + response exactly as it was trained (`training.reward_scoring.score`: the chat template
 re-adds the end of turn). Because that hides whether the policy actually stopped, a completion that
 ends without EOS (cut at max_completion_length) gets `missing_eos_penalty` subtracted here:
 TRL's RLOO has no such penalty, and without it the policy drifts into run-on text (RLHF-NOTES).
@@ -31,21 +31,20 @@ from trl import RLOOConfig as TRLRLOOConfig
 from trl import RLOOTrainer
 from trl.trainer.utils import get_callable_name
 
+from training.lora import lora_config
 from training.policy_io import (
     PolicyConfig,
     PolicyResult,
     PolicyTrainingError,
     StreamAndStop,
-    TrainingCancelled,
     load_policy,
-    lora_config,
     run_trainer,
     save_policy,
     trl_common_args,
 )
-from training.reward import load_reward_model, score
+from training.reward_scoring import load_reward_model, score
 
-__all__ = ["RLOOConfig", "RewardFn", "TrainingCancelled", "build_trainer", "reward_fn_from_reward_model", "train_rloo"]
+__all__ = ["RLOOConfig", "RewardFn", "build_trainer", "reward_fn_from_reward_model", "train_rloo"]
 
 Messages = list[dict]
 RewardFn = Callable[..., Sequence[float]]
@@ -90,7 +89,7 @@ def reward_fn_from_reward_model(
     """A reward function scoring with the reward model saved at `path` (merged or adapter), in its training format.
 
     Completions are plain text; each is rendered as prompt + assistant message with the chat template,
-    as `training.reward.encode` does, so the end of turn is there as in training.
+    as `training.reward_scoring.encode` does, so the end of turn is there as in training.
     """
     model, tokenizer = load_reward_model(path, device)
 
@@ -185,7 +184,7 @@ def build_trainer(
         args=args,
         train_dataset=dataset,
         processing_class=tokenizer,
-        peft_config=lora_config(config),
+        peft_config=lora_config(config, "CAUSAL_LM") if config.use_lora else None,
         callbacks=list(callbacks),
     )
     return trainer, dropped

@@ -18,21 +18,20 @@ from transformers import TrainerCallback
 from trl import SFTConfig as TRLSFTConfig
 from trl import SFTTrainer
 
+from training.lora import lora_config
 from training.policy_io import (
     PolicyConfig,
     PolicyResult,
     PolicyTrainingError,
     StreamAndStop,
-    TrainingCancelled,
     load_policy,
-    lora_config,
     run_trainer,
     save_policy,
     trl_common_args,
 )
 from training.preferences import Row
 
-__all__ = ["SFTConfig", "TrainingCancelled", "build_trainer", "chosen_to_sft_rows", "train_sft"]
+__all__ = ["SFTConfig", "build_trainer", "chosen_to_sft_rows", "train_sft"]
 
 
 @dataclass
@@ -105,7 +104,7 @@ def build_trainer(config: SFTConfig, rows: Sequence[Row], callbacks: Sequence[Tr
         args=args,
         train_dataset=dataset,
         processing_class=tokenizer,
-        peft_config=lora_config(config),
+        peft_config=lora_config(config, "CAUSAL_LM") if config.use_lora else None,
         callbacks=list(callbacks),
     )
 

@@ -9,10 +9,10 @@ from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_sche
 from rest_framework import serializers, status
 from rest_framework.decorators import api_view, parser_classes
 from rest_framework.pagination import PageNumberPagination
-from rest_framework.parsers import FormParser, MultiPartParser
 from rest_framework.response import Response
 
 from annotate import access
+from annotate.api.parsers import FormParser, MultiPartParser
 from annotate.api.runs import RunSerializer
 from annotate.campaigns import members
 from annotate.campaigns.imports import files
@@ -90,7 +90,7 @@ def file_import(request, slug):
     options = files.import_options(body.validated_data)
     summary, run = files.import_upload(campaign, body.validated_data["file"], options, request.user)
     if run is not None:
-        return Response(RunSerializer(run).data, status=status.HTTP_202_ACCEPTED, headers={"Location": f"/api/v1/runs/{run.pk}/"})
+        return Response(RunSerializer(run, context={"request": request}).data, status=status.HTTP_202_ACCEPTED, headers={"Location": f"/api/v1/runs/{run.pk}/"})
     return Response(summary, status=status.HTTP_201_CREATED)
 
 
@@ -209,7 +209,7 @@ def labeler_list(request, slug):
         body = LabelerInSerializer(data=request.data)
         body.is_valid(raise_exception=True)
         data = body.validated_data
-        added = members.add_member(campaign, data["username"], data["role"], email=data.get("email", ""))
+        added = members.add_member(campaign, request.user, data["username"], data["role"], email=data.get("email", ""))
         out = {"username": added.membership.user.username, "role": added.membership.role, "created_user": added.created_user}
         if added.password:
             out["password"] = added.password

@@ -1,14 +1,13 @@
 """REST API v1 for optimised models: a version's comparison against its source (figures of each optimize run)."""
 from __future__ import annotations
 
-from django.http import Http404
 from drf_spectacular.utils import extend_schema
 from rest_framework import serializers
 from rest_framework.decorators import api_view
 from rest_framework.response import Response
 
 from annotate import access
-from annotate.models import Membership, ModelVersion
+from annotate.models import ModelVersion
 from annotate.runs.compression import FIGURES, comparisons, runs_comparing
 
 
@@ -29,21 +28,11 @@ class ComparisonSerializer(serializers.Serializer):
 def comparison(request, model_id):
     """The figures of a model's optimised versions beside the source's: of the runs that optimised it, or
     (for an optimised version) of the run that made it. Only runs of campaigns you administer or research."""
-    version = ModelVersion.objects.select_related("parent").filter(pk=model_id).first()
-    if version is None:
-        raise Http404
+    version = access.visible_model_for(request.user, model_id)
     return Response(comparison_for(request.user, version))
 
 
 def comparison_for(user, version: ModelVersion) -> dict:
-    runs = visible_runs(user, runs_comparing(version))
+    runs = access.readable_runs(user, runs_comparing(version))
     source = version.parent if "optimization" in version.metadata else version
     return {"model": version.name, "source": getattr(source, "name", None), "figures": list(FIGURES), "comparisons": comparisons(runs)}
-
-
-def visible_runs(user, runs):
-    """The runs of campaigns the user reads (admins, researchers); staff see all."""
-    if user.is_staff or user.is_superuser:
-        return runs
-    readable = Membership.objects.filter(user=user, role__in=access.READING_ROLES).values("campaign_id")
-    return runs.filter(campaign_id__in=readable)

@@ -12,8 +12,10 @@ usernames to campaign admins and is a 403 for researchers.
 """
 from __future__ import annotations
 
+import logging
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import django_filters
@@ -30,6 +32,7 @@ from rest_framework.response import Response as DRFResponse
 from rest_framework.routers import SimpleRouter
 
 from annotate import access
+from annotate.core.errors import DomainError
 from annotate.exports import snapshot_job, snapshots
 from annotate.exports.export import export_filename, stream_export, write_export
 from annotate.exports.options import CONTENT_TYPES, FILTER_NAMES, FLAGGED, FORMATS, IDENTITIES, SHAPES, InvalidExport, parse_export
@@ -38,6 +41,12 @@ from annotate.jobs import engine
 from annotate.models import Campaign, Judgement, Membership, Prompt, Response, Snapshot, Task, TaskResponse
 
 ADMIN = Membership.Role.ADMIN
+logger = logging.getLogger(__name__)
+
+
+class ExportFailed(DomainError):
+    status = 500
+    code = "export_failed"
 
 
 def check_identities(campaign: Campaign, identities: str) -> None:
@@ -136,12 +145,42 @@ def export(request, slug):
     check_identities(campaign, options.identities)
     filename = export_filename(campaign, options)
     if options.format == "hf":
-        response = DownloadResponse(_built_zip(campaign, options, filters), as_attachment=True, filename=filename)
+        response = DownloadResponse(_before_any_byte(_built_zip, campaign, options, filters), as_attachment=True, filename=filename)
     else:
-        response = ExportResponse(stream_export(campaign, options, filters), content_type=CONTENT_TYPES[options.format])
+        chunks = _before_any_byte(_first_chunk_pulled, stream_export(campaign, options, filters))
+        response = ExportResponse(chunks, content_type=CONTENT_TYPES[options.format])
         response["Content-Disposition"] = f'attachment; filename="{filename}"'
     response["Content-Type"] = CONTENT_TYPES[options.format]
     return response
+
+
+def _before_any_byte(build, *args):
+    """Run `build` while a failure can still be a JSON error (the status line is not sent yet)."""
+    try:
+        return build(*args)
+    except DomainError:
+        raise
+    except Exception:
+        logger.exception("export failed before its first byte")
+        raise ExportFailed("The export failed before any data was sent; the details are in the server log.") from None
+
+
+def _first_chunk_pulled(chunks: Iterator[bytes]) -> Iterator[bytes]:
+    """The same chunks, the first one already computed (errors there become a JSON 500 above)."""
+    first = next(chunks, None)
+    return _aborting_on_error(first, chunks)
+
+
+def _aborting_on_error(first: bytes | None, chunks: Iterator[bytes]) -> Iterator[bytes]:
+    """After the first byte an error cannot change the status: re-raised, the server cuts the connection
+    before the final chunk (annotate/core/aborting.py for daphne), so the client sees a failed download."""
+    if first is not None:
+        yield first
+    try:
+        yield from chunks
+    except Exception:
+        logger.exception("export failed while streaming: the download is aborted")
+        raise
 
 
 def _built_zip(campaign, options, filters):

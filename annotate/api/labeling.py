@@ -1,16 +1,15 @@
 """REST API v1: parse, check access, call the service functions, serialise."""
 from __future__ import annotations
 
-from django.contrib.auth import get_user_model
 from django.core.exceptions import PermissionDenied
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import status
 from rest_framework.decorators import api_view, parser_classes
-from rest_framework.parsers import JSONParser
 from rest_framework.response import Response
 
 from annotate import access
+from annotate.api.parsers import JSONParser
 from annotate.api.serializers import (
     CampaignSerializer,
     ImportResultSerializer,
@@ -20,11 +19,13 @@ from annotate.api.serializers import (
     NextTaskSerializer,
     ProgressSerializer,
 )
+from annotate.campaigns import members as membership
+from annotate.campaigns import setup
 from annotate.campaigns.imports import batches
 from annotate.core.errors import InvalidRanking
 from annotate.labeling import assignment, judgements
 from annotate.labeling.task_content import task_content
-from annotate.models import Campaign, Membership
+from annotate.models import Membership
 
 ADMIN = (Membership.Role.ADMIN,)
 
@@ -34,18 +35,16 @@ ADMIN = (Membership.Role.ADMIN,)
 def campaigns(request):
     """List the campaigns you belong to, or create one (staff only; you become its admin)."""
     if request.method == "GET":
-        mine = Campaign.objects.order_by("-created_at")
-        if not request.user.is_superuser:
-            mine = mine.filter(memberships__user=request.user)
+        mine = access.visible_campaigns(request.user).order_by("-created_at")
         return Response(CampaignSerializer(mine, many=True).data)
     if not access.can_create_campaigns(request.user):
         raise PermissionDenied("Only staff can create campaigns.")
     serializer = CampaignSerializer(data=request.data)
     serializer.is_valid(raise_exception=True)
     try:
-        with transaction.atomic():
-            campaign = serializer.save(created_by=request.user)
-            Membership.objects.create(campaign=campaign, user=request.user, role=Membership.Role.ADMIN)
+        campaign = setup.create_campaign(request.user, **serializer.validated_data)
+    except setup.InvalidSettings as exc:  # this endpoint answers field errors the way the serializer does
+        return Response({exc.field or "non_field_errors": [exc.message]}, status=status.HTTP_400_BAD_REQUEST)
     except IntegrityError:
         return Response({"slug": ["a campaign with this slug already exists."]}, status=status.HTTP_409_CONFLICT)
     return Response(CampaignSerializer(campaign).data, status=status.HTTP_201_CREATED)
@@ -60,19 +59,22 @@ def campaign_detail(request, slug):
 @extend_schema(request=MemberSerializer, responses={201: MemberSerializer})
 @api_view(["POST"])
 def members(request, slug):
-    """Add a user to the campaign with a role, or change their role (campaign admins)."""
+    """Add an existing user to the campaign with a role, or change a member's role (campaign admins; see
+    annotate.campaigns.members for whom a campaign admin may add, and the last-admin rule)."""
     campaign = access.campaign_for(request.user, slug, ADMIN)
     serializer = MemberSerializer(data=request.data)
     serializer.is_valid(raise_exception=True)
-    user = get_user_model().objects.filter(username=serializer.validated_data["username"]).first()
-    if user is None:
-        return Response({"username": ["no user with this username."]}, status=status.HTTP_400_BAD_REQUEST)
-    Membership.objects.update_or_create(campaign=campaign, user=user, defaults={"role": serializer.validated_data["role"]})
+    try:
+        membership.add_existing_member(campaign, request.user, serializer.validated_data["username"], serializer.validated_data["role"])
+    except membership.MemberError as exc:
+        if exc.field == "username":  # the answer this endpoint has always given for an unknown name
+            return Response({"username": [exc.message]}, status=status.HTTP_400_BAD_REQUEST)
+        raise
     return Response(serializer.data, status=status.HTTP_201_CREATED)
 
 
 @extend_schema(
-    request={"application/json": {"type": "array", "items": {"type": "object"}}},
+    request={"application/json": {"type": "array", "items": {"type": "object"}, "maxItems": batches.MAX_ROWS}},
     responses={201: ImportResultSerializer, 400: ImportResultSerializer},
     description="A JSON list of `{external_id, messages | text, context?, metadata?}`. All or nothing: "
     "a broken row rejects the batch and `errors` lists `{row, error}`.",
@@ -85,7 +87,7 @@ def prompts(request, slug):
 
 
 @extend_schema(
-    request={"application/json": {"type": "array", "items": {"type": "object"}}},
+    request={"application/json": {"type": "array", "items": {"type": "object"}, "maxItems": batches.MAX_ROWS}},
     responses={201: ImportResultSerializer, 400: ImportResultSerializer},
     description="A JSON list of `{prompt: external_id, model: name, text, generation_params?}`. "
     "Tasks are built as prompts gain k unused responses (see annotate/task_building.py).",
@@ -156,7 +158,7 @@ def skip_task(request, task_id):
 @api_view(["GET"])
 def progress(request, slug):
     campaign = access.campaign_for(request.user, slug)
-    labeler = request.user if campaign.user_role in access.LABELING_ROLES else None
+    labeler = request.user if access.labels_in(campaign) else None
     return Response(assignment.progress(campaign, labeler))
 
 

@@ -1,6 +1,7 @@
 """REST API v1 for runs (background jobs) and the model registry."""
 from __future__ import annotations
 
+from django.contrib.auth.models import AnonymousUser
 from drf_spectacular.utils import extend_schema
 from rest_framework import serializers, status
 from rest_framework.decorators import api_view
@@ -8,6 +9,7 @@ from rest_framework.response import Response
 
 from annotate import access
 from annotate.campaigns.imports.batches import normalise_messages
+from annotate.core.redact import hide_paths
 from annotate.jobs import engine
 from annotate.models import Membership, ModelVersion, Run
 from annotate.runs.registry import RegistryError
@@ -32,16 +34,29 @@ class RunSerializer(serializers.ModelSerializer):
                   "log_tail", "artifacts", "result", "error", "cancel_requested", "worker", "created_at", "started_at",
                   "finished_at", "heartbeat_at", "metrics"]
 
+    def to_representation(self, run):
+        request = self.context.get("request")
+        return super().to_representation(access.run_as_seen_by(request.user if request else AnonymousUser(), run))
+
     def get_metrics(self, run) -> dict:
         return {name: [[step, value] for step, value in points] for name, points in engine.metric_series(run).items()}
 
 
 class ModelVersionSerializer(serializers.ModelSerializer):
     parent = serializers.SlugRelatedField(slug_field="name", read_only=True)
+    checkpoint_path = serializers.CharField(read_only=True, required=False, help_text="Staff only: where the checkpoint lies on the server.")
 
     class Meta:
         model = ModelVersion
         fields = ["id", "name", "kind", "parent", "checkpoint_path", "run", "metadata", "created_at"]
+
+    def to_representation(self, version):
+        data = super().to_representation(version)
+        request = self.context.get("request")
+        if request is None or not access.sees_server_detail(request.user):
+            del data["checkpoint_path"]
+            data["metadata"] = hide_paths(data["metadata"])
+        return data
 
 
 @extend_schema(request=RunInSerializer, responses={200: RunSerializer(many=True), 201: RunSerializer})
@@ -50,22 +65,20 @@ def campaign_runs(request, slug):
     """List the campaign's runs, or start one (`{kind: "generate", params: {...}}`, campaign admins)."""
     if request.method == "GET":
         campaign = access.campaign_for(request.user, slug, access.READING_ROLES)
-        engine.fail_stale_runs()
         runs = campaign.runs.select_related("campaign", "created_by").order_by("-created_at")[:100]
-        return Response(RunSerializer(runs, many=True).data)
+        return Response(RunSerializer(runs, many=True, context={"request": request}).data)
     campaign = access.campaign_for(request.user, slug, ADMIN)
     body = RunInSerializer(data=request.data)
     body.is_valid(raise_exception=True)
     run = engine.start_run(body.validated_data["kind"], campaign=campaign, params=body.validated_data["params"], user=request.user)
-    return Response(RunSerializer(run).data, status=status.HTTP_201_CREATED)
+    return Response(RunSerializer(run, context={"request": request}).data, status=status.HTTP_201_CREATED)
 
 
 @extend_schema(responses=RunSerializer)
 @api_view(["GET"])
 def run_detail(request, run_id):
-    """Status, progress, metrics, log tail and artifacts of a run."""
-    engine.fail_stale_runs()
-    return Response(RunSerializer(access.run_for(request.user, run_id)).data)
+    """Status, progress, metrics, log tail and artifacts of a run (server paths and tracebacks for staff only)."""
+    return Response(RunSerializer(access.run_for(request.user, run_id), context={"request": request}).data)
 
 
 @extend_schema(request=None, responses=RunSerializer)
@@ -74,7 +87,7 @@ def run_cancel(request, run_id):
     run = access.run_for(request.user, run_id, ADMIN)
     if run.is_finished:
         return Response({"code": "finished", "detail": f"the run already ended ({run.status})."}, status=status.HTTP_409_CONFLICT)
-    return Response(RunSerializer(engine.request_cancel(run)).data)
+    return Response(RunSerializer(engine.request_cancel(run), context={"request": request}).data)
 
 
 class ScoreInSerializer(serializers.Serializer):
@@ -107,11 +120,12 @@ def score(request, model_id):
 @extend_schema(responses=ModelVersionSerializer(many=True))
 @api_view(["GET"])
 def models(request):
-    """The model registry (any signed-in user: names and lineage only, no campaign data)."""
-    versions = ModelVersion.objects.select_related("parent").order_by("-created_at")
+    """The model registry: staff see every model; others the models of campaigns where they are admin or
+    researcher, and checkpoints of no campaign (access.visible_models). Server paths are for staff."""
+    versions = access.visible_models(request.user, ModelVersion.objects.select_related("parent").order_by("-created_at"))
     kind = request.query_params.get("kind")
     if kind:
         if kind not in ModelVersion.Kind.values:
             return Response({"kind": [f"must be one of {ModelVersion.Kind.values}"]}, status=400)
         versions = versions.filter(kind=kind)
-    return Response(ModelVersionSerializer(versions[:500], many=True).data)
+    return Response(ModelVersionSerializer(versions[:500], many=True, context={"request": request}).data)

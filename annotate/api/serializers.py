@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from rest_framework import serializers
 
+from annotate.labeling.validation import ALLOWED_FLAGS, MAX_FLAGS, MAX_RANKING_IDS, MAX_RATED_RESPONSES, MAX_RATIONALE, MAX_TIME_SPENT_MS
 from annotate.models import Campaign, Membership
 
 
@@ -12,13 +13,6 @@ class CampaignSerializer(serializers.ModelSerializer):
         fields = ["name", "slug", "instructions", "task_type", "responses_per_task", "overlap", "lease_seconds", "status", "created_at"]
         read_only_fields = ["created_at"]
         extra_kwargs = {"slug": {"validators": []}, "responses_per_task": {"min_value": 2, "max_value": 8}, "overlap": {"min_value": 1, "max_value": 100}, "lease_seconds": {"min_value": 10, "max_value": 7 * 24 * 3600}}
-
-    def validate(self, attrs):
-        task_type = attrs.get("task_type", getattr(self.instance, "task_type", Campaign.TaskType.PAIRWISE))
-        k = attrs.get("responses_per_task", getattr(self.instance, "responses_per_task", 2))
-        if task_type == Campaign.TaskType.PAIRWISE and k != 2:
-            raise serializers.ValidationError({"responses_per_task": "a pairwise campaign has exactly 2 responses per task."})
-        return attrs
 
 
 class MemberSerializer(serializers.Serializer):
@@ -44,13 +38,20 @@ class NextTaskSerializer(serializers.Serializer):
 
 
 class JudgementInSerializer(serializers.Serializer):
-    """Shape only; `judgements.submit` checks the ranking against the task."""
+    """Shape only, for the schema; `judgements.submit` checks every field (the limits are validation's)."""
 
-    ranking = serializers.JSONField(help_text="Groups of response ids, best first: [[3], [5, 7], [2]]. A group of several is a tie.")
-    rationale = serializers.CharField(required=False, allow_blank=True, max_length=10_000, trim_whitespace=False)
-    flags = serializers.ListField(child=serializers.CharField(), required=False)
-    ratings = serializers.JSONField(required=False, help_text='{"<response id>": {"<criterion>": value}} on the campaign\'s criteria.')
-    time_spent_ms = serializers.IntegerField(required=False, min_value=0, allow_null=True)
+    ranking = serializers.ListField(
+        child=serializers.ListField(child=serializers.IntegerField(), min_length=1),
+        min_length=1, max_length=MAX_RANKING_IDS,
+        help_text=f"Groups of response ids, best first: [[3], [5, 7], [2]]. A group of several is a tie. At most {MAX_RANKING_IDS} ids in all.",
+    )
+    rationale = serializers.CharField(required=False, allow_blank=True, max_length=MAX_RATIONALE, trim_whitespace=False)
+    flags = serializers.ListField(child=serializers.ChoiceField(choices=sorted(ALLOWED_FLAGS)), required=False, max_length=MAX_FLAGS)
+    ratings = serializers.JSONField(
+        required=False,
+        help_text=f'{{"<response id>": {{"<criterion>": value}}}} on the campaign\'s criteria; at most {MAX_RATED_RESPONSES} responses.',
+    )
+    time_spent_ms = serializers.IntegerField(required=False, min_value=0, max_value=MAX_TIME_SPENT_MS, allow_null=True)
 
 
 class JudgementOutSerializer(serializers.Serializer):

@@ -4,10 +4,9 @@ from __future__ import annotations
 import re
 
 from django.db import transaction
-from django.db.models import F
-from django.db.models.functions import Greatest
 
 from annotate.core.errors import DomainError
+from annotate.labeling import assignment
 from annotate.models import Campaign, Membership, Task
 
 CRITERION_NAME = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
@@ -79,11 +78,7 @@ def update_campaign(campaign: Campaign, **changes) -> Campaign:
     if changed:
         campaign.save(update_fields=list(changed))
     if "overlap" in changed:
-        # One UPDATE: the right-hand sides read the row as it was, and it locks each row it changes.
-        Task.objects.filter(campaign=campaign, is_gold=False).update(
-            judgements_needed=campaign.overlap,
-            remaining=Greatest(F("remaining") + campaign.overlap - F("judgements_needed"), 0),
-        )
+        assignment.apply_overlap(campaign, campaign.overlap)
     return campaign
 
 

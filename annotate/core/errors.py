@@ -30,6 +30,7 @@ class InvalidRanking(DomainError):
 class NotLeased(DomainError):
     status = 403
     code = "not_leased"
+    default_message = "This task is not leased to you: ask for the next task first."
 
 
 class AlreadySubmitted(DomainError):

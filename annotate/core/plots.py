@@ -10,6 +10,11 @@ matplotlib.use("Agg")  # no display: render to files only
 import matplotlib.pyplot as plt
 from django.utils.safestring import SafeString, mark_safe
 
+# Labels are user data (model names, metric names): "$...$" must print as typed, not as TeX math
+# (an unbalanced "$\\frac{" used to raise and turn the campaign page and the dashboard into 500s).
+matplotlib.rcParams["text.parse_math"] = False
+matplotlib.rcParams["text.usetex"] = False
+
 MAX_PANELS = 12
 
 

@@ -17,6 +17,7 @@ from django.utils import timezone
 from django.utils.dateparse import parse_date, parse_datetime
 
 from annotate.core.errors import DomainError
+from annotate.core.text_input import ascii_int
 
 SHAPES = ("pairs", "rankings", "tasks")
 FORMATS = ("jsonl", "jsonl.gz", "parquet", "hf")
@@ -29,6 +30,7 @@ CONTENT_TYPES = {
 }
 FLAGGED = ("include", "exclude", "only")
 IDENTITIES = ("pseudonymous", "real")
+MAX_LIST_ITEMS = 1_000  # ids, models, labelers or rounds in one filter
 
 
 class InvalidExport(DomainError):
@@ -177,14 +179,15 @@ def _number(params, key, default, *, low, high, open_ends=False, integer=False):
     if value is None or value == "":
         return default
     try:
-        number = int(value) if integer else float(value)
+        # ASCII only: int() and float() also read "٣" and "１", which no client of ours means
+        number = None if isinstance(value, str) and not value.isascii() else int(value) if integer else float(value)
     except (TypeError, ValueError):
         number = None
     inside = number is not None and (low < number < high if open_ends else low <= number <= high)
     if isinstance(value, bool) or not inside:
         kind = "an integer" if integer else "a number"
         bounds = f"strictly between {low} and {high}" if open_ends else f"from {low} to {high}"
-        raise InvalidExport(f"{key} must be {kind} {bounds}; got {value!r}.", field=key)
+        raise InvalidExport(f"{key} must be {kind} {bounds}; got {str(value)[:40]!r}.", field=key)
     return number
 
 
@@ -194,14 +197,17 @@ def _list(params, key) -> list[str]:
         return []
     items = value.split(",") if isinstance(value, str) else value
     if not isinstance(items, list) or not all(isinstance(item, (str, int)) and not isinstance(item, bool) for item in items):
-        raise InvalidExport(f"{key} must be a comma-separated list (or a JSON list); got {value!r}.", field=key)
+        raise InvalidExport(f"{key} must be a comma-separated list (or a JSON list); got {str(value)[:40]!r}.", field=key)
+    if len(items) > MAX_LIST_ITEMS:
+        raise InvalidExport(f"{key} lists {len(items)} items; at most {MAX_LIST_ITEMS} are allowed.", field=key)
     return [str(item).strip() for item in items if str(item).strip()]
 
 
 def _round(value: str) -> int:
-    if not value.isdigit():
-        raise InvalidExport(f"round must be non-negative integers; got {value!r}.", field="round")
-    return int(value)
+    number = ascii_int(value)
+    if number is None:
+        raise InvalidExport(f"round must be non-negative integers; got {value[:40]!r}.", field="round")
+    return number
 
 
 def _moment(params, key) -> datetime | None:

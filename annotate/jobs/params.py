@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from annotate.jobs.engine import InvalidParams
+from annotate.models import ModelVersion
 
 
 def integer(params: dict, name: str, default, low: int, high: int):
@@ -35,4 +36,32 @@ def flag(params: dict, name: str, default: bool) -> bool:
     value = params.get(name, default)
     if not isinstance(value, bool):
         raise InvalidParams(f"{name} must be true or false.", field=name)
+    return value
+
+
+def model_name(params: dict, name: str = "name") -> str | None:
+    """A new model's name: absent/null (the job picks one), or 1 to 200 characters not yet in the registry.
+
+    Checked before the run is queued: a name the registry refuses would otherwise fail only after training.
+    """
+    value = params.get(name)
+    if value is None:
+        return None
+    limit = ModelVersion._meta.get_field("name").max_length
+    if not isinstance(value, str) or not value.strip() or len(value) > limit:
+        raise InvalidParams(f"{name} must be text of 1 to {limit} characters.", field=name)
+    if ModelVersion.objects.filter(name=value).exists():
+        raise InvalidParams(f"{name} {value!r} is already taken.", field=name)
+    return value
+
+
+def text_list(params: dict, name: str, *, max_items: int, required: bool = False, what: str = "names") -> list[str] | None:
+    """A list of at most `max_items` strings (None when absent and not required)."""
+    value = params.get(name)
+    if value is None and not required:
+        return None
+    if not isinstance(value, list) or (required and not value) or not all(isinstance(v, str) for v in value):
+        raise InvalidParams(f"{name} must be a {'non-empty ' if required else ''}list of {what}.", field=name)
+    if len(value) > max_items:
+        raise InvalidParams(f"{name} lists {len(value)} items; at most {max_items} are allowed.", field=name)
     return value

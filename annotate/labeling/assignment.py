@@ -31,7 +31,7 @@ from datetime import timedelta
 
 from django.db import IntegrityError, connection, transaction
 from django.db.models import Count, F, Q, Sum
-from django.db.models.functions import Coalesce
+from django.db.models.functions import Coalesce, Greatest
 from django.utils import timezone
 
 from annotate.core import sql
@@ -77,15 +77,7 @@ def next_task_for(labeler, campaign: Campaign) -> Lease | None:
 
 def _current_lease(labeler, campaign: Campaign, now) -> Lease | None:
     """The open, unexpired lease the labeler already holds in the campaign (a reload, a second tab)."""
-    with connection.cursor() as cursor:  # hand-written: this runs on every request for a task
-        cursor.execute(
-            f"SELECT {sql.select_list(Assignment, 'a')}, {sql.select_list(Task, 't')}"
-            " FROM annotate_assignment a JOIN annotate_task t ON t.id = a.task_id"
-            " WHERE a.labeler_id = %s AND a.campaign_id = %s AND a.state = %s AND a.leased_until > %s"
-            " ORDER BY a.leased_at LIMIT 1",
-            [labeler.pk, campaign.pk, State.OPEN, connection.ops.adapt_datetimefield_value(now)],
-        )
-        row = cursor.fetchone()
+    row = sql.current_lease(labeler.pk, campaign.pk, now)  # hand-written: this runs on every request for a task
     if row is None:
         return None
     split = sql.width(Assignment)
@@ -105,37 +97,13 @@ def _lease_with_retries(labeler, campaign: Campaign, now) -> Lease | None:
     return None
 
 
-# PostgreSQL: pick, count and lease in one statement (one round trip instead of five).
-LEASE_SQL = """
-WITH picked AS (
-    SELECT t.id FROM annotate_task t
-    WHERE t.campaign_id = %(campaign)s AND t.remaining > 0
-      AND NOT EXISTS (SELECT 1 FROM annotate_assignment a WHERE a.task_id = t.id AND a.labeler_id = %(labeler)s)
-    ORDER BY t.priority DESC, t.id
-    LIMIT 1
-    FOR UPDATE OF t SKIP LOCKED
-), taken AS (
-    UPDATE annotate_task t SET remaining = t.remaining - 1 FROM picked WHERE t.id = picked.id
-    RETURNING t.id, t.prompt_id, t.priority, t.is_gold, t.judgements_needed, t.judgements_received, t.remaining, t.created_at
-), leased AS (
-    INSERT INTO annotate_assignment (task_id, labeler_id, campaign_id, state, leased_at, leased_until)
-    SELECT taken.id, %(labeler)s, %(campaign)s, 'open', %(now)s, %(until)s FROM taken
-    RETURNING id
-)
-SELECT leased.id, taken.* FROM leased, taken
-"""
-TASK_COLUMNS = ("id", "prompt_id", "priority", "is_gold", "judgements_needed", "judgements_received", "remaining", "created_at")
-
-
 def _lease_free_task(labeler, campaign: Campaign, now) -> Lease | None:
     until = now + timedelta(seconds=campaign.lease_seconds)
-    if connection.vendor == "postgresql":
-        with connection.cursor() as cursor:
-            cursor.execute(LEASE_SQL, {"campaign": campaign.pk, "labeler": labeler.pk, "now": now, "until": until})
-            row = cursor.fetchone()
+    if connection.vendor == "postgresql":  # pick, count and lease in one statement
+        row = sql.lease_free_task(labeler.pk, campaign.pk, now, until)
         if row is None:
             return None
-        task = Task(campaign=campaign, **dict(zip(TASK_COLUMNS, row[1:])))
+        task = Task(campaign=campaign, **dict(zip(sql.LEASED_TASK_FIELDS, row[1:])))
         assignment = Assignment(pk=row[0], task=task, labeler=labeler, campaign=campaign, state=State.OPEN, leased_at=now, leased_until=until)
         return Lease(assignment, task, is_new=True)
     with transaction.atomic():
@@ -195,6 +163,20 @@ def skip(labeler, task: Task) -> None:
         assignment.finished_at = timezone.now()
         assignment.save(update_fields=["state", "finished_at"])
         Task.objects.filter(pk=task.pk, is_gold=False).update(remaining=F("remaining") + 1)
+
+
+def withdraw_from_queue(task: Task) -> None:
+    """A task turned gold leaves the normal queue: no free slots (gold is served at the gold rate instead)."""
+    Task.objects.filter(pk=task.pk).update(remaining=0)
+
+
+def apply_overlap(campaign: Campaign, overlap: int) -> None:
+    """A new overlap for every non-gold task: its free slots grow or shrink by the difference, never below zero."""
+    # One UPDATE: the right-hand sides read the row as it was, and it locks each row it changes.
+    Task.objects.filter(campaign=campaign, is_gold=False).update(
+        judgements_needed=overlap,
+        remaining=Greatest(F("remaining") + overlap - F("judgements_needed"), 0),
+    )
 
 
 def reclaim_expired_leases(campaign: Campaign | None = None, now=None) -> int:

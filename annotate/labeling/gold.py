@@ -11,6 +11,7 @@ from itertools import combinations
 from django.db import transaction
 
 from annotate.core.errors import InvalidRanking
+from annotate.labeling import assignment
 from annotate.labeling.validation import task_response_ids, validate_ranking
 from annotate.models import Campaign, Judgement, Membership, Task
 
@@ -58,7 +59,8 @@ def mark_gold(task: Task, ranking) -> Task:
     groups = validate_ranking(ranking, task_response_ids(task))
     if len(groups) < 2:
         raise InvalidRanking("a gold answer must order at least two responses (not all tied).", field="gold_ranking")
-    Task.objects.filter(pk=task.pk).update(is_gold=True, gold_ranking=groups, remaining=0)
+    Task.objects.filter(pk=task.pk).update(is_gold=True, gold_ranking=groups)
+    assignment.withdraw_from_queue(task)
     task.refresh_from_db()
     return task
 

@@ -4,19 +4,27 @@ A judgement on a lease that lapsed (expired) or was skipped is still a human's w
 - if the task still has a free slot, it takes the slot and counts;
 - otherwise it is stored as surplus (`is_surplus=True`): kept and exported, not counted
   toward the task's overlap.
-A replay with the same idempotency key returns the judgement already stored.
+A replay with the same idempotency key and the same judgement returns the judgement already stored;
+the same key with a different ranking, rationale, flags or ratings is a conflict (409).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from django.db import IntegrityError, connection, transaction
+from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from annotate.core import sql
 from annotate.core.errors import AlreadySubmitted, IdempotencyConflict, InvalidRanking, NotLeased
 from annotate.labeling.gold import apply_gold_threshold
-from annotate.labeling.validation import MAX_RATIONALE, task_response_ids, validate_flags, validate_ranking, validate_ratings
+from annotate.labeling.validation import (
+    MAX_RATIONALE,
+    task_response_ids,
+    validate_flags,
+    validate_ranking,
+    validate_ratings,
+    validate_time_spent,
+)
 from annotate.models import Assignment, Judgement, Task
 from annotate.realtime import events
 
@@ -46,10 +54,9 @@ def submit(
         rationale = ""
     if not isinstance(rationale, str) or len(rationale) > MAX_RATIONALE:
         raise InvalidRanking(f"rationale must be text of at most {MAX_RATIONALE} characters.", field="rationale")
-    if time_spent_ms is not None and (isinstance(time_spent_ms, bool) or not isinstance(time_spent_ms, int) or time_spent_ms < 0):
-        raise InvalidRanking("time_spent_ms must be a non-negative integer.", field="time_spent_ms")
-    if key is not None and (not isinstance(key, str) or not 0 < len(key) <= 100):
-        raise InvalidRanking("the idempotency key must be 1 to 100 characters.", field="idempotency_key")
+    time_spent_ms = validate_time_spent(time_spent_ms)
+    if key is not None and (not isinstance(key, str) or not 0 < len(key) <= 100 or not key.isprintable()):
+        raise InvalidRanking("the idempotency key must be 1 to 100 printable characters.", field="idempotency_key")
     flags = validate_flags(flags)
     response_ids = task_response_ids(task)
     groups = validate_ranking(ranking, response_ids)
@@ -70,27 +77,23 @@ def submit(
 def _store(labeler, task, groups, rationale, flags, ratings, time_spent_ms, key) -> Submission:
     # Hand-written statements: this is the hot path of every labeler (the ORM's query building
     # costs more than the round trips). Lock the task first: two tabs or a retry can submit at once.
-    lock = sql.for_update()
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT remaining FROM annotate_task WHERE id = %s" + lock, [task.pk])
-        remaining = cursor.fetchone()[0]
-        cursor.execute("SELECT id, state FROM annotate_assignment WHERE task_id = %s AND labeler_id = %s" + lock, [task.pk, labeler.pk])
-        held = cursor.fetchone()
+    remaining = sql.task_remaining_locked(task.pk)
+    held = sql.assignment_locked(task.pk, labeler.pk)
     if held is None:
         raise NotLeased("This task is not leased to you: ask for the next task first.")
     assignment_id, state = held
     if state == State.SUBMITTED:
         existing = Judgement.objects.filter(assignment_id=assignment_id).first()
         if key is not None and existing is not None and existing.idempotency_key == key:
+            if (existing.ranking, existing.rationale, existing.flags, existing.ratings) != (groups, rationale, flags, ratings):
+                raise IdempotencyConflict(
+                    "This idempotency key was already used with a different judgement (ranking, rationale, flags or ratings).",
+                    field="idempotency_key",
+                )
             return Submission(existing, replayed=True)
         raise AlreadySubmitted("You already submitted a judgement for this task.")
     counted = _take_slot(task.pk, state, remaining)
-    now = timezone.now()
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "UPDATE annotate_assignment SET state = %s, finished_at = %s WHERE id = %s",
-            [State.SUBMITTED, connection.ops.adapt_datetimefield_value(now), assignment_id],
-        )
+    sql.mark_submitted(assignment_id, timezone.now())
     # A key already used on another task violates the unique constraint: IdempotencyConflict.
     judgement = Judgement(
         assignment_id=assignment_id,
@@ -109,15 +112,11 @@ def _store(labeler, task, groups, rationale, flags, ratings, time_spent_ms, key)
 
 def _take_slot(task_id: int, state: str, remaining: int) -> bool:
     """Count the judgement toward the task's overlap if a slot is (still) held or free; False means surplus."""
-    with connection.cursor() as cursor:
-        if state == State.OPEN:
-            # The lease holds a slot, even if it lapsed a moment ago and was not reclaimed yet.
-            cursor.execute("UPDATE annotate_task SET judgements_received = judgements_received + 1 WHERE id = %s", [task_id])
-            return True
-        if remaining > 0:
-            cursor.execute(
-                "UPDATE annotate_task SET remaining = remaining - 1, judgements_received = judgements_received + 1 WHERE id = %s",
-                [task_id],
-            )
-            return True
+    if state == State.OPEN:
+        # The lease holds a slot, even if it lapsed a moment ago and was not reclaimed yet.
+        sql.count_judgement(task_id)
+        return True
+    if remaining > 0:
+        sql.take_slot_and_count_judgement(task_id)
+        return True
     return False

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from django.db import connection
-
 from annotate.core import sql
 from annotate.models import Prompt, Task
 
@@ -28,15 +26,7 @@ class TaskContent:
 
 def task_content(task: Task) -> TaskContent:
     """One query whatever the campaign's size: the responses in order, each row carrying the prompt."""
-    with connection.cursor() as cursor:  # hand-written: this runs for every task shown
-        cursor.execute(
-            "SELECT r.id, r.text, p.id, p.messages, p.context FROM annotate_taskresponse s"
-            " JOIN annotate_response r ON r.id = s.response_id JOIN annotate_task t ON t.id = s.task_id"
-            " JOIN annotate_prompt p ON p.id = t.prompt_id"
-            " WHERE s.task_id = %s ORDER BY s.position",
-            [task.pk],
-        )
-        found = cursor.fetchall()
+    found = sql.task_content(task.pk)  # hand-written: this runs for every task shown
     _, _, prompt_id, messages, context = found[0]
     prompt = Prompt(pk=prompt_id, messages=sql.field_value(Prompt, "messages", messages), context=sql.field_value(Prompt, "context", context))
     responses = [ShownResponse(id=rid, text=text, letter=chr(ord("A") + i)) for i, (rid, text, *_) in enumerate(found)]

@@ -7,13 +7,21 @@ from __future__ import annotations
 
 from collections import Counter
 
-from django.db import connection
-
+from annotate.core import sql
 from annotate.core.errors import InvalidRanking
+from annotate.core.text_input import ascii_int
 from annotate.models import Task
 
 ALLOWED_FLAGS = frozenset({"all_bad", "unsafe", "needs_expert", "prompt_problem"})
 MAX_RATIONALE = 10_000
+# Caps on what a client may send (documented in the OpenAPI schema): a task has at most 8 responses,
+# so anything longer is refused with a 400 before any further work.
+MAX_RANKING_IDS = 64
+MAX_FLAGS = 16
+MAX_RATED_RESPONSES = 64
+MAX_CRITERIA_PER_RESPONSE = 64
+# The column is a PostgreSQL integer: anything larger used to wrap (false 409s) or fail (500).
+MAX_TIME_SPENT_MS = 2**31 - 1
 
 
 def validate_ranking(ranking, response_ids: list[int]) -> list[list[int]]:
@@ -25,9 +33,11 @@ def validate_ranking(ranking, response_ids: list[int]) -> list[list[int]]:
     for group in ranking:
         if not isinstance(group, list) or not group:
             raise InvalidRanking("each group in ranking must be a non-empty list of response ids.", field="ranking")
+        if len(seen) + len(group) > MAX_RANKING_IDS:
+            raise InvalidRanking(f"ranking names more than {MAX_RANKING_IDS} response ids.", field="ranking")
         for rid in group:
             if isinstance(rid, bool) or not isinstance(rid, int):
-                raise InvalidRanking(f"response id {rid!r} is not an integer.", field="ranking")
+                raise InvalidRanking(f"response id {str(rid)[:40]!r} is not an integer.", field="ranking")
         groups.append(list(group))
         seen.extend(group)
     expected = set(response_ids)
@@ -48,9 +58,11 @@ def validate_flags(flags) -> list[str]:
         return []
     if not isinstance(flags, list) or not all(isinstance(f, str) for f in flags):
         raise InvalidRanking("flags must be a list of strings.", field="flags")
+    if len(flags) > MAX_FLAGS:
+        raise InvalidRanking(f"flags lists {len(flags)} items; at most {MAX_FLAGS} are allowed.", field="flags")
     unknown = sorted(set(flags) - ALLOWED_FLAGS)
     if unknown:
-        raise InvalidRanking(f"unknown flags {unknown}; allowed: {sorted(ALLOWED_FLAGS)}.", field="flags")
+        raise InvalidRanking(f"unknown flags {[flag[:40] for flag in unknown]}; allowed: {sorted(ALLOWED_FLAGS)}.", field="flags")
     return sorted(set(flags))
 
 
@@ -62,27 +74,36 @@ def validate_ratings(ratings, criteria: list[dict], response_ids: list[int]) -> 
         raise InvalidRanking("this campaign asks for no ratings.", field="ratings")
     if not isinstance(ratings, dict):
         raise InvalidRanking("ratings must be an object keyed by response id.", field="ratings")
+    if len(ratings) > MAX_RATED_RESPONSES:
+        raise InvalidRanking(f"ratings name {len(ratings)} responses; at most {MAX_RATED_RESPONSES} are allowed.", field="ratings")
     by_name = {c["name"]: c for c in criteria}
     clean: dict[str, dict[str, int]] = {}
     for rid, values in ratings.items():
-        if not str(rid).isdigit() or int(rid) not in response_ids:
-            raise InvalidRanking(f"ratings name response {rid!r}, which is not in this task.", field="ratings")
-        if not isinstance(values, dict):
+        if ascii_int(str(rid)) not in response_ids:
+            raise InvalidRanking(f"ratings name response {str(rid)[:40]!r}, which is not in this task.", field="ratings")
+        if not isinstance(values, dict) or len(values) > MAX_CRITERIA_PER_RESPONSE:
             raise InvalidRanking("each response's ratings must be an object of criterion: value.", field="ratings")
         for name, value in values.items():
             criterion = by_name.get(name)
             if criterion is None:
-                raise InvalidRanking(f"unknown criterion {name!r}; this campaign has {sorted(by_name)}.", field="ratings")
+                raise InvalidRanking(f"unknown criterion {str(name)[:40]!r}; this campaign has {sorted(by_name)}.", field="ratings")
             if isinstance(value, bool) or not isinstance(value, int) or not criterion["min"] <= value <= criterion["max"]:
                 raise InvalidRanking(f"{name} must be an integer from {criterion['min']} to {criterion['max']}.", field="ratings")
         clean[str(int(rid))] = dict(values)
     return clean
 
 
+def validate_time_spent(time_spent_ms) -> int | None:
+    if time_spent_ms is None:
+        return None
+    if isinstance(time_spent_ms, bool) or not isinstance(time_spent_ms, int) or not 0 <= time_spent_ms <= MAX_TIME_SPENT_MS:
+        raise InvalidRanking(f"time_spent_ms must be an integer from 0 to {MAX_TIME_SPENT_MS}.", field="time_spent_ms")
+    return time_spent_ms
+
+
 def task_response_ids(task: Task) -> list[int]:
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT response_id FROM annotate_taskresponse WHERE task_id = %s ORDER BY position", [task.pk])
-        return [row[0] for row in cursor.fetchall()]
+    """The ids of the task's responses in display order."""
+    return sql.task_response_ids(task.pk)
 
 
 def _few(ids: list[int], shown: int = 10) -> str:

@@ -4,12 +4,12 @@ from __future__ import annotations
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
-from annotate.models import Campaign, Membership
+from annotate import access
 from annotate.realtime.events import campaign_group
 
 
 class CampaignConsumer(AsyncJsonWebsocketConsumer):
-    """Live events of one campaign (progress, runs) for its members."""
+    """Live events of one campaign (judgements, progress, runs) for its admins and researchers (labelers are refused)."""
 
     async def connect(self):
         campaign_id = await self._campaign_id_if_member()
@@ -30,11 +30,6 @@ class CampaignConsumer(AsyncJsonWebsocketConsumer):
     @database_sync_to_async
     def _campaign_id_if_member(self) -> int | None:
         user = self.scope.get("user")
-        if user is None or not user.is_authenticated:
+        if user is None:
             return None
-        campaign = Campaign.objects.filter(slug=self.scope["url_route"]["kwargs"]["slug"]).first()
-        if campaign is None:
-            return None
-        if user.is_superuser or Membership.objects.filter(campaign=campaign, user=user).exists():
-            return campaign.pk
-        return None
+        return access.may_receive_live_events(user, self.scope["url_route"]["kwargs"]["slug"])

@@ -41,7 +41,7 @@ def validate_params(campaign: Campaign | None, params: dict) -> dict:
         raise InvalidParams("an optimize run belongs to a campaign (its prompts measure the cost).", field="campaign")
     if unknown := sorted(set(params) - ALLOWED):
         raise InvalidParams(f"unknown params {unknown}; allowed: {sorted(ALLOWED)}.", field=unknown[0])
-    source = _source(params.get("model"))
+    source = _source(campaign, params.get("model"))
     clean = {
         "model": params["model"],
         "methods": _methods(params.get("methods"), source),
@@ -52,17 +52,17 @@ def validate_params(campaign: Campaign | None, params: dict) -> dict:
         "seed": integer(params, "seed", 0, 0, 2**31 - 1),
     }
     reward = params.get("reward_model") or getattr(latest_reward_model(campaign), "name", None)
-    if reward is not None and not ModelVersion.objects.filter(name=reward, kind=ModelVersion.Kind.REWARD).exists():
-        raise InvalidParams(f"{reward!r} is not a registered reward model.", field="reward_model")
+    if reward is not None:
+        registry.reward_model_param(campaign, reward)
     clean["reward_model"] = reward
     return clean
 
 
-def _source(name) -> ModelVersion | None:
+def _source(campaign: Campaign, name) -> ModelVersion | None:
     """The version to optimise (None: the default base, not converted yet); InvalidParams on `model` otherwise."""
     if not isinstance(name, str) or not name:
         raise InvalidParams("model must name a registered policy or base model.", field="model")
-    version = ModelVersion.objects.filter(name=name).first()
+    version = registry.campaign_model(campaign, name, "model")
     if version is None and name == registry.DEFAULT_BASE_NAME:
         return None
     if version is None:
@@ -144,7 +144,7 @@ def run_optimize(ctx: RunContext) -> dict:
 
 def optimise_all(ctx: RunContext, source: ModelVersion, source_dir: Path, steps: int) -> dict[str, tuple[str, Path, dict]]:
     """Write each method's checkpoint under the run's directory; {label: (method, path, details)}."""
-    from training.models import CheckpointError
+    from training.checkpoints import CheckpointError
     from training.optimize import OptimizationError, OptimizeConfig, optimize
 
     p = ctx.params
@@ -168,7 +168,7 @@ def optimise_all(ctx: RunContext, source: ModelVersion, source_dir: Path, steps:
 
 def measure_all(ctx: RunContext, source_dir: Path, candidates: dict[str, Path], steps: int) -> dict[str, dict]:
     """The source's and each candidate's figures on the campaign's newest prompts and pairs."""
-    from training.models import CheckpointError
+    from training.checkpoints import CheckpointError
     from training.optimize import MeasureConfig, compare
 
     p = ctx.params

@@ -14,10 +14,18 @@ from django.db import transaction
 
 from annotate.campaigns.task_building import build_tasks, shuffle
 from annotate.jobs.engine import InvalidParams, RunContext, RunFailed, register
-from annotate.jobs.params import integer, number
+from annotate.jobs.params import integer, number, text_list
 from annotate.models import Campaign, ModelVersion, Response, Task, TaskResponse
-from annotate.runs.registry import RegistryError, can_generate, checkpoint_dir, resolve_for_generation
+from annotate.runs.registry import (
+    RegistryError,
+    can_generate,
+    checkpoint_dir,
+    generating_model_param,
+    resolve_for_generation,
+    reward_model_param,
+)
 
+MAX_MODELS, MAX_PROMPTS = 32, 100_000  # list params: a clear 400 rather than a body-sized loop
 LIMITS = {"n_per_prompt": (1, 16), "max_new_tokens": (1, 2048), "batch_size": (1, 1024), "limit": (1, 1_000_000)}
 
 
@@ -29,10 +37,9 @@ def validate_params(campaign: Campaign | None, params: dict) -> dict:
                "head_to_head_with", "reward_model", "best_of"}
     if unknown := sorted(set(params) - allowed):
         raise InvalidParams(f"unknown params {unknown}; allowed: {sorted(allowed)}.", field=unknown[0])
-    models = params.get("models")
-    if not isinstance(models, list) or not models or not all(isinstance(m, str) for m in models):
-        raise InvalidParams("models must be a non-empty list of model names.", field="models")
+    models = text_list(params, "models", max_items=MAX_MODELS, required=True, what="model names")
     for name in models:
+        generating_model_param(campaign, name, "models")
         if not can_generate(name):
             raise InvalidParams(f"model {name!r} is unknown or has no checkpoint to generate with.", field="models")
     clean = {
@@ -45,10 +52,7 @@ def validate_params(campaign: Campaign | None, params: dict) -> dict:
         "temperature": number(params, "temperature", 0.7, low=0.0, high=2.0, low_open=True),
         "top_p": number(params, "top_p", 1.0, low=0.0, high=1.0, low_open=True),
     }
-    prompts = params.get("prompts")
-    if prompts is not None and (not isinstance(prompts, list) or not all(isinstance(p, str) for p in prompts)):
-        raise InvalidParams("prompts must be a list of prompt external ids.", field="prompts")
-    clean["prompts"] = prompts
+    clean["prompts"] = text_list(params, "prompts", max_items=MAX_PROMPTS, what="prompt external ids")
     baseline = params.get("head_to_head_with")
     if baseline is not None:
         if campaign.responses_per_task != 2:
@@ -57,8 +61,8 @@ def validate_params(campaign: Campaign | None, params: dict) -> dict:
             raise InvalidParams(f"model {baseline!r} has no responses in this campaign to pair against.", field="head_to_head_with")
     clean["head_to_head_with"] = baseline
     reward_model = params.get("reward_model")
-    if reward_model is not None and not ModelVersion.objects.filter(name=reward_model, kind=ModelVersion.Kind.REWARD).exists():
-        raise InvalidParams(f"{reward_model!r} is not a registered reward model.", field="reward_model")
+    if reward_model is not None:
+        reward_model_param(campaign, reward_model)
     clean["reward_model"] = reward_model
     clean["best_of"] = integer(params, "best_of", 4 if reward_model else 1, 1, 32)
     if clean["best_of"] > 1 and reward_model is None:
@@ -72,8 +76,8 @@ def run_generation(ctx: RunContext) -> dict:
 
 def generate_into_queue(ctx: RunContext, params: dict) -> dict:
     """Sample from each model in params["models"], store responses and build tasks batch by batch."""
+    from training.checkpoints import CheckpointError
     from training.generate import GenerationConfig, generate
-    from training.models import CheckpointError
 
     campaign = ctx.run.campaign
     prompts = campaign.prompts.order_by("id")

@@ -30,11 +30,12 @@ def validate_ppo(campaign: Campaign | None, params: dict) -> dict:
     policy = params.get("policy")
     if policy is not None and (error := registry.training_base_error(policy)):
         raise InvalidParams(f"policy {error}", field="policy")
+    if policy is not None:
+        registry.generating_model_param(campaign, policy, "policy")
     reward = params.get("reward_model") or getattr(latest_reward_model(campaign), "name", None)
     if reward is None:
         raise InvalidParams("no reward model yet: train one on this campaign's judgements first.", field="reward_model")
-    if not ModelVersion.objects.filter(name=reward, kind=ModelVersion.Kind.REWARD).exists():
-        raise InvalidParams(f"{reward!r} is not a registered reward model.", field="reward_model")
+    registry.reward_model_param(campaign, reward)
     resume = params.get("resume_run")
     if resume is not None and not Run.objects.filter(pk=resume, kind="ppo", campaign=campaign).exists():
         raise InvalidParams(f"run {resume!r} is not a PPO run of this campaign.", field="resume_run")

@@ -10,7 +10,9 @@ from pathlib import Path
 from django.conf import settings
 from django.db import transaction
 
+from annotate import access
 from annotate.jobs.engine import InvalidParams
+from annotate.jobs.params import model_name
 from annotate.models import Campaign, ModelVersion, Run
 
 DEFAULT_BASE_NAME = "SmolLM2-135M-Instruct"
@@ -53,14 +55,42 @@ def resolve_for_generation(name: str) -> ModelVersion:
     return version
 
 
+def campaign_model(campaign: Campaign, name, field: str, kind: str | None = None) -> ModelVersion | None:
+    """The registered model `name` (of `kind`, if given) that a run of `campaign` may use, or None if no such model
+    is registered. Another campaign's model is refused with InvalidParams naming `field` (access.model_usable_in)."""
+    if not isinstance(name, str):
+        raise InvalidParams(f"{field} must be a model name.", field=field)
+    versions = ModelVersion.objects.filter(name=name)
+    if kind is not None:
+        versions = versions.filter(kind=kind)
+    version = versions.first()
+    if version is not None and not access.model_usable_in(version, campaign):
+        raise InvalidParams(f"model {name!r} belongs to another campaign; use one of this campaign's models.", field=field)
+    return version
+
+
+def reward_model_param(campaign: Campaign, name, field: str = "reward_model") -> str:
+    """A registered reward model of this campaign (or of no campaign), by name; InvalidParams naming `field` otherwise."""
+    if campaign_model(campaign, name, field, ModelVersion.Kind.REWARD) is None:
+        raise InvalidParams(f"{name!r} is not a registered reward model.", field=field)
+    return name
+
+
 def can_generate(name: str) -> bool:
     if name == DEFAULT_BASE_NAME:
         return True
     return ModelVersion.objects.filter(name=name).exclude(checkpoint_path="").exclude(kind=ModelVersion.Kind.REWARD).exists()
 
 
-# training.models.QUANTIZED_MARKER (not imported: that would load torch into the web process)
+# training.checkpoints.QUANTIZED_MARKER (not imported: that would load torch into the web process)
 QUANTIZED_MARKER = "quantization.json"
+
+
+def generating_model_param(campaign: Campaign, name, field: str) -> str:
+    """A model this campaign's run may generate with (or train from); InvalidParams naming `field` otherwise."""
+    if name != DEFAULT_BASE_NAME:
+        campaign_model(campaign, name, field)
+    return name
 
 
 def training_base_error(name) -> str | None:
@@ -100,10 +130,7 @@ def current_policy(campaign: Campaign) -> ModelVersion:
 
 
 def policy_name(campaign: Campaign, params: dict) -> str | None:
-    name = params.get("name")
-    if name is not None and (not isinstance(name, str) or not name.strip() or ModelVersion.objects.filter(name=name).exists()):
-        raise InvalidParams(f"name {name!r} is empty or already taken.", field="name")
-    return name
+    return model_name(params)
 
 
 def register_policy(campaign: Campaign, run: Run, parent: ModelVersion, path, name: str | None, *, method: str, extra: dict) -> ModelVersion:

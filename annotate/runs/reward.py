@@ -8,7 +8,7 @@ from django.db import transaction
 
 from annotate.exports.training_data import snapshot_judgements, snapshot_param, snapshot_record, training_snapshot
 from annotate.jobs.engine import InvalidParams, RunCancelled, RunContext, RunFailed, register
-from annotate.jobs.params import choice, flag, integer, number
+from annotate.jobs.params import choice, flag, integer, model_name, number
 from annotate.models import Campaign, ModelVersion
 from annotate.runs import registry
 
@@ -21,12 +21,11 @@ def validate_params(campaign: Campaign | None, params: dict) -> dict:
         raise InvalidParams("a reward run belongs to a campaign.", field="campaign")
     if unknown := sorted(set(params) - ALLOWED):
         raise InvalidParams(f"unknown params {unknown}; allowed: {sorted(ALLOWED)}.", field=unknown[0])
+    name = model_name(params)  # before anything slow: a bad name used to fail only after training
     base = params.get("base_model", registry.DEFAULT_BASE_NAME)
     if error := registry.training_base_error(base):
         raise InvalidParams(f"base {error}", field="base_model")
-    name = params.get("name")
-    if name is not None and (not isinstance(name, str) or not name.strip() or ModelVersion.objects.filter(name=name).exists()):
-        raise InvalidParams(f"name {name!r} is empty or already taken.", field="name")
+    registry.generating_model_param(campaign, base, "base_model")
     clean = {
         "base_model": base,
         "name": name,
@@ -56,7 +55,9 @@ def run_reward_training(ctx: RunContext) -> dict:
 def train_and_register(ctx: RunContext, p: dict):
     """Build the dataset from a snapshot of the campaign's judgements, train, register; returns (ModelVersion, RewardResult)."""
     from training.preferences import PreferenceDatasetError, PreferenceOptions, build_preference_dataset
-    from training.reward import RewardConfig, RewardTrainingError, TrainingCancelled, train_reward_model
+    from training.reward import train_reward_model
+    from training.reward_config import RewardConfig, RewardTrainingError
+    from training.trl_common import TrainingCancelled
 
     run, campaign = ctx.run, ctx.run.campaign
     options = PreferenceOptions(weighting=p["weighting"], aggregation=p["aggregation"], include_excluded=p["include_excluded"],

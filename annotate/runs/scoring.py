@@ -12,14 +12,14 @@ _lock = Lock()
 
 @lru_cache(maxsize=2)
 def _load(path: str, mtime: float):
-    from training.reward import load_reward_model
+    from training.reward_scoring import load_reward_model
 
     return load_reward_model(path)
 
 
 def score_responses(version: ModelVersion, prompt_messages: list[dict], responses: list[str]) -> list[float]:
     """Rewards of `responses` to the prompt, in the format the reward model was trained on."""
-    from training.reward import score
+    from training.reward_scoring import score
 
     if version.kind != ModelVersion.Kind.REWARD:
         raise RegistryError(f"model {version.name!r} is a {version.kind} model, not a reward model.")

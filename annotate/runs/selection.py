@@ -18,7 +18,7 @@ from django.utils import timezone
 from annotate.exports.training_data import ranked_judgements
 from annotate.jobs.engine import InvalidParams, RunContext, RunFailed, register
 from annotate.models import Campaign, ModelVersion, Task, TaskResponse
-from annotate.runs.registry import latest_reward_model
+from annotate.runs.registry import latest_reward_model, reward_model_param
 from annotate.runs.scoring import score_responses
 from training.preferences import ranking_to_pairs
 
@@ -34,8 +34,8 @@ def validate_params(campaign: Campaign | None, params: dict) -> dict:
         if latest is None:
             raise InvalidParams("no reward model has been trained for this campaign yet.", field="reward_model")
         name = latest.name
-    elif not ModelVersion.objects.filter(name=name, kind=ModelVersion.Kind.REWARD).exists():
-        raise InvalidParams(f"{name!r} is not a registered reward model.", field="reward_model")
+    else:
+        name = reward_model_param(campaign, name)
     return {"reward_model": name}
 
 

@@ -35,6 +35,8 @@ def validate_params(kind: str):
         policy = params.get("policy")
         if policy is not None and (error := registry.training_base_error(policy)):
             raise InvalidParams(f"policy {error}", field="policy")
+        if policy is not None:
+            registry.generating_model_param(campaign, policy, "policy")
         clean = {
             "policy": policy, "name": policy_name(campaign, params),
             "learning_rate": number(params, "learning_rate", DEFAULT_LR[kind], low=0.0, high=1.0, low_open=True),
@@ -51,7 +53,7 @@ def validate_params(kind: str):
             clean["beta"] = number(params, "beta", 0.1 if kind == "dpo" else 0.05, low=0.0, high=10.0)
         if kind == "rloo":
             reward = params.get("reward_model") or getattr(latest_reward_model(campaign), "name", None)
-            if reward is None or not ModelVersion.objects.filter(name=reward, kind=ModelVersion.Kind.REWARD).exists():
+            if reward is None or registry.campaign_model(campaign, reward, "reward_model", ModelVersion.Kind.REWARD) is None:
                 raise InvalidParams("RLOO needs a registered reward model: train one on this campaign first.", field="reward_model")
             clean["reward_model"] = reward
             clean["num_generations"] = integer(params, "num_generations", 4, 2, 64)
@@ -100,7 +102,7 @@ def run_policy_training(kind: str):
 def train_and_register_policy(kind: str, ctx: RunContext, p: dict) -> ModelVersion:
     """Train with SFT, DPO or RLOO from the parent policy and register the result."""
     from training.policy_io import PolicyTrainingError
-    from training.reward import TrainingCancelled
+    from training.trl_common import TrainingCancelled
 
     campaign = ctx.run.campaign
     parent = ModelVersion.objects.get(name=p["policy"]) if p["policy"] else current_policy(campaign)

@@ -68,7 +68,8 @@ def fractional_ranks(ranking: Sequence[Sequence[int]]) -> dict[int, float]:
 
 def ordinal_alpha(units: Iterable[Sequence[float]]) -> float | None:
     """Krippendorff's alpha (ordinal) of units given as the values their coders gave; None if undefined."""
-    unit_of, values = [], []
+    unit_of: list[int] = []
+    values: list[float] = []
     for u, given in enumerate(units):
         if len(given) >= 2:  # a lone value is not pairable
             unit_of.extend([u] * len(given))

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from django.db import connection
 from django.db.models import Count
 
+from annotate.core import sql
 from annotate.labeling import gold
 from annotate.models import Assignment, Campaign, Judgement
 from annotate.stats import dashboard
@@ -50,23 +51,12 @@ def agreement_by_labeler(campaign: Campaign) -> dict[int, float]:
     return dashboard.labeler_agreement(campaign)
 
 
-# Seconds a judgement took: the time the labeler's page reported, else from lease to submit.
-MEDIAN_SECONDS_SQL = """
-SELECT j.labeler_id, count(*), percentile_cont(0.5) WITHIN GROUP (
-    ORDER BY coalesce(j.time_spent_ms / 1000.0, greatest(extract(epoch FROM j.created_at - a.leased_at), 0)))
-FROM annotate_judgement j JOIN annotate_task t ON t.id = j.task_id JOIN annotate_assignment a ON a.id = j.assignment_id
-WHERE t.campaign_id = %s AND j.labeler_id = ANY(%s)
-GROUP BY j.labeler_id
-"""
-
-
 def _judgements_and_median_seconds(campaign: Campaign, ids: list[int]) -> dict[int, tuple[int, float | None]]:
     """Per labeler: (judgements, median seconds per judgement). In SQL on PostgreSQL (a busy campaign
     has hundreds of thousands of judgements); SQLite has no median, so there the rows come to Python."""
     if connection.vendor == "postgresql":
-        with connection.cursor() as cursor:
-            cursor.execute(MEDIAN_SECONDS_SQL, [campaign.pk, ids])
-            return {uid: (count, float(median) if median is not None else None) for uid, count, median in cursor.fetchall()}
+        rows = sql.judgements_and_median_seconds(campaign.pk, ids)
+        return {uid: (count, float(median) if median is not None else None) for uid, count, median in rows}
     times: dict[int, list[float]] = defaultdict(list)
     rows = Judgement.objects.filter(task__campaign=campaign, labeler_id__in=ids).values_list(
         "labeler_id", "time_spent_ms", "created_at", "assignment__leased_at"

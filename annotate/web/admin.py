@@ -21,6 +21,7 @@ from annotate.campaigns import members, setup
 from annotate.campaigns.imports import files
 from annotate.core.errors import DomainError, ImportRejected, InvalidRanking
 from annotate.core.markdown import render_markdown
+from annotate.core.text_input import ascii_int
 from annotate.labeling import gold
 from annotate.models import Membership, Run, Task, TaskResponse
 from annotate.stats.labeler_stats import agreement_by_labeler, labeler_stats
@@ -82,7 +83,7 @@ def campaign_status(request, slug):
 @require_POST
 def preview_markdown(request):
     """The instructions as labelers will see them (htmx, while the admin types)."""
-    if not (access.can_create_campaigns(request.user) or Membership.objects.filter(user=request.user, role=Membership.Role.ADMIN).exists()):
+    if not access.may_preview_instructions(request.user):
         raise PermissionDenied("Only campaign admins preview instructions.")
     return render(request, "annotate/admin_preview.html", {"html": render_markdown(request.POST.get("instructions", ""))})
 
@@ -127,7 +128,7 @@ def task_list(request, slug):
         tasks = tasks.filter(is_gold=True)
     if query:
         match = Q(prompt__external_id__icontains=query)
-        tasks = tasks.filter(match | Q(pk=int(query)) if query.isdigit() else match)
+        tasks = tasks.filter(match | Q(pk=ascii_int(query)) if ascii_int(query) is not None else match)
     page = Paginator(tasks, TASKS_PER_PAGE).get_page(request.GET.get("page"))
     slots = TaskResponse.objects.select_related("response__model_version").order_by("position")
     tasks_on_page = Task.objects.filter(pk__in=[t.pk for t in page]).prefetch_related(Prefetch("slots", queryset=slots))
@@ -164,9 +165,9 @@ def _ranking_from_places(post, slots) -> list[list[int]]:
     by_place: dict[int, list[int]] = {}
     for slot in slots:
         value = post.get(f"place-{slot.response_id}", "")
-        if not value.isdigit():
+        if ascii_int(value) is None:
             raise InvalidRanking("give every response a place (1 is best; equal places are a tie).", field="gold_ranking")
-        by_place.setdefault(int(value), []).append(slot.response_id)
+        by_place.setdefault(ascii_int(value), []).append(slot.response_id)
     return [by_place[p] for p in sorted(by_place)]
 
 
@@ -193,7 +194,8 @@ def labeler_list(request, slug):
     if request.method == "POST":
         if form.is_valid():
             try:
-                added = members.add_member(campaign, form.cleaned_data["username"], form.cleaned_data["role"], email=form.cleaned_data["email"])
+                data = form.cleaned_data
+                added = members.add_member(campaign, request.user, data["username"], data["role"], email=data["email"])
                 form = AddLabelerForm()
             except DomainError as exc:
                 form.add_error(exc.field if exc.field in form.fields else None, exc.message)

@@ -105,6 +105,6 @@ class ImportForm(forms.Form):
 
 
 class AddLabelerForm(forms.Form):
-    username = forms.CharField(max_length=150, help_text="An existing user is added; a new name creates the account with a generated password.")
+    username = forms.CharField(max_length=150, help_text="Someone from a campaign you run is added; a free name creates the account with a generated password.")
     role = forms.ChoiceField(choices=Membership.Role.choices, initial=Membership.Role.LABELER)
     email = forms.EmailField(required=False, help_text="Only for a new account.")

@@ -26,10 +26,10 @@ def overview(request, slug):
     context = {"campaign": campaign, "progress": assignment.progress(campaign), **_runs_context(campaign), **dashboard_context(campaign)}
     context.update(_reward_context(campaign))
     context["rounds"] = round_summaries(campaign)
-    if campaign.user_role == Membership.Role.ADMIN:
+    if access.administers(campaign):
         context["form"] = GenerationForm(campaign=campaign)
-        context["reward_form"] = RewardForm()
-        context["round_form"] = RewardForm(prefix="round")
+        context["reward_form"] = RewardForm(campaign=campaign)
+        context["round_form"] = RewardForm(prefix="round", campaign=campaign)
     return render(request, "annotate/campaign.html", context)
 
 
@@ -63,7 +63,7 @@ def start_run(request, slug, kind):
     """The one-click runs of the campaign page (reward model, round, active selection, drift)."""
     campaign = access.campaign_for(request.user, slug, ADMIN)
     # reward and round take the reward form's choices (the round's under its own prefix); the others none
-    form = RewardForm(request.POST, prefix="round" if kind == "round" else None) if kind in ("reward", "round") else None
+    form = RewardForm(request.POST, prefix="round" if kind == "round" else None, campaign=campaign) if kind in ("reward", "round") else None
     if form is not None and not form.is_valid():
         messages.error(request, "; ".join(f"{field}: {' '.join(errors)}" for field, errors in form.errors.items()))
         return redirect("campaign", slug=slug)
@@ -81,9 +81,8 @@ def start_run(request, slug, kind):
 @login_required
 @require_GET
 def run_page(request, run_id):
-    engine.fail_stale_runs()
-    run = access.run_for(request.user, run_id)
-    context = {"run": run, "plots": metric_panels(engine.metric_series(run)), "can_cancel": _is_admin(request.user, run)}
+    run = access.run_as_seen_by(request.user, access.run_for(request.user, run_id))
+    context = {"run": run, "plots": metric_panels(engine.metric_series(run)), "can_cancel": access.may_manage_run(request.user, run)}
     if run.kind == "reward" and run.result.get("chosen_scores"):
         context["score_histogram"] = histograms(
             {"chosen": run.result["chosen_scores"], "rejected": run.result["rejected_scores"]}, "Held-out reward scores"
@@ -101,7 +100,7 @@ def cancel_run(request, run_id):
 
 
 def _runs_context(campaign) -> dict:
-    engine.fail_stale_runs()
+    # Reads do not write: runs whose worker died are failed by `manage.py housekeeping`, not here.
     runs = list(campaign.runs.select_related("created_by").order_by("-created_at")[:50])
     return {"runs": runs, "any_active": any(not r.is_finished for r in runs)}
 
@@ -115,6 +114,3 @@ def _reward_context(campaign) -> dict:
     plot = metric_panels({"agreement with new judgements": [(i, p["agreement"]) for i, p in enumerate(drift, 1)]}) if len(drift) > 1 else None
     return {"reward_model": version, "reward_accuracy": version.metadata.get("metrics", {}).get("eval/accuracy"), "drift": drift, "drift_plot": plot}
 
-
-def _is_admin(user, run) -> bool:
-    return run.campaign is not None and access.role_in(user, run.campaign) == Membership.Role.ADMIN

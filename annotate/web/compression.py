@@ -32,9 +32,9 @@ class OptimizeForm(forms.Form):
     structured = forms.BooleanField(required=False, label="Structured (whole MLP channels)")
     limit = forms.IntegerField(min_value=1, max_value=1000, initial=16, label="Prompts to measure on")
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, campaign, **kwargs):
         super().__init__(*args, **kwargs)
-        self.fields["model"].choices = [(n, n) for n in generatable_models()]
+        self.fields["model"].choices = [(n, n) for n in generatable_models(campaign)]
 
     def params(self) -> dict:
         return dict(self.cleaned_data)
@@ -44,7 +44,7 @@ class OptimizeForm(forms.Form):
 @require_GET
 def optimized(request, slug):
     campaign = access.campaign_for(request.user, slug, access.READING_ROLES)
-    form = OptimizeForm() if campaign.user_role == Membership.Role.ADMIN else None
+    form = OptimizeForm(campaign=campaign) if access.administers(campaign) else None
     return render(request, "annotate/optimize.html", _context(campaign, form))
 
 
@@ -52,7 +52,7 @@ def optimized(request, slug):
 @require_POST
 def start_optimize(request, slug):
     campaign = access.campaign_for(request.user, slug, ADMIN)
-    form = OptimizeForm(request.POST)
+    form = OptimizeForm(request.POST, campaign=campaign)
     if form.is_valid():
         try:
             run = engine.start_run("optimize", campaign=campaign, params=form.params(), user=request.user)

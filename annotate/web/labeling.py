@@ -10,8 +10,9 @@ from django.shortcuts import render
 from django.views.decorators.http import require_GET, require_POST
 
 from annotate import access
-from annotate.core.errors import DomainError
+from annotate.core.errors import DomainError, NotLeased
 from annotate.core.markdown import render_markdown
+from annotate.core.text_input import ascii_int
 from annotate.labeling import assignment, judgements, validation
 from annotate.labeling.task_content import task_content
 from annotate.models import Campaign, Membership
@@ -21,12 +22,10 @@ from annotate.models import Campaign, Membership
 @require_GET
 def home(request):
     """The campaigns this user belongs to, with their counts."""
-    campaigns = Campaign.objects.order_by("-created_at").annotate(
+    campaigns = access.visible_campaigns(request.user).order_by("-created_at").annotate(
         task_count=Count("tasks", distinct=True),
         open_count=Count("tasks", filter=Q(tasks__remaining__gt=0), distinct=True),
     )
-    if not request.user.is_superuser:
-        campaigns = campaigns.filter(memberships__user=request.user)
     roles = dict(Membership.objects.filter(user=request.user).values_list("campaign_id", "role"))
     rows = [{"campaign": c, "role": roles.get(c.pk, "admin")} for c in campaigns[:200]]
     return render(request, "annotate/home.html", {"rows": rows})
@@ -39,7 +38,7 @@ def label(request, slug):
     campaign = access.campaign_for(request.user, slug, access.LABELING_ROLES)
     context = {"campaign": campaign, "instructions_html": render_markdown(campaign.instructions)}
     context.update(_next_task_context(request, campaign))
-    return render(request, "annotate/label.html", context)
+    return render(request, "annotate/label.html", context, status=context.get("status", 200))
 
 
 @login_required
@@ -56,14 +55,18 @@ def submit(request, task_id):
             rationale=request.POST.get("rationale", ""),
             flags=request.POST.getlist("flags"),
             ratings=_ratings_from_form(request.POST),
-            time_spent_ms=int(time_spent) if time_spent and time_spent.isdigit() else None,
+            time_spent_ms=ascii_int(time_spent),
             key=request.POST.get("key") or None,
         )
     except (DomainError, ValueError) as exc:
         message = exc.message if isinstance(exc, DomainError) else "The ranking could not be read; please rank again."
+        if not access.holds_lease(request.user, task):  # only the lease holder sees the task again
+            refused = isinstance(exc, DomainError) and exc.status in (403, 409)  # not leased, already submitted
+            return _notice(request, task.campaign, message if refused else NotLeased.default_message, exc.status if refused else 403)
         context = _task_context(request, task.campaign, task, error=message)
         return render(request, "annotate/_task.html", context, status=422)
     _count_in_session(request, task.campaign)
+    # stored: a 200 even if the next task is refused (the gold check may have paused the labeler just now)
     return render(request, "annotate/_task.html", _next_task_context(request, task.campaign))
 
 
@@ -71,7 +74,10 @@ def submit(request, task_id):
 @require_POST
 def skip(request, task_id):
     task = access.task_for_labeler(request.user, task_id)
-    assignment.skip(request.user, task)
+    try:
+        assignment.skip(request.user, task)
+    except DomainError as exc:
+        return _notice(request, task.campaign, exc.message, exc.status)
     return render(request, "annotate/_task.html", _next_task_context(request, task.campaign))
 
 
@@ -81,14 +87,18 @@ def _ratings_from_form(post) -> dict:
     for name, value in post.items():
         if name.startswith("rating-") and value:
             _, rid, criterion = name.split("-", 2)
-            ratings.setdefault(rid, {})[criterion] = int(value) if value.lstrip("-").isdigit() else value
+            digits = ascii_int(value.removeprefix("-"))  # not isdigit(): int() refuses "²"
+            ratings.setdefault(rid, {})[criterion] = value if digits is None else -digits if value.startswith("-") else digits
     return ratings
 
 
 def _next_task_context(request, campaign: Campaign) -> dict:
     if campaign.status != Campaign.Status.ACTIVE:
         return {"campaign": campaign, "closed": True, **_progress(request, campaign)}
-    lease = assignment.next_task_for(request.user, campaign)
+    try:
+        lease = assignment.next_task_for(request.user, campaign)
+    except DomainError as exc:  # paused (by hand, or by the gold check just now): say so, serve nothing
+        return {"campaign": campaign, "notice": exc.message, "status": exc.status, **_progress(request, campaign)}
     if lease is None:
         return {"campaign": campaign, "content": None, **_progress(request, campaign)}
     return _task_context(request, campaign, lease.task, lease_expires_at=lease.assignment.leased_until)
@@ -107,6 +117,11 @@ def _task_context(request, campaign: Campaign, task, *, error: str = "", lease_e
         "flag_choices": _flag_choices(campaign),
         **_progress(request, campaign),
     }
+
+
+def _notice(request, campaign: Campaign, message: str, status: int):
+    """The task area with a message and no task: what a refused submit or skip gets back."""
+    return render(request, "annotate/_task.html", {"campaign": campaign, "notice": message, **_progress(request, campaign)}, status=status)
 
 
 def _flag_choices(campaign: Campaign) -> list[tuple[str, str]]:

@@ -3,14 +3,15 @@ from __future__ import annotations
 
 from django import forms
 
+from annotate import access
 from annotate.models import ModelVersion, Response
 from annotate.runs.registry import DEFAULT_BASE_NAME
 
 
-def generatable_models() -> list[str]:
-    names = list(
-        ModelVersion.objects.exclude(checkpoint_path="").exclude(kind=ModelVersion.Kind.REWARD).order_by("-created_at").values_list("name", flat=True)
-    )
+def generatable_models(campaign) -> list[str]:
+    """The models a run of `campaign` may generate with or train from (never another campaign's)."""
+    versions = ModelVersion.objects.exclude(checkpoint_path="").exclude(kind=ModelVersion.Kind.REWARD).order_by("-created_at")
+    names = list(access.models_usable_in(campaign, versions).values_list("name", flat=True))
     return names if DEFAULT_BASE_NAME in names else [DEFAULT_BASE_NAME, *names]
 
 
@@ -25,7 +26,7 @@ class GenerationForm(forms.Form):
 
     def __init__(self, *args, campaign, **kwargs):
         super().__init__(*args, **kwargs)
-        self.fields["models"].choices = [(n, n) for n in generatable_models()]
+        self.fields["models"].choices = [(n, n) for n in generatable_models(campaign)]
         baselines = Response.objects.filter(prompt__campaign=campaign).values_list("model_version__name", flat=True).distinct()
         self.fields["head_to_head_with"].choices = [("", "— build tasks from new responses only —")] + [(n, n) for n in sorted(baselines)]
 
@@ -41,9 +42,9 @@ class RewardForm(forms.Form):
     aggregation = forms.ChoiceField(choices=[("all", "keep every labeler's pairs"), ("majority", "majority per pair")])
     use_lora = forms.BooleanField(required=False, initial=True, label="LoRA (off: full fine-tuning)")
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, campaign, **kwargs):
         super().__init__(*args, **kwargs)
-        self.fields["base_model"].choices = [(n, n) for n in generatable_models()]
+        self.fields["base_model"].choices = [(n, n) for n in generatable_models(campaign)]
 
     def params(self) -> dict:
         return dict(self.cleaned_data)

@@ -2,10 +2,11 @@ from django.contrib.auth import views as auth_views
 from django.urls import path
 
 from annotate.web import admin, campaign, compression, labeling
+from annotate.web.login import ThrottledLoginView
 
 urlpatterns = [
     path("", labeling.home, name="home"),
-    path("login/", auth_views.LoginView.as_view(template_name="annotate/login.html"), name="login"),
+    path("login/", ThrottledLoginView.as_view(), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("c/<slug:slug>/", campaign.overview, name="campaign"),
     path("c/<slug:slug>/runs/", campaign.runs_partial, name="campaign-runs"),

@@ -16,7 +16,7 @@ from django.test.utils import CaptureQueriesContext
 
 from annotate.labeling import assignment, judgements, validation
 from annotate.models import Campaign
-from annotate.realtime.consumers import campaign_group
+from annotate.realtime.events import campaign_group
 from annotate.stats import dashboard
 from annotate.stats.dashboard import dashboard_figures
 from config.asgi import application

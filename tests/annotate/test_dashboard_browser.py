@@ -19,8 +19,8 @@ import pytest
 from django.conf import settings
 from django.db import connection, connections
 from playwright.sync_api import expect, sync_playwright
-from rest_framework.authtoken.models import Token
 
+from annotate.api.tokens import issue_token
 from tests.annotate.test_browser import CHROMIUM, FLAGS, log_in
 from tests.conftest import join, make_campaign, make_user
 
@@ -112,7 +112,7 @@ def tokens(transactional_db) -> tuple[str, str]:
     campaign = make_campaign("live", prompts=3, overlap=2)
     join(make_user("rita"), campaign, "researcher")
     labelers = [join(make_user(name), campaign, "labeler") for name in ("alice", "bob")]
-    return tuple(Token.objects.create(user=u).key for u in labelers)
+    return tuple(issue_token(u) for u in labelers)
 
 
 def test_the_dashboard_updates_live_when_another_client_submits(tokens, daphne_url, page):

@@ -230,10 +230,10 @@ def test_the_export_streams(judged, rita, monkeypatch):
 
 def test_under_asgi_the_export_streams_chunk_by_chunk(judged, rita, monkeypatch):
     """Django's ASGI handler would read a sync iterator whole (and warn); ours hands it over chunk by chunk."""
-    from rest_framework.authtoken.models import Token
+    from annotate.api.tokens import issue_token
 
     monkeypatch.setattr(export, "FLUSH_BYTES", 100)
-    token = Token.objects.get_or_create(user=rita)[0].key
+    token = issue_token(rita)
 
     async def fetch():
         response = await AsyncClient().get(URL, headers={"Authorization": f"Token {token}"})

@@ -9,7 +9,7 @@ from django.test.utils import CaptureQueriesContext
 from tests.conftest import api_client, join, make_campaign, make_user
 
 # Pinned (savepoints included): a change that adds a query per request shows up here first.
-# (next, submit, labeling page) per database: PostgreSQL leases in one statement (assignment.LEASE_SQL).
+# (next, submit, labeling page) per database: PostgreSQL leases in one statement (annotate.core.sql.lease_free_task).
 PINNED = {"postgresql": (5, 10, 7), "sqlite": (9, 10, 11)}
 
 

@@ -9,8 +9,9 @@ import pytest
 
 from training.dpo import DPOConfig, train_dpo
 from training.models import load_causal_lm, load_tokenizer
-from training.policy_io import PolicyTrainingError, TrainingCancelled, response_logprobs
+from training.policy_io import PolicyTrainingError, response_logprobs
 from training.preferences import PreferenceOptions, RankedJudgement, build_preference_dataset
+from training.trl_common import TrainingCancelled
 
 WORDS = (
     "apple river stone cloud tiger paper glass mountain candle forest "
@@ -51,8 +52,8 @@ def implicit_rewards(policy_dir, reference_dir, rows) -> tuple[list[float], list
     sides = []
     for side in ("chosen", "rejected"):
         responses = [row[side][0]["content"] for row in rows]
-        pi = response_logprobs(policy, tokenizer, prompts, responses)
-        ref = response_logprobs(reference, tokenizer, prompts, responses)
+        pi = [float(response_logprobs(policy, tokenizer, p, r).sum()) for p, r in zip(prompts, responses)]
+        ref = [float(response_logprobs(reference, tokenizer, p, r).sum()) for p, r in zip(prompts, responses)]
         sides.append([BETA * (p - r) for p, r in zip(pi, ref)])
     return sides[0], sides[1]
 

@@ -9,9 +9,9 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
+from training.checkpoints import CheckpointError
 from training.generate import GenerationConfig, generate
 from training.models import (
-    CheckpointError,
     build_tiny_model,
     convert_smollm2,
     export_tokenizer,

@@ -13,10 +13,10 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from training.checkpoints import QUANTIZED_MARKER, CheckpointError
 from training.generate import GenerationConfig, generate
-from training.models import QUANTIZED_MARKER, CheckpointError, load_causal_lm
+from training.models import load_causal_lm
 from training.optimize import (
-    INT8_WEIGHTS,
     MeasureConfig,
     OptimizationError,
     OptimizeConfig,
@@ -25,9 +25,9 @@ from training.optimize import (
     int8_targets,
     mlp_parameters,
     optimize,
-    quantize_dynamic_int8,
     weight_sparsity,
 )
+from training.quantized import INT8_WEIGHTS, quantize_dynamic_int8
 
 PROMPTS = [[{"role": "user", "content": f"Tell me about the number {i}."}] for i in range(4)]
 IDS = torch.tensor([[1, 17, 260, 4000, 9, 31, 77]])

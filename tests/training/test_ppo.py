@@ -11,6 +11,7 @@ from transformers import AutoModelForCausalLM, AutoModelForSequenceClassificatio
 
 from tests.toy_policy import build_toy_policy
 from tests.toy_policy import yes_fraction as share_of_yes
+from training import reward_scoring
 from training.models import load_tokenizer
 from training.ppo import PPOConfig, PPOResult, reward_fn_from_checkpoint, train_ppo
 
@@ -201,6 +202,15 @@ def test_a_reward_checkpoint_scores_the_chat_formatted_conversation(reward_model
         with torch.no_grad():
             assert score.item() == pytest.approx(model(**ids).logits[0, 0].item(), abs=1e-5)
     assert scores.shape == (2,) and scores[0] != scores[1]
+
+
+def test_ppo_scores_as_the_reward_model_scores_everywhere_else(reward_model_dir: Path):
+    # one loader and one input format for PPO, RLOO, best-of-n and compare()
+    model, tokenizer = reward_scoring.load_reward_model(reward_model_dir, "cpu")
+    completions = [" yes", " cat dog red blue one", ""]
+    prompts = [PROMPTS[2]] * len(completions)
+    from_ppo = reward_fn_from_checkpoint(reward_model_dir, device="cpu", batch_size=2)(prompts, completions, [[]] * 3)
+    assert from_ppo.tolist() == pytest.approx(reward_scoring.score(model, tokenizer, PROMPTS[2], completions), abs=1e-6)
 
 
 def test_ppo_runs_with_a_reward_model_and_a_critic_initialised_from_it(reward_model_dir: Path, toy_policy_dir: Path, tmp_path: Path):

@@ -10,19 +10,12 @@ import pytest
 import torch
 
 from training.preferences import PreferenceOptions, RankedJudgement, build_preference_dataset
-from training.reward import (
-    RewardConfig,
-    RewardTrainingError,
-    TrainingCancelled,
-    build_trainer,
-    calibration,
-    encode,
-    load_reward_model,
-    pairwise_accuracy,
-    pairwise_loss,
-    score,
-    train_reward_model,
-)
+from training.reward import train_reward_model
+from training.reward_config import RewardConfig, RewardTrainingError
+from training.reward_metrics import calibration, pairwise_accuracy
+from training.reward_scoring import encode, load_reward_model, score
+from training.reward_trainer import build_trainer, pairwise_loss
+from training.trl_common import TrainingCancelled
 
 WORDS = (
     "apple river stone cloud tiger paper glass mountain candle forest "

@@ -15,10 +15,10 @@ import torch
 from transformers import AutoModelForSequenceClassification
 
 from training.models import load_causal_lm, load_tokenizer
-from training.policy_io import TrainingCancelled
-from training.reward import encode, load_reward_model, score
+from training.reward_scoring import encode, load_reward_model, score
 from training.rloo import RLOOConfig, reward_fn_from_reward_model, train_rloo, with_eos_penalty
 from training.sft import SFTConfig, train_sft
+from training.trl_common import TrainingCancelled
 
 COLOURS = "red blue green yellow purple".split()
 MAX_NEW_TOKENS = 4
@@ -123,7 +123,7 @@ def reward_model_dir(tiny_model_dir, tmp_path_factory):
 
 
 def test_the_reward_model_sees_the_generated_tokens_in_its_training_format(reward_model_dir):
-    """RLOO hands the reward a completion decoded without special tokens; scoring it with training.reward.encode
+    """RLOO hands the reward a completion decoded without special tokens; scoring it with training.reward_scoring.encode
     re-renders the chat template, which gives back exactly the tokens the policy generated, EOS included."""
     model, tokenizer = load_reward_model(reward_model_dir, "cpu")
     prompt = colour_prompts([3])[0]

@@ -8,8 +8,9 @@ import random
 import pytest
 
 from training.models import load_causal_lm, load_tokenizer
-from training.policy_io import PolicyTrainingError, TrainingCancelled, response_logprobs
+from training.policy_io import PolicyTrainingError, response_logprobs
 from training.sft import SFTConfig, chosen_to_sft_rows, train_sft
+from training.trl_common import TrainingCancelled
 
 COLOURS = "red blue green yellow purple".split()
 
@@ -32,8 +33,7 @@ def config_for(model_dir, out_dir, **overrides) -> SFTConfig:
 def mean_logprob(model_dir, rows) -> float:
     """Mean over rows of log p(answer | prompt), the answer's end of turn included."""
     model, tokenizer = load_causal_lm(model_dir, "cpu"), load_tokenizer(model_dir)
-    scores = response_logprobs(model, tokenizer, [r["messages"][:-1] for r in rows],
-                               [r["messages"][-1]["content"] for r in rows])
+    scores = [float(response_logprobs(model, tokenizer, r["messages"][:-1], r["messages"][-1]["content"]).sum()) for r in rows]
     return sum(scores) / len(scores)
 
 

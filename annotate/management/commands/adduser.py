@@ -1,4 +1,4 @@
-"""`manage.py adduser USERNAME --role admin|researcher|labeler [--campaign SLUG]`: create an account, print its API token."""
+"""`manage.py adduser USERNAME --role admin|researcher|labeler [--campaign SLUG] [--new-token]`: create an account, print its API token once."""
 from __future__ import annotations
 
 import secrets
@@ -6,8 +6,8 @@ import secrets
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError
 from django.db import transaction
-from rest_framework.authtoken.models import Token
 
+from annotate.api.tokens import has_token, issue_token
 from annotate.models import Campaign, Membership
 
 
@@ -19,9 +19,10 @@ class Command(BaseCommand):
         parser.add_argument("--role", required=True, choices=[r.value for r in Membership.Role])
         parser.add_argument("--campaign", help="Slug of the campaign to join with this role.")
         parser.add_argument("--password", help="Password for the web login (default: a random one, printed).")
+        parser.add_argument("--new-token", action="store_true", help="Replace the user's API token (the old one stops working).")
 
     @transaction.atomic
-    def handle(self, username, role, campaign=None, password=None, **options):
+    def handle(self, username, role, campaign=None, password=None, new_token=False, **options):
         target = None
         if campaign:
             target = Campaign.objects.filter(slug=campaign).first()
@@ -36,8 +37,9 @@ class Command(BaseCommand):
         user.save()
         if target is not None:
             Membership.objects.update_or_create(campaign=target, user=user, defaults={"role": role})
-        token, _ = Token.objects.get_or_create(user=user)
+        # Tokens are stored hashed: a key is printed once, when it is issued.
+        key = issue_token(user) if new_token or not has_token(user) else None
         self.stdout.write(f"user: {username}")
         if password:
             self.stdout.write(f"password: {password}")
-        self.stdout.write(f"token: {token.key}")
+        self.stdout.write(f"token: {key}" if key else "token: (issued earlier and shown then; --new-token replaces it)")
