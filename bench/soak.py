@@ -42,6 +42,7 @@ from django.contrib.sessions.backends.db import SessionStore  # noqa: E402
 from django.db import close_old_connections, connection  # noqa: E402
 from labeling import consistency, seed  # noqa: E402  (bench/labeling.py: the campaign and the consistency check)
 
+from annotate.api.tokens import issue_token  # noqa: E402
 from annotate.jobs import engine  # noqa: E402
 from annotate.models import Campaign, Membership, Run  # noqa: E402
 
@@ -220,7 +221,9 @@ def main() -> None:
     if connection.vendor != "postgresql":
         sys.exit("Set DATABASE_URL to a PostgreSQL database: the soak kills PostgreSQL connections.")
     slug = f"soak-{args.tasks}"
-    tokens = seed(slug, args.tasks, args.labelers, overlap=3)
+    seed(slug, args.tasks, args.labelers, overlap=3)
+    # API keys are stored hashed: issue each bench labeler a fresh one (seed's are not usable)
+    tokens = [issue_token(get_user_model().objects.get(username=f"bench-labeler-{i}")) for i in range(args.labelers)]
     cookie = admin_session(Campaign.objects.get(slug=slug))
     connection.close()
     log_dir = ROOT / "var" / f"soak-{args.recipe}"

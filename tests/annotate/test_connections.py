@@ -32,13 +32,12 @@ from django.test import Client
 from django.utils import timezone
 from django_tasks_db.models import DBTaskResult
 from redis.asyncio.connection import AbstractConnection
-from rest_framework.authtoken.models import Token
 
 from annotate.jobs import engine
 from annotate.models import Judgement, Run
 from annotate.realtime.consumers import campaign_group
 from config.asgi import application
-from tests.conftest import join, make_campaign, make_user
+from tests.conftest import api_key, join, make_campaign, make_user
 
 REDIS_URL = os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/3"
 PG_ONLY = pytest.mark.skipif(
@@ -195,7 +194,7 @@ def test_killing_every_connection_under_load_costs_retries_not_500s_or_stuck_run
     acknowledged is lost, no task over-served, and every run ends."""
     campaign = make_campaign("kills", prompts=60, overlap=2)
     join(carol, campaign, "admin")
-    tokens = [Token.objects.create(user=join(make_user(f"kl{i}"), campaign, "labeler")).key for i in range(LABELERS)]
+    tokens = [api_key(join(make_user(f"kl{i}"), campaign, "labeler")) for i in range(LABELERS)]
     env = {**os.environ, "DATABASE_URL": test_database_url(), "ARTIFACTS_DIR": str(tmp_path), "LOG_LEVEL": "WARNING"}
     env.pop("CONN_MAX_AGE", None)  # the defaults, as a new user runs them
     env.pop("REDIS_URL", None)
