@@ -77,13 +77,14 @@ INSTALLED_APPS = [
     "django_filters",
     "django_htmx",
     "channels",
+    "annotate",  # before django_tasks_db: its db_worker command shadows upstream's (reconnects)
     "django_tasks",
     "django_tasks_db",
-    "annotate",
 ]
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "annotate.core.db.DatabaseUnavailableMiddleware",  # a lost database connection: 503, retry
     "csp.middleware.CSPMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -115,16 +116,46 @@ TEMPLATES = [
     },
 ]
 
+# Database connections. On PostgreSQL each process keeps a pool (psycopg_pool, Django's "pool"
+# option) that threads borrow a connection from for one request or job step and give back: right
+# under daphne, which runs every request in a thread of its own (persistent per-thread connections
+# piled up there until PostgreSQL refused clients), and under granian's threads alike. The pool
+# checks a connection before lending it (CONN_HEALTH_CHECKS), so one that PostgreSQL dropped while
+# idle is replaced instead of failing the next request.
+#   CONN_MAX_AGE       unset or 0: the pool (PostgreSQL) or one connection per request (SQLite).
+#                      N > 0: no pool; each thread keeps its own connection for N seconds (only for
+#                      a WSGI server with a fixed set of threads; never under daphne).
+#   DB_POOL_MAX_SIZE   connections per process at most (default 10); waiting longer than
+#                      DB_POOL_TIMEOUT seconds (default 10) for one gives a 503, not a hang.
+CONN_MAX_AGE = int(os.environ.get("CONN_MAX_AGE") or "0")
+if CONN_MAX_AGE < 0:
+    raise ImproperlyConfigured(f"CONN_MAX_AGE must be 0 or a number of seconds, got {CONN_MAX_AGE}")
+DB_POOL_MAX_SIZE = int(os.environ.get("DB_POOL_MAX_SIZE") or "10")
+DB_POOL_TIMEOUT = float(os.environ.get("DB_POOL_TIMEOUT") or "10")
+if DB_POOL_MAX_SIZE < 1 or DB_POOL_TIMEOUT <= 0:
+    raise ImproperlyConfigured("DB_POOL_MAX_SIZE must be at least 1 and DB_POOL_TIMEOUT above 0")
 DATABASES = {
     "default": dj_database_url.parse(
         os.environ.get("DATABASE_URL") or f"sqlite:///{VAR_DIR / 'arbiter.sqlite3'}",
-        conn_max_age=int(os.environ.get("CONN_MAX_AGE", "60")),
+        conn_max_age=CONN_MAX_AGE,
+        conn_health_checks=True,
     )
 }
-if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql" and env_bool("PG_PREPARED_STATEMENTS", True):
-    # Server-side parameters and prepared statements: PostgreSQL parses and plans each hot query
-    # once per connection. Turn off (PG_PREPARED_STATEMENTS=0) behind a transaction-mode pooler.
-    DATABASES["default"]["OPTIONS"] = {"server_side_binding": True, "prepare_threshold": 5}
+if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
+    DATABASES["default"]["OPTIONS"] = {}
+    if CONN_MAX_AGE == 0:
+        DATABASES["default"]["OPTIONS"]["pool"] = {
+            "min_size": 1,
+            "max_size": DB_POOL_MAX_SIZE,
+            "timeout": DB_POOL_TIMEOUT,
+            "max_idle": 300,
+            "name": "arbiter",
+        }
+    if env_bool("PG_PREPARED_STATEMENTS", True):
+        # Server-side parameters and prepared statements: PostgreSQL parses and plans each hot query
+        # once per connection (a pooled connection keeps its prepared statements between borrowers).
+        # Turn off (PG_PREPARED_STATEMENTS=0) behind a transaction-mode pooler such as PgBouncer.
+        DATABASES["default"]["OPTIONS"].update({"server_side_binding": True, "prepare_threshold": 5})
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # WAL and a busy timeout let the web server and the worker share the demo database.
     DATABASES["default"]["OPTIONS"] = {
@@ -238,9 +269,16 @@ SPECTACULAR_SETTINGS = {
     "REDOC_DIST": "SIDECAR",
 }
 
+# Each websocket waits for its next event in a blocking Redis read of 5 s (channels_redis's
+# brpop_timeout); the client must wait longer than that for the reply, or every quiet websocket
+# is closed with 1011 when its first wait ends (redis-py 8's default read timeout is 5 s).
+REDIS_READ_TIMEOUT = 30
 CHANNEL_LAYERS = {
     "default": (
-        {"BACKEND": "channels_redis.core.RedisChannelLayer", "CONFIG": {"hosts": [REDIS_URL]}}
+        {
+            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            "CONFIG": {"hosts": [{"address": REDIS_URL, "socket_timeout": REDIS_READ_TIMEOUT}]},
+        }
         if REDIS_URL
         else {"BACKEND": "channels.layers.InMemoryChannelLayer"}
     )

@@ -10,3 +10,6 @@ urlpatterns = [
     path("api/docs/", SpectacularSwaggerSplitView.as_view(url_name="schema"), name="api-docs"),
     path("", include("annotate.web.urls")),
 ]
+
+# A lost database connection is a 503 with Retry-After, not a 500 (annotate.core.db).
+handler500 = "annotate.core.db.server_error"

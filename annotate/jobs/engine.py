@@ -6,13 +6,17 @@ Kinds register a params validator and a handler (`register`). Workers are `manag
 db_worker` processes (django-tasks-db) on any machine that reaches the database; the
 kind's queue routes work (set ML_QUEUE=gpu and run `db_worker --queue-name gpu` on a GPU box).
 While a run works, a heartbeat thread stamps it; `fail_stale_runs` marks runs whose worker
-died as failed instead of leaving them "running" forever. Cancelling sets a flag that the
+died as failed instead of leaving them "running" forever (their task rows too, and their partial
+files where nothing can resume or use them), and `requeue_lost_runs` enqueues again a queued run
+whose task was lost before any work began. A dropped database connection costs the worker a
+reconnect (`annotate.core.db.retry_on_disconnect`), not the run. Cancelling sets a flag that the
 handler sees through `ctx.should_stop()` between steps.
 """
 from __future__ import annotations
 
 import logging
 import os
+import shutil
 import socket
 import threading
 import time
@@ -20,14 +24,18 @@ import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 
 from django.conf import settings
 from django.db import close_old_connections, connection, transaction
 from django.utils import timezone
 from django_tasks import task
+from django_tasks.base import TaskResultStatus
+from django_tasks_db.models import DBTaskResult
 
+from annotate.core.db import DISCONNECTS, reconnect, retry_on_disconnect
 from annotate.core.errors import DomainError
-from annotate.models import Campaign, Run, RunMetric
+from annotate.models import Campaign, ModelVersion, Run, RunMetric
 
 logger = logging.getLogger(__name__)
 HEARTBEAT_SECONDS = 10
@@ -72,7 +80,8 @@ def start_run(kind: str, *, campaign: Campaign | None, params: dict, user=None) 
         raise InvalidParams("params must be an object.", field="params")
     clean = spec.validate(campaign, params)
     run = Run.objects.create(kind=kind, campaign=campaign, params=clean, created_by=user, queue_name=spec.queue)
-    transaction.on_commit(lambda: _enqueue(run.pk, spec.queue))
+    # robust: a connection lost here must not fail the committed request; requeue_lost_runs retries
+    transaction.on_commit(lambda: _enqueue(run.pk, spec.queue), robust=True)
     return run
 
 
@@ -91,11 +100,60 @@ def request_cancel(run: Run) -> Run:
 
 
 def fail_stale_runs(now=None) -> int:
-    """Mark running runs without a recent heartbeat (their worker died) as failed."""
+    """Mark running runs without a recent heartbeat (their worker died) as failed, close the task
+    rows their dead workers left RUNNING, and delete the partial files nothing can use."""
     now = now or timezone.now()
-    return Run.objects.filter(status=Status.RUNNING, heartbeat_at__lt=now - STALE_AFTER).update(
+    stale = list(Run.objects.filter(status=Status.RUNNING, heartbeat_at__lt=now - STALE_AFTER).values_list("pk", flat=True))
+    failed = Run.objects.filter(pk__in=stale, status=Status.RUNNING).update(
         status=Status.FAILED, finished_at=now, error="The worker stopped answering (no heartbeat for over a minute); the run was abandoned."
     )
+    _close_orphaned_task_rows(now)
+    for run in Run.objects.filter(pk__in=stale, status=Status.FAILED):
+        _remove_partial_files(run)
+    return failed
+
+
+def _close_orphaned_task_rows(now) -> int:
+    """A task row still RUNNING a minute after its run stopped running (or never started) lost its
+    worker: mark it failed so the queue's records tell the truth."""
+    live = Run.objects.filter(status=Status.RUNNING).exclude(task_result_id="").values_list("task_result_id", flat=True)
+    return (
+        DBTaskResult.objects.filter(status=TaskResultStatus.RUNNING, started_at__lt=now - STALE_AFTER, task_path=TASK_PATH)
+        .exclude(id__in=list(live))
+        .update(status=TaskResultStatus.FAILED, finished_at=now, exception_class_path=f"{__name__}.WorkerLost",
+                traceback="The worker stopped before recording how the task ended.")
+    )
+
+
+def _remove_partial_files(run: Run) -> None:
+    """Delete ARTIFACTS_DIR/runs/<id>/ of a dead run, unless a PPO run can resume from it or a
+    registered model points into it."""
+    folder = (Path(settings.ARTIFACTS_DIR) / "runs" / str(run.pk)).resolve()
+    if run.kind == "ppo" or not folder.is_dir():
+        return
+    if any(_inside(path, folder) for path in ModelVersion.objects.exclude(checkpoint_path="").values_list("checkpoint_path", flat=True)):
+        return
+    shutil.rmtree(folder, ignore_errors=True)
+    logger.info("run %s: removed the partial files in %s", run.pk, folder)
+
+
+def _inside(path: str, folder: Path) -> bool:
+    full = Path(path) if Path(path).is_absolute() else Path(settings.ARTIFACTS_DIR) / path
+    return full.resolve().is_relative_to(folder)
+
+
+def requeue_lost_runs(now=None) -> int:
+    """Enqueue again the queued runs whose task is gone (never enqueued because the connection
+    dropped after the commit, or ended or abandoned before the run was claimed): no work began."""
+    now = now or timezone.now()
+    queued = Run.objects.filter(status=Status.QUEUED, created_at__lt=now - STALE_AFTER)
+    waiting = DBTaskResult.objects.filter(status__in=[TaskResultStatus.READY, TaskResultStatus.RUNNING]).values_list("id", flat=True)
+    waiting_ids = {str(pk) for pk in waiting}
+    lost = [run for run in queued.only("pk", "queue_name", "task_result_id") if run.task_result_id not in waiting_ids]
+    for run in lost:
+        logger.warning("run %s was queued but its task %r is gone; enqueueing it again", run.pk, run.task_result_id)
+        _enqueue(run.pk, run.queue_name)
+    return len(lost)
 
 
 class RunContext:
@@ -108,28 +166,36 @@ class RunContext:
 
     def progress(self, fraction: float, message: str = "") -> None:
         fraction = min(max(float(fraction), 0.0), 1.0)
-        Run.objects.filter(pk=self.run.pk).update(progress=fraction, progress_message=message[:300])
+        retry_on_disconnect(lambda: Run.objects.filter(pk=self.run.pk).update(progress=fraction, progress_message=message[:300]))
 
     def log(self, line: str) -> None:
         logger.info("run %s: %s", self.run.pk, line)
-        run = Run.objects.only("log_tail").get(pk=self.run.pk)
-        lines = (run.log_tail.splitlines() + [f"{timezone.now():%H:%M:%S} {line}"])[-LOG_LINES:]
-        Run.objects.filter(pk=self.run.pk).update(log_tail="\n".join(lines))
+        stamped = f"{timezone.now():%H:%M:%S} {line}"
+
+        def append():
+            run = Run.objects.only("log_tail").get(pk=self.run.pk)
+            lines = (run.log_tail.splitlines() + [stamped])[-LOG_LINES:]
+            Run.objects.filter(pk=self.run.pk).update(log_tail="\n".join(lines))
+
+        retry_on_disconnect(append)
 
     def metrics(self, step: int, values: dict[str, float]) -> None:
-        RunMetric.objects.bulk_create(
-            RunMetric(run_id=self.run.pk, step=step, name=name, value=float(value)) for name, value in values.items() if value is not None
-        )
+        rows = [RunMetric(run_id=self.run.pk, step=step, name=name, value=float(value)) for name, value in values.items() if value is not None]
+        # A retry after a connection lost at the commit may store a point twice; losing an
+        # hour of training to one dropped connection would be worse.
+        retry_on_disconnect(lambda: RunMetric.objects.bulk_create(rows))
 
     def artifact(self, name: str, path: str) -> None:
         self.run.artifacts[name] = str(path)
-        Run.objects.filter(pk=self.run.pk).update(artifacts=self.run.artifacts)
+        retry_on_disconnect(lambda: Run.objects.filter(pk=self.run.pk).update(artifacts=self.run.artifacts))
 
     def should_stop(self) -> bool:
         """True once someone asked to cancel (read from the database at most once a second)."""
         if time.monotonic() - self._checked_at >= 1.0:
             self._checked_at = time.monotonic()
-            self.run.cancel_requested = Run.objects.filter(pk=self.run.pk).values_list("cancel_requested", flat=True).first()
+            self.run.cancel_requested = retry_on_disconnect(
+                lambda: Run.objects.filter(pk=self.run.pk).values_list("cancel_requested", flat=True).first()
+            )
         return bool(self.run.cancel_requested)
 
     def check_cancelled(self) -> None:
@@ -137,16 +203,26 @@ class RunContext:
             raise RunCancelled()
 
 
+class WorkerLost(Exception):
+    """Recorded on a task row whose worker died while running it."""
+
+
 @task(queue_name="default")
 def execute_run(run_id: int) -> str:
     """The worker's side of a run: claim it, beat, call the kind's handler, record how it ended."""
     now = timezone.now()
-    claimed = Run.objects.filter(pk=run_id, status=Status.QUEUED).update(
-        status=Status.RUNNING, started_at=now, heartbeat_at=now, worker=f"{socket.gethostname()}:{os.getpid()}"
-    )
-    if not claimed:
+    worker = f"{socket.gethostname()}:{os.getpid()}"
+
+    def claim() -> bool:
+        claimed = Run.objects.filter(pk=run_id, status=Status.QUEUED).update(
+            status=Status.RUNNING, started_at=now, heartbeat_at=now, worker=worker
+        )
+        # after a retry the first attempt may have committed before the connection dropped
+        return bool(claimed) or Run.objects.filter(pk=run_id, status=Status.RUNNING, worker=worker, started_at=now).exists()
+
+    if not retry_on_disconnect(claim, what=f"claiming run {run_id}"):
         return "not queued (cancelled or already taken)"
-    run = Run.objects.get(pk=run_id)
+    run = retry_on_disconnect(lambda: Run.objects.get(pk=run_id))
     stop_beating = _start_heartbeat(run_id)
     try:
         result = KINDS[run.kind].handle(RunContext(run))
@@ -160,11 +236,17 @@ def execute_run(run_id: int) -> str:
         _finish(run_id, Status.FAILED, error=f"{type(exc).__name__}: {exc}\n\n{traceback.format_exc()[-4000:]}")
     finally:
         stop_beating()
-    return Run.objects.get(pk=run_id).status
+    return retry_on_disconnect(lambda: Run.objects.get(pk=run_id).status)
+
+
+TASK_PATH = f"{__name__}.execute_run"
 
 
 def _finish(run_id: int, status: str, **fields) -> None:
-    Run.objects.filter(pk=run_id, status=Status.RUNNING).update(status=status, finished_at=timezone.now(), **fields)
+    retry_on_disconnect(
+        lambda: Run.objects.filter(pk=run_id, status=Status.RUNNING).update(status=status, finished_at=timezone.now(), **fields),
+        what=f"recording how run {run_id} ended",
+    )
 
 
 def _start_heartbeat(run_id: int) -> Callable[[], None]:
@@ -173,7 +255,11 @@ def _start_heartbeat(run_id: int) -> Callable[[], None]:
     def beat():
         try:
             while not stop.wait(HEARTBEAT_SECONDS):
-                Run.objects.filter(pk=run_id, status=Status.RUNNING).update(heartbeat_at=timezone.now())
+                try:
+                    Run.objects.filter(pk=run_id, status=Status.RUNNING).update(heartbeat_at=timezone.now())
+                except DISCONNECTS as exc:  # a lost connection must not stop the beat: the run is alive
+                    logger.warning("run %s: heartbeat lost its database connection (%s); reconnecting", run_id, exc)
+                    reconnect()
         finally:
             close_old_connections()
             connection.close()

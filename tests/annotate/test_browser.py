@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import pytest
+from django.db import connections
 from playwright.sync_api import expect, sync_playwright
 
 from annotate.models import Judgement
@@ -21,6 +22,10 @@ def browser_page(monkeypatch):
         browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)
         page = browser.new_page(viewport={"width": 1280, "height": 900})
         yield page
+        # While Playwright's loop runs, Django keys this thread's connections by context: the test's
+        # ORM calls opened one that only this context can close (left open, PostgreSQL could not
+        # drop the test database at the end of the run).
+        connections.close_all()
         browser.close()
 
 

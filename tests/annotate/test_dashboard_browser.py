@@ -17,7 +17,7 @@ from urllib.parse import quote
 
 import pytest
 from django.conf import settings
-from django.db import connection
+from django.db import connection, connections
 from playwright.sync_api import expect, sync_playwright
 
 from annotate.api.tokens import issue_token
@@ -81,6 +81,7 @@ def page(monkeypatch):
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)
         yield browser.new_page(viewport={"width": 1280, "height": 900})
+        connections.close_all()  # the test's connection, only reachable while Playwright's loop runs (see test_browser)
         browser.close()
 
 

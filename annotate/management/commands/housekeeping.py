@@ -1,12 +1,18 @@
-"""`manage.py housekeeping [--every SECONDS]`: return lapsed leases' slots; fail runs whose worker died."""
+"""`manage.py housekeeping [--every SECONDS]`: return lapsed leases' slots; fail runs whose worker died,
+and enqueue again runs whose task was lost. With --every it outlives a lost database connection."""
 from __future__ import annotations
 
+import logging
 import time
 
 from django.core.management.base import BaseCommand
+from django.db import close_old_connections
 
-from annotate.jobs.engine import fail_stale_runs
+from annotate.core.db import DISCONNECTS, reconnect
+from annotate.jobs.engine import fail_stale_runs, requeue_lost_runs
 from annotate.labeling.assignment import reclaim_expired_leases
+
+log = logging.getLogger(__name__)
 
 
 class Command(BaseCommand):
@@ -17,9 +23,22 @@ class Command(BaseCommand):
 
     def handle(self, every=None, **options):
         while True:
-            leases, runs = reclaim_expired_leases(), fail_stale_runs()
-            if leases or runs or options["verbosity"] > 1:
-                self.stdout.write(f"reclaimed {leases} lapsed leases; failed {runs} runs without a heartbeat")
+            try:
+                self.sweep(options["verbosity"])
+            except DISCONNECTS as exc:
+                if not every:
+                    raise
+                # the next sweep does the same work again: nothing is lost by waiting for it
+                log.warning("housekeeping lost its database connection (%s); retrying in %s s", exc, every)
+                reconnect()
             if not every:
                 return
+            close_old_connections()  # give the connection back to the pool between sweeps
             time.sleep(every)
+
+    def sweep(self, verbosity: int) -> None:
+        leases, runs, requeued = reclaim_expired_leases(), fail_stale_runs(), requeue_lost_runs()
+        if leases or runs or requeued or verbosity > 1:
+            self.stdout.write(
+                f"reclaimed {leases} lapsed leases; failed {runs} runs without a heartbeat; requeued {requeued} lost runs"
+            )
