@@ -23,6 +23,7 @@ ROLES = ("system", "user", "assistant")
 MAX_ROWS = 10_000  # per JSON request
 MAX_TEXT_CHARS = 100_000  # a prompt (all its turns), its context, or one response
 MAX_ERRORS_SHOWN = 1000
+MAX_DEPTH = 64  # lists and objects inside one value (metadata, generation_params)
 ON_DUPLICATE = ("error", "skip")
 _IN_LOOKUP_LIMIT = 5000  # above this, read the campaign's ids instead of a huge IN (SQLite caps parameters)
 
@@ -87,12 +88,38 @@ def normalise_context(value) -> list[dict]:
     return passages
 
 
-def _external_id(value) -> str:
+def external_id_of(value) -> str:
     if isinstance(value, int) and not isinstance(value, bool):
         value = str(value)
     if not isinstance(value, str) or not value.strip() or len(value) > 200:
         raise ValueError("external_id must be a non-empty string of at most 200 characters")
+    _check_string(value, "external_id")
     return value
+
+
+def check_storable(value, what: str) -> None:
+    """Raise ValueError unless every string in `value` can be stored (no NUL, which PostgreSQL text and
+    jsonb refuse; no lone surrogate, which is not UTF-8) and lists and objects nest at most MAX_DEPTH deep."""
+    pending = [(value, 0)]
+    while pending:
+        item, depth = pending.pop()
+        if isinstance(item, str):
+            _check_string(item, what)
+        elif isinstance(item, (dict, list)):
+            if depth >= MAX_DEPTH:
+                raise ValueError(f"{what} is nested more than {MAX_DEPTH} levels deep")
+            children = [*item, *item.values()] if isinstance(item, dict) else item
+            pending.extend((child, depth + 1) for child in children)
+
+
+def _check_string(text: str, what: str) -> None:
+    if "\x00" in text:
+        raise ValueError(f"{what} contains a NUL character (\\u0000), which cannot be stored")
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise ValueError(f"{what} contains a lone surrogate ({text[exc.start]!a}), which is not valid Unicode") from None
 
 
 def _check_size(what: str, chars: int) -> None:
@@ -150,7 +177,7 @@ def import_batch(
     response_numbers = list(response_numbers) if response_numbers is not None else list(range(len(responses)))
     new_prompts, skipped_ids = _check_prompts(campaign, prompts, prompt_numbers, on_duplicate, errors, result)
     parsed = _check_responses(campaign, responses, response_numbers, new_prompts, skipped_ids, errors, result)
-    _check_models(parsed, create_models, errors)
+    check_models(parsed, create_models, errors)
     if errors:
         total = len(set(prompt_numbers) | set(response_numbers) | {e["row"] for e in errors})
         raise _rejected(errors, total)
@@ -167,9 +194,12 @@ def import_batch(
 
 
 def _rejected(errors: list[dict], total: int) -> ImportRejected:
-    errors = sorted(errors, key=lambda e: e["row"])
-    bad_rows = len({e["row"] for e in errors})
-    shown = "" if len(errors) <= MAX_ERRORS_SHOWN else f" (the first {MAX_ERRORS_SHOWN} errors are listed)"
+    return rows_rejected(sorted(errors, key=lambda e: e["row"]), total, len({e["row"] for e in errors}), len(errors))
+
+
+def rows_rejected(errors: list[dict], total: int, bad_rows: int, error_count: int) -> ImportRejected:
+    """The rejection of a file with bad rows: `errors` sorted by row (the first MAX_ERRORS_SHOWN are listed)."""
+    shown = "" if error_count <= MAX_ERRORS_SHOWN else f" (the first {MAX_ERRORS_SHOWN} errors are listed)"
     return ImportRejected(
         f"{bad_rows} of {total} rows are invalid; nothing was imported{shown}.", errors=errors[:MAX_ERRORS_SHOWN]
     )
@@ -194,7 +224,8 @@ def _check_prompts(campaign, rows, numbers, on_duplicate, errors, result) -> tup
         try:
             if not isinstance(row, dict):
                 raise ValueError("row must be an object")
-            external_id = _external_id(row.get("external_id"))
+            external_id = external_id_of(row.get("external_id"))
+            prompt = prompt_from_row(campaign, external_id, row)
             duplicate = _duplicate_reason(external_id, existing, new)
             if duplicate and on_duplicate == "skip":
                 skipped.add(external_id)
@@ -202,7 +233,7 @@ def _check_prompts(campaign, rows, numbers, on_duplicate, errors, result) -> tup
                 continue
             if duplicate:
                 raise ValueError(f"external_id {external_id!r} {duplicate}")
-            new[external_id] = (number, _prompt(campaign, external_id, row))
+            new[external_id] = (number, prompt)
         except ValueError as exc:
             errors.append({"row": number, "error": str(exc)})
     return new, skipped
@@ -216,7 +247,14 @@ def _duplicate_reason(external_id: str, existing: dict, new: dict) -> str:
     return ""
 
 
-def _prompt(campaign: Campaign, external_id: str, row: dict) -> Prompt:
+def prompt_from_row(campaign: Campaign, external_id: str, row: dict) -> Prompt:
+    """The prompt of a checked row (ValueError says what is wrong with it)."""
+    messages, context, metadata = prompt_fields(row)
+    return Prompt(campaign=campaign, external_id=external_id, messages=messages, context=context, metadata=metadata)
+
+
+def prompt_fields(row: dict) -> tuple[list[dict], list[dict], dict]:
+    """(messages, context, metadata) of a prompt row; ValueError says what is wrong with it."""
     messages = normalise_messages(row)
     _check_size("the prompt", sum(len(t["content"]) for t in messages))
     context = normalise_context(row.get("context"))
@@ -226,7 +264,10 @@ def _prompt(campaign: Campaign, external_id: str, row: dict) -> Prompt:
         metadata = {}
     if not isinstance(metadata, dict):
         raise ValueError("metadata must be an object")
-    return Prompt(campaign=campaign, external_id=external_id, messages=messages, context=context, metadata=metadata)
+    check_storable(messages, "the prompt")
+    check_storable(context, "the context")
+    check_storable(metadata, "metadata")
+    return messages, context, metadata
 
 
 def _check_responses(campaign, rows, numbers, new_prompts, skipped_ids, errors, result) -> list[tuple]:
@@ -238,31 +279,41 @@ def _check_responses(campaign, rows, numbers, new_prompts, skipped_ids, errors, 
         try:
             if not isinstance(row, dict):
                 raise ValueError("row must be an object")
-            external_id = _external_id(row.get("prompt"))
+            external_id = external_id_of(row.get("prompt"))
             if external_id in skipped_ids:
                 result.responses_skipped += 1
                 continue
             if external_id not in known:
                 raise ValueError(f"prompt {external_id!r} is not in this campaign")
-            model = row.get("model")
-            if not isinstance(model, str) or not model.strip() or len(model) > 200:
-                raise ValueError("model must be a non-empty model name")
-            text = row.get("text")
-            if not isinstance(text, str) or not text.strip():
-                raise ValueError("text must be a non-empty string")
-            _check_size("the response", len(text))
-            params = row.get("generation_params", {})
-            if params is None:
-                params = {}
-            if not isinstance(params, dict):
-                raise ValueError("generation_params must be an object")
-            parsed.append((number, external_id, model.strip(), text, params))
+            _, model, text, params = response_from_row(row)
+            parsed.append((number, external_id, model, text, params))
         except ValueError as exc:
             errors.append({"row": number, "error": str(exc)})
     return parsed
 
 
-def _check_models(parsed: list[tuple], create_models: bool, errors: list[dict]) -> None:
+def response_from_row(row: dict) -> tuple[str, str, str, dict]:
+    """(prompt external_id, model name, text, generation_params) of a response row; ValueError says what is wrong."""
+    external_id = external_id_of(row.get("prompt"))
+    model = row.get("model")
+    if not isinstance(model, str) or not model.strip() or len(model) > 200:
+        raise ValueError("model must be a non-empty model name")
+    check_storable(model, "model")
+    text = row.get("text")
+    if not isinstance(text, str) or not text.strip():
+        raise ValueError("text must be a non-empty string")
+    _check_size("the response", len(text))
+    check_storable(text, "the response")
+    params = row.get("generation_params", {})
+    if params is None:
+        params = {}
+    if not isinstance(params, dict):
+        raise ValueError("generation_params must be an object")
+    check_storable(params, "generation_params")
+    return external_id, model.strip(), text, params
+
+
+def check_models(parsed: list[tuple], create_models: bool, errors: list[dict]) -> None:
     """Without create_models, every model name must already be registered."""
     if create_models or not parsed:
         return
