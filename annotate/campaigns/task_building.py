@@ -28,9 +28,13 @@ def interleave_by_model(responses: list[Response]) -> list[Response]:
     return [r for round_ in rounds for r in round_ if r is not None]
 
 
-def task_groups(responses: list[Response], k: int) -> list[list[Response]]:
+def task_groups(responses: list[Response], k: int, *, shuffle=shuffle) -> list[list[Response]]:
     """One prompt's unused responses (anything with pk and model_version_id) cut into tasks of k,
     interleaved across models, each in a shuffled display order; fewer than k left over wait."""
+    if len(responses) == k:  # one task of them all, shuffled: the interleaving would not change it (a pair import's case)
+        members = list(responses)
+        shuffle(members)
+        return [members]
     ordered = interleave_by_model(responses)
     groups = [ordered[start : start + k] for start in range(0, len(ordered) - k + 1, k)]
     for members in groups:

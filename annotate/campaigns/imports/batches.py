@@ -10,6 +10,7 @@ with them) and listed in `ImportResult.skipped`.
 """
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -23,7 +24,6 @@ ROLES = ("system", "user", "assistant")
 MAX_ROWS = 10_000  # per JSON request
 MAX_TEXT_CHARS = 100_000  # a prompt (all its turns), its context, or one response
 MAX_ERRORS_SHOWN = 1000
-MAX_DEPTH = 64  # lists and objects inside one value (metadata, generation_params)
 ON_DUPLICATE = ("error", "skip")
 _IN_LOOKUP_LIMIT = 5000  # above this, read the campaign's ids instead of a huge IN (SQLite caps parameters)
 
@@ -98,18 +98,39 @@ def external_id_of(value) -> str:
 
 
 def check_storable(value, what: str) -> None:
-    """Raise ValueError unless every string in `value` can be stored (no NUL, which PostgreSQL text and
-    jsonb refuse; no lone surrogate, which is not UTF-8) and lists and objects nest at most MAX_DEPTH deep."""
-    pending = [(value, 0)]
+    """Raise ValueError unless `value` can be stored in a JSON column (see storable_json)."""
+    storable_json(value, what)
+
+
+_to_json = json.JSONEncoder(ensure_ascii=False, allow_nan=False).encode
+
+
+def storable_json(value, what: str) -> str:
+    """`value` as JSON text, or ValueError if a string in it cannot be stored: a NUL, which PostgreSQL
+    text and jsonb refuse, or a lone surrogate, which is not UTF-8 (json.loads lets both through)."""
+    try:
+        text = _to_json(value)
+    except RecursionError:
+        raise ValueError(f"{what} is nested too deeply") from None
+    except ValueError:
+        raise ValueError(f"{what} holds NaN or Infinity, which JSON cannot store") from None
+    if "\\u0000" in text and _holds_nul(value):  # the text alone cannot tell \u0000 from an escaped backslash
+        raise ValueError(f"{what} contains a NUL character (\\u0000), which cannot be stored")
+    _check_string(text, what)
+    return text
+
+
+def _holds_nul(value) -> bool:
+    pending = [value]
     while pending:
-        item, depth = pending.pop()
-        if isinstance(item, str):
-            _check_string(item, what)
-        elif isinstance(item, (dict, list)):
-            if depth >= MAX_DEPTH:
-                raise ValueError(f"{what} is nested more than {MAX_DEPTH} levels deep")
-            children = [*item, *item.values()] if isinstance(item, dict) else item
-            pending.extend((child, depth + 1) for child in children)
+        item = pending.pop()
+        if isinstance(item, str) and "\x00" in item:
+            return True
+        if isinstance(item, dict):
+            pending += [*item, *item.values()]
+        elif isinstance(item, list):
+            pending += item
+    return False
 
 
 def _check_string(text: str, what: str) -> None:
@@ -253,8 +274,8 @@ def prompt_from_row(campaign: Campaign, external_id: str, row: dict) -> Prompt:
     return Prompt(campaign=campaign, external_id=external_id, messages=messages, context=context, metadata=metadata)
 
 
-def prompt_fields(row: dict) -> tuple[list[dict], list[dict], dict]:
-    """(messages, context, metadata) of a prompt row; ValueError says what is wrong with it."""
+def prompt_fields(row: dict, *, as_json: bool = False) -> tuple:
+    """(messages, context, metadata) of a prompt row, as values or (as_json) as JSON text; ValueError says what is wrong."""
     messages = normalise_messages(row)
     _check_size("the prompt", sum(len(t["content"]) for t in messages))
     context = normalise_context(row.get("context"))
@@ -264,10 +285,8 @@ def prompt_fields(row: dict) -> tuple[list[dict], list[dict], dict]:
         metadata = {}
     if not isinstance(metadata, dict):
         raise ValueError("metadata must be an object")
-    check_storable(messages, "the prompt")
-    check_storable(context, "the context")
-    check_storable(metadata, "metadata")
-    return messages, context, metadata
+    texts = storable_json(messages, "the prompt"), storable_json(context, "the context"), storable_json(metadata, "metadata")
+    return texts if as_json else (messages, context, metadata)
 
 
 def _check_responses(campaign, rows, numbers, new_prompts, skipped_ids, errors, result) -> list[tuple]:
@@ -292,25 +311,26 @@ def _check_responses(campaign, rows, numbers, new_prompts, skipped_ids, errors, 
     return parsed
 
 
-def response_from_row(row: dict) -> tuple[str, str, str, dict]:
-    """(prompt external_id, model name, text, generation_params) of a response row; ValueError says what is wrong."""
+def response_from_row(row: dict, *, as_json: bool = False) -> tuple[str, str, str, dict | str]:
+    """(prompt external_id, model name, text, generation_params (as_json: as JSON text)) of a response row;
+    ValueError says what is wrong."""
     external_id = external_id_of(row.get("prompt"))
     model = row.get("model")
     if not isinstance(model, str) or not model.strip() or len(model) > 200:
         raise ValueError("model must be a non-empty model name")
-    check_storable(model, "model")
+    _check_string(model, "model")
     text = row.get("text")
     if not isinstance(text, str) or not text.strip():
         raise ValueError("text must be a non-empty string")
     _check_size("the response", len(text))
-    check_storable(text, "the response")
+    _check_string(text, "the response")
     params = row.get("generation_params", {})
     if params is None:
         params = {}
     if not isinstance(params, dict):
         raise ValueError("generation_params must be an object")
-    check_storable(params, "generation_params")
-    return external_id, model.strip(), text, params
+    params_json = storable_json(params, "generation_params")
+    return external_id, model.strip(), text, params_json if as_json else params
 
 
 def check_models(parsed: list[tuple], create_models: bool, errors: list[dict]) -> None:

@@ -57,6 +57,11 @@ MODEL_COLUMNS = ("model", "model_name")
 RESPONSE_ONLY_COLUMNS = ("chosen", "rejected", "completions", "responses", "chosen_model", "rejected_model", "model", "models")
 
 
+def row_problem(exc: Exception) -> str:
+    """What is wrong with a row, from the ValueError that says it (or the RecursionError of a value nested too deeply)."""
+    return "a value is nested too deeply" if isinstance(exc, RecursionError) else str(exc)
+
+
 def columns_of(records: list[Record]) -> set[str]:
     return {key for _, record in records for key in record}
 
@@ -92,8 +97,8 @@ class PromptColumns:
                     "external_id": _id(record, self.id_column, messages, context),
                 }
                 batch.add_prompt(number, row)
-            except ValueError as exc:
-                batch.errors.append({"row": number, "error": str(exc)})
+            except (ValueError, RecursionError) as exc:
+                batch.errors.append({"row": number, "error": row_problem(exc)})
 
     def warnings(self) -> list[str]:
         return []
@@ -126,8 +131,8 @@ class ResponseColumns:
                     "text": _completion_text(text)[1],
                     "generation_params": jsonable(record.get("generation_params") or {}),
                 })
-            except ValueError as exc:
-                batch.errors.append({"row": number, "error": str(exc)})
+            except (ValueError, RecursionError) as exc:
+                batch.errors.append({"row": number, "error": row_problem(exc)})
 
     def warnings(self) -> list[str]:
         return []
@@ -164,8 +169,8 @@ class PreferenceColumns:
                     params = {"imported_as": label} if label else {}
                     batch.add_response(number, {"prompt": external_id, "model": model, "text": text, "generation_params": params})
                 self.short += len(items) < self.k
-            except ValueError as exc:
-                batch.errors.append({"row": number, "error": str(exc)})
+            except (ValueError, RecursionError) as exc:
+                batch.errors.append({"row": number, "error": row_problem(exc)})
 
     def warnings(self) -> list[str]:
         if not self.short:

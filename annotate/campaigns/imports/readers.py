@@ -165,6 +165,8 @@ class Source:
                 converted.append(convert_record(item) if isinstance(item, dict) else item)
             except ValueError as exc:
                 converted.append(BadRow(str(exc)))
+            except RecursionError:
+                converted.append(BadRow("a value is nested too deeply"))
         self.loaded, self.columns, self.first = converted, set(), None
         self._scan_rows(limit("IMPORT_MAX_ROWS"))
 
