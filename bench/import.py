@@ -6,7 +6,7 @@
 
 Uses its own PostgreSQL database (created and migrated if missing; default arbiter_import_bench).
 Writes a TRL-style preference JSONL of --rows rows (prompt, chosen, rejected, chosen_model,
-rejected_model; about 160 bytes a row, like the 31.7 MB / 200k-row file of issue 12), then imports
+rejected_model; about 180 bytes a row; the 200k-row file of issue 12 had 158), then imports
 it into a fresh pairwise campaign once per path, each in a subprocess of its own, and reports rows/s
 (file rows: each makes a prompt, two responses and a task) and the subprocess's peak RSS (ru_maxrss):
 
@@ -81,10 +81,10 @@ def write_jsonl(path: Path, rows: int, seed: int = 0) -> None:
     rng = random.Random(seed)
     with open(path, "w") as out:
         for i in range(rows):
-            prompt = f"Question {i}: " + " ".join(rng.choices(WORDS, k=8)) + "?"
-            chosen = " ".join(rng.choices(WORDS, k=7)) + "."
-            rejected = " ".join(rng.choices(WORDS, k=5)) + "."
-            models = ("bench-import-a", "bench-import-b") if i % 2 else ("bench-import-b", "bench-import-a")
+            prompt = f"Q{i}: " + " ".join(rng.choices(WORDS, k=5)) + "?"
+            chosen = " ".join(rng.choices(WORDS, k=4)) + "."
+            rejected = " ".join(rng.choices(WORDS, k=3)) + "."
+            models = ("bench-a", "bench-b") if i % 2 else ("bench-b", "bench-a")
             out.write(json.dumps({"prompt": prompt, "chosen": chosen, "rejected": rejected,
                                   "chosen_model": models[0], "rejected_model": models[1]}) + "\n")
 
