@@ -8,7 +8,9 @@ Uses its own PostgreSQL database (created and migrated if missing; default arbit
 Writes a TRL-style preference JSONL of --rows rows (prompt, chosen, rejected, chosen_model,
 rejected_model; about 180 bytes a row; the 200k-row file of issue 12 had 158), then imports
 it into a fresh pairwise campaign once per path, each in a subprocess of its own, and reports rows/s
-(file rows: each makes a prompt, two responses and a task) and the subprocess's peak RSS (ru_maxrss):
+(file rows: each makes a prompt, two responses and a task), the subprocess's peak RSS (ru_maxrss), and
+the CPU seconds of the subprocess and of its PostgreSQL backend (which a busy machine does not inflate
+as it does the wall time):
 
 - copy: what the background "import" run does now: open_source + import_source (on PostgreSQL the
   file is read a chunk at a time and written with COPY in one transaction)
@@ -49,6 +51,17 @@ def configure(database: str) -> None:
 
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def backend_cpu_s() -> float:
+    """CPU seconds of this process's PostgreSQL backend so far (the server runs on this machine)."""
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_backend_pid()")
+        pid = cursor.fetchone()[0]
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 # ---------------------------------------------------------------- database and data
@@ -126,17 +139,18 @@ def child(path: str, file: str, old_folder: str) -> dict:
         return {"path": path, "peak_rss_mb": baseline}
     campaign = Campaign.objects.create(name="Import bench", slug=f"import-bench-{path}", task_type="pairwise", responses_per_task=2, overlap=1)
     options = files.import_options({"kind": "preferences", "create_models": True})
-    started = time.perf_counter()
+    started, cpu, server_cpu = time.perf_counter(), time.process_time(), backend_cpu_s()
     if path == "copy":
         with files.open_source(Path(file), "bench.jsonl") as source:
             summary = files.import_source(campaign, source, options)
     else:
         fmt, records, errors = old_files.read_file(Path(file), "bench.jsonl")
         summary = old_files.import_records(campaign, fmt, records, errors, old_files.import_options({"kind": "preferences", "create_models": True}))
-    seconds = time.perf_counter() - started
+    seconds, cpu, server_cpu = time.perf_counter() - started, time.process_time() - cpu, backend_cpu_s() - server_cpu
     counts = (Prompt.objects.filter(campaign=campaign).count(), Response.objects.filter(prompt__campaign=campaign).count(),
               Task.objects.filter(campaign=campaign).count())
     return {"path": path, "rows": summary["rows"], "seconds": round(seconds, 1), "rows_per_s": round(summary["rows"] / seconds),
+            "cpu_s": round(cpu, 1), "postgres_cpu_s": round(server_cpu, 1), "load_average": round(os.getloadavg()[0], 1),
             "prompts": counts[0], "responses": counts[1], "tasks": counts[2],
             "baseline_rss_mb": round(baseline), "peak_rss_mb": round(peak_rss_mb())}
 
@@ -184,9 +198,10 @@ def main() -> None:
             figures.append(figure)
             print(json.dumps(figure))
         clear_imports()
-    print(f"\n{'path':<10}{'rows':>10}{'seconds':>9}{'rows/s':>9}{'peak RSS MB':>13}{'(baseline)':>11}")
+    print(f"\n{'path':<10}{'rows':>10}{'seconds':>9}{'rows/s':>9}{'CPU s':>7}{'PG CPU s':>10}{'peak RSS MB':>13}{'(baseline)':>11}")
     for f in figures:
-        print(f"{f['path']:<10}{f.get('rows', ''):>10}{f.get('seconds', ''):>9}{f.get('rows_per_s', ''):>9}{f['peak_rss_mb']:>13}{f.get('baseline_rss_mb', ''):>11}")
+        print(f"{f['path']:<10}{f.get('rows', ''):>10}{f.get('seconds', ''):>9}{f.get('rows_per_s', ''):>9}{f.get('cpu_s', ''):>7}"
+              f"{f.get('postgres_cpu_s', ''):>10}{round(f['peak_rss_mb']):>13}{f.get('baseline_rss_mb', ''):>11}")
     if args.json:
         Path(args.json).write_text(json.dumps(figures, indent=2))
 

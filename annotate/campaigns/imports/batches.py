@@ -108,6 +108,8 @@ _to_json = json.JSONEncoder(ensure_ascii=False, allow_nan=False).encode
 def storable_json(value, what: str) -> str:
     """`value` as JSON text, or ValueError if a string in it cannot be stored: a NUL, which PostgreSQL
     text and jsonb refuse, or a lone surrogate, which is not UTF-8 (json.loads lets both through)."""
+    if not value and isinstance(value, (dict, list)):  # most contexts and metadata: nothing to check
+        return "{}" if isinstance(value, dict) else "[]"
     try:
         text = _to_json(value)
     except RecursionError:
