@@ -230,3 +230,13 @@ def test_the_import_reports_its_progress(carol, campaign, small_chunks, tmp_path
         summary = files.import_source(campaign, source, files.import_options({"kind": "prompts"}), on_progress=lambda done, rows: seen.append((done, rows)))
     assert summary["prompts_created"] == 5
     assert seen and seen[-1] == (5, 5) and all(rows == 5 for _, rows in seen)
+
+
+def test_nan_in_a_json_body_is_a_row_error(campaign):
+    from annotate.campaigns.imports.batches import import_prompts
+    from annotate.core.errors import ImportRejected
+
+    with pytest.raises(ImportRejected) as caught:
+        import_prompts(campaign, [{"external_id": "ok", "text": "x"}, {"external_id": "n", "text": "x", "metadata": {"a": float("nan")}}])
+    assert caught.value.errors == [{"row": 1, "error": "metadata holds NaN or Infinity, which JSON cannot store"}]
+    assert not new_prompts().exists()
