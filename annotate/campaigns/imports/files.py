@@ -5,7 +5,9 @@
 
 annotate.campaigns.imports.readers reads the file into records; annotate.campaigns.imports.columns maps them to prompt
 and response rows for the import kind (prompts, responses, preferences); annotate.campaigns.imports.batches checks
-every row and writes all or nothing. Above IMPORT_SYNC_ROWS rows (or IMPORT_SYNC_BYTES bytes) the
+every row and writes all or nothing. On PostgreSQL, annotate.campaigns.imports.copying does the checking and writing
+a chunk of rows at a time, with COPY, in one transaction (constant memory); on SQLite the whole file is read, checked
+and then written. Above IMPORT_SYNC_ROWS rows (or IMPORT_SYNC_BYTES bytes) the
 upload is stored under ARTIFACTS_DIR/uploads/<campaign id>/ and imported by a background run of
 kind "import", with progress on the run's page. Limits: IMPORT_MAX_BYTES, IMPORT_MAX_ROWS (settings).
 """
