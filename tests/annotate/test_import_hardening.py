@@ -81,6 +81,16 @@ def test_a_zip_bomb_is_refused_before_it_is_unpacked(carol, campaign, settings, 
     assert not any(tmp_path.rglob("*.arrow"))
 
 
+def test_a_small_zip_may_not_unpack_to_a_hundred_times_its_size(carol, campaign, settings, tmp_path, monkeypatch):
+    settings.IMPORT_MAX_BYTES = 2048 * MB  # the PostgreSQL default: far more than the bomb
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
+    bomb = a_zip({"ds/state.json": b"{}", "ds/data-00000-of-00001.arrow": b"\0" * (80 * MB)})
+    assert len(bomb) < 200_000
+    body = assert_refused_and_nothing_written(upload(carol, "dataset.zip", bomb, kind="preferences"), status=(413,))
+    assert "100 times the archive's size" in body["detail"]
+    assert not any(tmp_path.rglob("*.arrow"))
+
+
 def test_a_zip_member_with_a_bad_checksum_is_a_400_naming_it(carol, campaign):
     data = b"0123456789abcdef" * 64
     content = with_bad_crc(a_zip({"ds/state.json": b"{}", "ds/data.arrow": data}, compression=zipfile.ZIP_STORED), data)

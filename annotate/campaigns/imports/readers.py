@@ -385,8 +385,9 @@ def open_dataset(stream, split: str = ""):
         archive = zipfile.ZipFile(stream)
     except (zipfile.BadZipFile, OSError, ValueError):
         raise rejected("the file is not a readable zip archive.") from None
+    packed_size = stream.seek(0, io.SEEK_END)
     with archive, tempfile.TemporaryDirectory(prefix="arbiter-import-") as tmp:
-        unpack(archive, Path(tmp), limit("IMPORT_MAX_BYTES"))
+        unpack(archive, Path(tmp), unpacked_limit(packed_size))
         dataset = _load_dataset(_dataset_root(Path(tmp)), split)
         try:
             yield dataset
@@ -400,6 +401,16 @@ def _dataset_items(dataset) -> Iterator[tuple[int, dict]]:
         names = list(columns)
         for offset, values in enumerate(zip(*columns.values())):
             yield start + offset + 1, dict(zip(names, values))
+
+
+ZIP_RATIO = 100  # a datasets folder zips to a third or a tenth; a zip bomb to a thousandth or less
+ZIP_FLOOR = 64 * MB
+
+
+def unpacked_limit(packed_size: int) -> int:
+    """How much a zip of packed_size bytes may unpack to: IMPORT_MAX_BYTES, and at most ZIP_RATIO times
+    its size (beyond ZIP_FLOOR), so a small archive cannot fill the disk up to the limit."""
+    return min(limit("IMPORT_MAX_BYTES"), max(ZIP_RATIO * packed_size, ZIP_FLOOR))
 
 
 def unpack(archive: zipfile.ZipFile, folder: Path, max_bytes: int) -> None:
@@ -437,7 +448,10 @@ def _check_members(members: list[zipfile.ZipInfo], max_bytes: int) -> None:
 
 
 def _zip_too_large(max_bytes: int) -> ImportRejected:
-    return FileTooLarge(f"the zip archive unpacks to more than {max_bytes / MB:.0f} MB, the limit for one import.", field="file")
+    return FileTooLarge(
+        f"the zip archive unpacks to more than {max_bytes / MB:.0f} MB, the limit for one import "
+        f"(the size limit, and at most {ZIP_RATIO} times the archive's size).", field="file"
+    )
 
 
 def _dataset_root(folder: Path) -> Path:
