@@ -250,3 +250,25 @@ def test_nan_in_a_json_body_is_a_row_error(campaign):
         import_prompts(campaign, [{"external_id": "ok", "text": "x"}, {"external_id": "n", "text": "x", "metadata": {"a": float("nan")}}])
     assert caught.value.errors == [{"row": 1, "error": "metadata holds NaN or Infinity, which JSON cannot store"}]
     assert not new_prompts().exists()
+
+
+def test_without_the_right_to_skip_foreign_key_checks_the_import_still_works(carol, campaign):
+    """A role that may not SET session_replication_role (not a superuser): the rows are checked one by one instead."""
+    from django.db import DatabaseError, connection, transaction
+
+    if not copying.available():
+        pytest.skip("the COPY path is PostgreSQL's")
+    with connection.cursor() as cursor:  # all inside the test's transaction: the role goes when it is rolled back
+        cursor.execute("CREATE ROLE arbiter_test_importer NOSUPERUSER")
+        cursor.execute("GRANT ALL ON ALL TABLES IN SCHEMA public TO arbiter_test_importer")
+        cursor.execute("GRANT ALL ON ALL SEQUENCES IN SCHEMA public TO arbiter_test_importer")
+        cursor.execute("SET LOCAL ROLE arbiter_test_importer")
+        with pytest.raises(DatabaseError), transaction.atomic():
+            cursor.execute("SET LOCAL session_replication_role = replica")
+        rows = [{"prompt": f"Q{i}?", "chosen": "a", "rejected": "b", "chosen_model": "m1", "rejected_model": "m2"} for i in range(3)]
+        response = upload(carol, "p.jsonl", jsonl(*rows), kind="preferences")
+        cursor.execute("SELECT current_setting('session_replication_role'), current_user")
+        assert cursor.fetchone() == ("origin", "arbiter_test_importer")
+        cursor.execute("RESET ROLE")
+    assert response.status_code == 201, response.content
+    assert response.json()["tasks_built"] == 3
