@@ -28,6 +28,20 @@ def interleave_by_model(responses: list[Response]) -> list[Response]:
     return [r for round_ in rounds for r in round_ if r is not None]
 
 
+def task_groups(responses: list[Response], k: int, *, shuffle=shuffle) -> list[list[Response]]:
+    """One prompt's unused responses (anything with pk and model_version_id) cut into tasks of k,
+    interleaved across models, each in a shuffled display order; fewer than k left over wait."""
+    if len(responses) == k:  # one task of them all, shuffled: the interleaving would not change it (a pair import's case)
+        members = list(responses)
+        shuffle(members)
+        return [members]
+    ordered = interleave_by_model(responses)
+    groups = [ordered[start : start + k] for start in range(0, len(ordered) - k + 1, k)]
+    for members in groups:
+        shuffle(members)
+    return groups
+
+
 def build_tasks(campaign: Campaign, prompt_ids, *, priority: int = 0) -> int:
     """Create tasks from the prompts' unused responses; returns how many tasks were made."""
     k = campaign.responses_per_task
@@ -42,11 +56,7 @@ def build_tasks(campaign: Campaign, prompt_ids, *, priority: int = 0) -> int:
     by_prompt: dict[int, list[Response]] = defaultdict(list)
     for response in unused:
         by_prompt[response.prompt_id].append(response)
-    groups: list[tuple[int, list[Response]]] = []
-    for prompt_id, responses in sorted(by_prompt.items()):
-        ordered = interleave_by_model(responses)
-        for start in range(0, len(ordered) - k + 1, k):
-            groups.append((prompt_id, ordered[start : start + k]))
+    groups = [(prompt_id, members) for prompt_id, responses in sorted(by_prompt.items()) for members in task_groups(responses, k)]
     if not groups:
         return 0
     with transaction.atomic():
@@ -62,8 +72,6 @@ def build_tasks(campaign: Campaign, prompt_ids, *, priority: int = 0) -> int:
         )
         slots = []
         for task, (_, members) in zip(tasks, groups):
-            members = list(members)
-            shuffle(members)
             slots.extend(TaskResponse(task=task, response=r, position=i) for i, r in enumerate(members))
         TaskResponse.objects.bulk_create(slots, batch_size=5000)
     return len(tasks)

@@ -10,6 +10,7 @@ with them) and listed in `ImportResult.skipped`.
 """
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -87,12 +88,61 @@ def normalise_context(value) -> list[dict]:
     return passages
 
 
-def _external_id(value) -> str:
+def external_id_of(value) -> str:
     if isinstance(value, int) and not isinstance(value, bool):
         value = str(value)
     if not isinstance(value, str) or not value.strip() or len(value) > 200:
         raise ValueError("external_id must be a non-empty string of at most 200 characters")
+    _check_string(value, "external_id")
     return value
+
+
+def check_storable(value, what: str) -> None:
+    """Raise ValueError unless `value` can be stored in a JSON column (see storable_json)."""
+    storable_json(value, what)
+
+
+_to_json = json.JSONEncoder(ensure_ascii=False, allow_nan=False).encode
+
+
+def storable_json(value, what: str) -> str:
+    """`value` as JSON text, or ValueError if a string in it cannot be stored: a NUL, which PostgreSQL
+    text and jsonb refuse, or a lone surrogate, which is not UTF-8 (json.loads lets both through)."""
+    if not value and isinstance(value, (dict, list)):  # most contexts and metadata: nothing to check
+        return "{}" if isinstance(value, dict) else "[]"
+    try:
+        text = _to_json(value)
+    except RecursionError:
+        raise ValueError(f"{what} is nested too deeply") from None
+    except ValueError:
+        raise ValueError(f"{what} holds NaN or Infinity, which JSON cannot store") from None
+    if "\\u0000" in text and _holds_nul(value):  # the text alone cannot tell \u0000 from an escaped backslash
+        raise ValueError(f"{what} contains a NUL character (\\u0000), which cannot be stored")
+    _check_string(text, what)
+    return text
+
+
+def _holds_nul(value) -> bool:
+    pending = [value]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, str) and "\x00" in item:
+            return True
+        if isinstance(item, dict):
+            pending += [*item, *item.values()]
+        elif isinstance(item, list):
+            pending += item
+    return False
+
+
+def _check_string(text: str, what: str) -> None:
+    if "\x00" in text:
+        raise ValueError(f"{what} contains a NUL character (\\u0000), which cannot be stored")
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise ValueError(f"{what} contains a lone surrogate ({text[exc.start]!a}), which is not valid Unicode") from None
 
 
 def _check_size(what: str, chars: int) -> None:
@@ -150,7 +200,7 @@ def import_batch(
     response_numbers = list(response_numbers) if response_numbers is not None else list(range(len(responses)))
     new_prompts, skipped_ids = _check_prompts(campaign, prompts, prompt_numbers, on_duplicate, errors, result)
     parsed = _check_responses(campaign, responses, response_numbers, new_prompts, skipped_ids, errors, result)
-    _check_models(parsed, create_models, errors)
+    check_models(parsed, create_models, errors)
     if errors:
         total = len(set(prompt_numbers) | set(response_numbers) | {e["row"] for e in errors})
         raise _rejected(errors, total)
@@ -167,9 +217,12 @@ def import_batch(
 
 
 def _rejected(errors: list[dict], total: int) -> ImportRejected:
-    errors = sorted(errors, key=lambda e: e["row"])
-    bad_rows = len({e["row"] for e in errors})
-    shown = "" if len(errors) <= MAX_ERRORS_SHOWN else f" (the first {MAX_ERRORS_SHOWN} errors are listed)"
+    return rows_rejected(sorted(errors, key=lambda e: e["row"]), total, len({e["row"] for e in errors}), len(errors))
+
+
+def rows_rejected(errors: list[dict], total: int, bad_rows: int, error_count: int) -> ImportRejected:
+    """The rejection of a file with bad rows: `errors` sorted by row (the first MAX_ERRORS_SHOWN are listed)."""
+    shown = "" if error_count <= MAX_ERRORS_SHOWN else f" (the first {MAX_ERRORS_SHOWN} errors are listed)"
     return ImportRejected(
         f"{bad_rows} of {total} rows are invalid; nothing was imported{shown}.", errors=errors[:MAX_ERRORS_SHOWN]
     )
@@ -194,7 +247,8 @@ def _check_prompts(campaign, rows, numbers, on_duplicate, errors, result) -> tup
         try:
             if not isinstance(row, dict):
                 raise ValueError("row must be an object")
-            external_id = _external_id(row.get("external_id"))
+            external_id = external_id_of(row.get("external_id"))
+            prompt = prompt_from_row(campaign, external_id, row)
             duplicate = _duplicate_reason(external_id, existing, new)
             if duplicate and on_duplicate == "skip":
                 skipped.add(external_id)
@@ -202,7 +256,7 @@ def _check_prompts(campaign, rows, numbers, on_duplicate, errors, result) -> tup
                 continue
             if duplicate:
                 raise ValueError(f"external_id {external_id!r} {duplicate}")
-            new[external_id] = (number, _prompt(campaign, external_id, row))
+            new[external_id] = (number, prompt)
         except ValueError as exc:
             errors.append({"row": number, "error": str(exc)})
     return new, skipped
@@ -216,7 +270,14 @@ def _duplicate_reason(external_id: str, existing: dict, new: dict) -> str:
     return ""
 
 
-def _prompt(campaign: Campaign, external_id: str, row: dict) -> Prompt:
+def prompt_from_row(campaign: Campaign, external_id: str, row: dict) -> Prompt:
+    """The prompt of a checked row (ValueError says what is wrong with it)."""
+    messages, context, metadata = prompt_fields(row)
+    return Prompt(campaign=campaign, external_id=external_id, messages=messages, context=context, metadata=metadata)
+
+
+def prompt_fields(row: dict, *, as_json: bool = False) -> tuple:
+    """(messages, context, metadata) of a prompt row, as values or (as_json) as JSON text; ValueError says what is wrong."""
     messages = normalise_messages(row)
     _check_size("the prompt", sum(len(t["content"]) for t in messages))
     context = normalise_context(row.get("context"))
@@ -226,7 +287,8 @@ def _prompt(campaign: Campaign, external_id: str, row: dict) -> Prompt:
         metadata = {}
     if not isinstance(metadata, dict):
         raise ValueError("metadata must be an object")
-    return Prompt(campaign=campaign, external_id=external_id, messages=messages, context=context, metadata=metadata)
+    texts = storable_json(messages, "the prompt"), storable_json(context, "the context"), storable_json(metadata, "metadata")
+    return texts if as_json else (messages, context, metadata)
 
 
 def _check_responses(campaign, rows, numbers, new_prompts, skipped_ids, errors, result) -> list[tuple]:
@@ -238,31 +300,42 @@ def _check_responses(campaign, rows, numbers, new_prompts, skipped_ids, errors, 
         try:
             if not isinstance(row, dict):
                 raise ValueError("row must be an object")
-            external_id = _external_id(row.get("prompt"))
+            external_id = external_id_of(row.get("prompt"))
             if external_id in skipped_ids:
                 result.responses_skipped += 1
                 continue
             if external_id not in known:
                 raise ValueError(f"prompt {external_id!r} is not in this campaign")
-            model = row.get("model")
-            if not isinstance(model, str) or not model.strip() or len(model) > 200:
-                raise ValueError("model must be a non-empty model name")
-            text = row.get("text")
-            if not isinstance(text, str) or not text.strip():
-                raise ValueError("text must be a non-empty string")
-            _check_size("the response", len(text))
-            params = row.get("generation_params", {})
-            if params is None:
-                params = {}
-            if not isinstance(params, dict):
-                raise ValueError("generation_params must be an object")
-            parsed.append((number, external_id, model.strip(), text, params))
+            _, model, text, params = response_from_row(row)
+            parsed.append((number, external_id, model, text, params))
         except ValueError as exc:
             errors.append({"row": number, "error": str(exc)})
     return parsed
 
 
-def _check_models(parsed: list[tuple], create_models: bool, errors: list[dict]) -> None:
+def response_from_row(row: dict, *, as_json: bool = False) -> tuple[str, str, str, dict | str]:
+    """(prompt external_id, model name, text, generation_params (as_json: as JSON text)) of a response row;
+    ValueError says what is wrong."""
+    external_id = external_id_of(row.get("prompt"))
+    model = row.get("model")
+    if not isinstance(model, str) or not model.strip() or len(model) > 200:
+        raise ValueError("model must be a non-empty model name")
+    _check_string(model, "model")
+    text = row.get("text")
+    if not isinstance(text, str) or not text.strip():
+        raise ValueError("text must be a non-empty string")
+    _check_size("the response", len(text))
+    _check_string(text, "the response")
+    params = row.get("generation_params", {})
+    if params is None:
+        params = {}
+    if not isinstance(params, dict):
+        raise ValueError("generation_params must be an object")
+    params_json = storable_json(params, "generation_params")
+    return external_id, model.strip(), text, params_json if as_json else params
+
+
+def check_models(parsed: list[tuple], create_models: bool, errors: list[dict]) -> None:
     """Without create_models, every model name must already be registered."""
     if create_models or not parsed:
         return

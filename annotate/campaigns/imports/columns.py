@@ -57,6 +57,11 @@ MODEL_COLUMNS = ("model", "model_name")
 RESPONSE_ONLY_COLUMNS = ("chosen", "rejected", "completions", "responses", "chosen_model", "rejected_model", "model", "models")
 
 
+def row_problem(exc: Exception) -> str:
+    """What is wrong with a row, from the ValueError that says it (or the RecursionError of a value nested too deeply)."""
+    return "a value is nested too deeply" if isinstance(exc, RecursionError) else str(exc)
+
+
 def columns_of(records: list[Record]) -> set[str]:
     return {key for _, record in records for key in record}
 
@@ -70,88 +75,110 @@ def _missing(what: str, columns: set[str], extra: str = "") -> ImportRejected:
     return ImportRejected(f"missing column: {what}{extra}. The file has: {have}.", field="file")
 
 
-def prompt_rows(records: list[Record], batch: Batch) -> None:
-    columns = columns_of(records)
-    content = first_of(columns, PROMPT_COLUMNS)
-    if content is None:
-        raise _missing("messages, text or prompt (the prompt)", columns)
-    id_column = first_of(columns, ID_COLUMNS)
-    used = {content, id_column, "context", "metadata", *RESPONSE_ONLY_COLUMNS}
-    for number, record in records:
-        try:
-            messages = _messages(record.get(content), content)
-            context = _context(record.get("context"))
-            row = {
-                "messages": messages,
-                "context": context,
-                "metadata": _metadata(record, used),
-                "external_id": _id(record, id_column, messages, context),
-            }
-            batch.add_prompt(number, row)
-        except ValueError as exc:
-            batch.errors.append({"row": number, "error": str(exc)})
+class PromptColumns:
+    """Prompt rows from records: which column holds the prompt and which its id, decided once for the whole file."""
+
+    def __init__(self, columns: set[str]):
+        self.content = first_of(columns, PROMPT_COLUMNS)
+        if self.content is None:
+            raise _missing("messages, text or prompt (the prompt)", columns)
+        self.id_column = first_of(columns, ID_COLUMNS)
+        self.used = {self.content, self.id_column, "context", "metadata", *RESPONSE_ONLY_COLUMNS}
+
+    def add(self, records: list[Record], batch: Batch) -> None:
+        for number, record in records:
+            try:
+                messages = _messages(record.get(self.content), self.content)
+                context = _context(record.get("context"))
+                row = {
+                    "messages": messages,
+                    "context": context,
+                    "metadata": _metadata(record, self.used),
+                    "external_id": _id(record, self.id_column, messages, context),
+                }
+                batch.add_prompt(number, row)
+            except (ValueError, RecursionError) as exc:
+                batch.errors.append({"row": number, "error": row_problem(exc)})
+
+    def warnings(self) -> list[str]:
+        return []
 
 
-def response_rows(records: list[Record], batch: Batch, default_model: str) -> None:
-    columns = columns_of(records)
-    prompt_column = first_of(columns, ("prompt", "prompt_id", "external_id"))
-    text_column = first_of(columns, RESPONSE_TEXT_COLUMNS)
-    model_column = first_of(columns, MODEL_COLUMNS)
-    if prompt_column is None:
-        raise _missing("prompt (the external_id of the prompt each response answers)", columns)
-    if text_column is None:
-        raise _missing("text, response or completion (the response)", columns)
-    if model_column is None and not default_model:
-        raise _missing("model", columns, " (or give the model name for the whole file)")
-    for number, record in records:
-        try:
-            text = record.get(text_column)
-            if text in (None, ""):
-                raise ValueError(f"{text_column} is empty")
-            batch.add_response(number, {
-                "prompt": record.get(prompt_column),
-                "model": (record.get(model_column) if model_column else None) or default_model,
-                "text": _completion_text(text)[1],
-                "generation_params": jsonable(record.get("generation_params") or {}),
-            })
-        except ValueError as exc:
-            batch.errors.append({"row": number, "error": str(exc)})
+class ResponseColumns:
+    """Response rows from records: the prompt, text and model columns."""
+
+    def __init__(self, columns: set[str], default_model: str):
+        self.prompt_column = first_of(columns, ("prompt", "prompt_id", "external_id"))
+        self.text_column = first_of(columns, RESPONSE_TEXT_COLUMNS)
+        self.model_column = first_of(columns, MODEL_COLUMNS)
+        self.default_model = default_model
+        if self.prompt_column is None:
+            raise _missing("prompt (the external_id of the prompt each response answers)", columns)
+        if self.text_column is None:
+            raise _missing("text, response or completion (the response)", columns)
+        if self.model_column is None and not default_model:
+            raise _missing("model", columns, " (or give the model name for the whole file)")
+
+    def add(self, records: list[Record], batch: Batch) -> None:
+        for number, record in records:
+            try:
+                text = record.get(self.text_column)
+                if text in (None, ""):
+                    raise ValueError(f"{self.text_column} is empty")
+                batch.add_response(number, {
+                    "prompt": record.get(self.prompt_column),
+                    "model": (record.get(self.model_column) if self.model_column else None) or self.default_model,
+                    "text": _completion_text(text)[1],
+                    "generation_params": jsonable(record.get("generation_params") or {}),
+                })
+            except (ValueError, RecursionError) as exc:
+                batch.errors.append({"row": number, "error": row_problem(exc)})
+
+    def warnings(self) -> list[str]:
+        return []
 
 
-def preference_rows(records: list[Record], batch: Batch, default_model: str, k: int) -> None:
+class PreferenceColumns:
     """A prompt and its responses per record: prompt/chosen/rejected or prompt/completions."""
-    columns = columns_of(records)
-    pairs = "chosen" in columns or "rejected" in columns
-    if pairs and not {"chosen", "rejected"} <= columns:
-        raise _missing("chosen" if "rejected" in columns else "rejected", columns)
-    if not pairs and first_of(columns, ("completions", "responses")) is None:
-        raise _missing("chosen and rejected, or completions", columns, " (with prompt)")
-    if "prompt" not in columns and pairs and _is_plain(records[0][1].get("chosen")):
-        raise _missing("prompt", columns, " (chosen and rejected are plain text, so the prompt cannot be split off them)")
-    if pairs and not default_model and not ({"chosen_model", "rejected_model"} <= columns or "model" in columns):
-        raise _missing("chosen_model and rejected_model (or model)", columns, ", or give the model name for the whole file")
-    list_column = first_of(columns, ("completions", "responses"))
-    used = {"prompt", "chosen", "rejected", "chosen_model", "rejected_model", "model", "models", list_column, "context", "metadata", *ID_COLUMNS}
-    id_column = first_of(columns, ID_COLUMNS)
-    short = 0
-    for number, record in records:
-        try:
-            items = _pair(record, default_model) if pairs else _completions(record, list_column, default_model)
-            messages, items = _prompt_and_responses(record, items)
-            context = _context(record.get("context"))
-            external_id = _id(record, id_column, messages, context)
-            batch.add_prompt(number, {"external_id": external_id, "messages": messages, "context": context, "metadata": _metadata(record, used)})
-            for label, text, model in items:
-                params = {"imported_as": label} if label else {}
-                batch.add_response(number, {"prompt": external_id, "model": model, "text": text, "generation_params": params})
-            short += len(items) < k
-        except ValueError as exc:
-            batch.errors.append({"row": number, "error": str(exc)})
-    if short:
-        batch.warnings.append(
-            f"{short} prompt(s) have fewer than {k} responses, the number this campaign compares per task: "
+
+    def __init__(self, columns: set[str], first: dict | None, default_model: str, k: int):
+        self.pairs = "chosen" in columns or "rejected" in columns
+        if self.pairs and not {"chosen", "rejected"} <= columns:
+            raise _missing("chosen" if "rejected" in columns else "rejected", columns)
+        if not self.pairs and first_of(columns, ("completions", "responses")) is None:
+            raise _missing("chosen and rejected, or completions", columns, " (with prompt)")
+        if "prompt" not in columns and self.pairs and _is_plain((first or {}).get("chosen")):
+            raise _missing("prompt", columns, " (chosen and rejected are plain text, so the prompt cannot be split off them)")
+        if self.pairs and not default_model and not ({"chosen_model", "rejected_model"} <= columns or "model" in columns):
+            raise _missing("chosen_model and rejected_model (or model)", columns, ", or give the model name for the whole file")
+        self.list_column = first_of(columns, ("completions", "responses"))
+        self.used = {"prompt", "chosen", "rejected", "chosen_model", "rejected_model", "model", "models", self.list_column, "context", "metadata", *ID_COLUMNS}
+        self.id_column = first_of(columns, ID_COLUMNS)
+        self.default_model, self.k = default_model, k
+        self.short = 0  # prompts with fewer than k responses
+
+    def add(self, records: list[Record], batch: Batch) -> None:
+        for number, record in records:
+            try:
+                items = _pair(record, self.default_model) if self.pairs else _completions(record, self.list_column, self.default_model)
+                messages, items = _prompt_and_responses(record, items)
+                context = _context(record.get("context"))
+                external_id = _id(record, self.id_column, messages, context)
+                batch.add_prompt(number, {"external_id": external_id, "messages": messages, "context": context, "metadata": _metadata(record, self.used)})
+                for label, text, model in items:
+                    params = {"imported_as": label} if label else {}
+                    batch.add_response(number, {"prompt": external_id, "model": model, "text": text, "generation_params": params})
+                self.short += len(items) < self.k
+            except (ValueError, RecursionError) as exc:
+                batch.errors.append({"row": number, "error": row_problem(exc)})
+
+    def warnings(self) -> list[str]:
+        if not self.short:
+            return []
+        return [
+            f"{self.short} prompt(s) have fewer than {self.k} responses, the number this campaign compares per task: "
             "their tasks are built once more responses arrive."
-        )
+        ]
 
 
 def _pair(record: dict, default_model: str) -> list[tuple[str, object, str]]:
@@ -292,15 +319,9 @@ LS_LIST_KEYS = ("responses", "answers", "completions", "items", "outputs")
 LS_NUMBERED = re.compile(r"^(?:answer|response|completion|output|text)(?:[_-]?(\d+)|[_-]([a-h]))$")
 
 
-def label_studio_records(records: list[Record], batch: Batch) -> list[Record]:
-    """Label Studio tasks as preference records: {external_id, prompt, completions, metadata}."""
-    converted = []
-    for number, task in records:
-        try:
-            converted.append((number, _label_studio_task(task)))
-        except ValueError as exc:
-            batch.errors.append({"row": number, "error": str(exc)})
-    return converted
+def label_studio_record(task: dict) -> dict:
+    """A Label Studio task as a preference record: {external_id, prompt, completions, metadata}; ValueError if it has no prompt or responses."""
+    return _label_studio_task(task)
 
 
 def _label_studio_task(task: dict) -> dict:

@@ -5,30 +5,36 @@
 
 annotate.campaigns.imports.readers reads the file into records; annotate.campaigns.imports.columns maps them to prompt
 and response rows for the import kind (prompts, responses, preferences); annotate.campaigns.imports.batches checks
-every row and writes all or nothing. Above IMPORT_SYNC_ROWS rows (or IMPORT_SYNC_BYTES bytes) the
+every row and writes all or nothing. On PostgreSQL, annotate.campaigns.imports.copying does the checking and writing
+a chunk of rows at a time, with COPY, in one transaction (constant memory); on SQLite the whole file is read, checked
+and then written. Above IMPORT_SYNC_ROWS rows (or IMPORT_SYNC_BYTES bytes) the
 upload is stored under ARTIFACTS_DIR/uploads/<campaign id>/ and imported by a background run of
 kind "import", with progress on the run's page. Limits: IMPORT_MAX_BYTES, IMPORT_MAX_ROWS (settings).
 """
 from __future__ import annotations
 
+import contextlib
 import shutil
+import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from django.conf import settings
+from django.db import DEFAULT_DB_ALIAS, connections
 from django.utils.text import get_valid_filename
 
-from annotate.campaigns.imports.batches import ON_DUPLICATE, import_batch
-from annotate.campaigns.imports.columns import Batch, columns_of, label_studio_records, preference_rows, prompt_rows, response_rows
-from annotate.campaigns.imports.readers import FORMATS, MB, FileTooLarge, Record, limit, read_file
+from annotate.campaigns.imports import copying
+from annotate.campaigns.imports.batches import ON_DUPLICATE, ImportResult, import_batch
+from annotate.campaigns.imports.columns import Batch, PreferenceColumns, PromptColumns, ResponseColumns, label_studio_record
+from annotate.campaigns.imports.readers import FORMATS, MB, FileTooLarge, Source, limit, open_source, read_file
 from annotate.core.errors import ImportRejected
 from annotate.jobs.engine import InvalidParams, RunContext, RunFailed, register, start_run
 from annotate.models import Campaign, Run
 
 KINDS = ("prompts", "responses", "preferences")
-__all__ = ["FORMATS", "KINDS", "FileTooLarge", "ImportOptions", "import_options", "import_records", "import_upload", "limit", "read_file"]
+__all__ = ["FORMATS", "KINDS", "FileTooLarge", "ImportOptions", "import_options", "import_source", "import_upload", "limit", "open_source", "read_file"]
 
 
 @dataclass
@@ -63,29 +69,49 @@ def import_options(data: Mapping) -> ImportOptions:
     return ImportOptions(kind, on_duplicate, model.strip(), bool(create), fmt, split)
 
 
-def build_batch(campaign: Campaign, fmt: str, records: list[Record], errors: list[dict], options: ImportOptions) -> Batch:
-    batch = Batch(errors=list(errors))
-    if fmt == "label_studio":
+def column_mapper(campaign: Campaign, source: Source, options: ImportOptions):
+    """What the records' columns mean for the import kind (ImportRejected names a missing column); None without records."""
+    if source.fmt == "label_studio":
         if options.kind == "responses":
             raise ImportRejected("a Label Studio export holds prompts with their responses: import it as preferences (or prompts).", field="kind")
-        records = label_studio_records(records, batch)
-    if not records:
-        return batch
+        source.convert(label_studio_record)
+    if source.first is None:
+        return None
     if options.kind == "prompts":
-        prompt_rows(records, batch)
-        if fmt == "label_studio" or {"chosen", "completions"} & columns_of(records):
-            batch.warnings.append("the file also holds responses; they were not imported (import it as preferences to keep them).")
-    elif options.kind == "responses":
-        response_rows(records, batch, options.model)
+        return PromptColumns(source.columns)
+    if options.kind == "responses":
+        return ResponseColumns(source.columns, options.model)
+    return PreferenceColumns(source.columns, source.first, options.model, campaign.responses_per_task)
+
+
+def import_source(campaign: Campaign, source: Source, options: ImportOptions, *, on_progress=None) -> dict:
+    """Map the rows for the import kind, check them all, write all or nothing; a summary for people.
+
+    On PostgreSQL a chunk at a time, written with COPY in one transaction (copying); elsewhere
+    every row is read, checked and then written in batches. on_progress(rows done, rows) is
+    called as rows are checked.
+    """
+    mapper = column_mapper(campaign, source, options)
+    warnings = []
+    if options.kind == "prompts" and (source.fmt == "label_studio" or {"chosen", "completions"} & source.columns):
+        warnings.append("the file also holds responses; they were not imported (import it as preferences to keep them).")
+    if copying.available():
+        result = copying.import_rows(
+            campaign, source, mapper, on_duplicate=options.on_duplicate, create_models=options.create_models, progress=on_progress
+        )
     else:
-        preference_rows(records, batch, options.model, campaign.responses_per_task)
-    return batch
+        result = _import_whole(campaign, source, mapper, options, on_progress)
+    warnings += mapper.warnings() if mapper else []
+    return {"format": source.fmt, "kind": options.kind, "rows": source.rows, **result.as_dict(), "warnings": warnings, "errors": []}
 
 
-def import_records(campaign: Campaign, fmt: str, records: list[Record], errors: list[dict], options: ImportOptions, *, on_checked=None) -> dict:
-    """Map the records for the import kind, check them all, write all or nothing; a summary for people."""
-    batch = build_batch(campaign, fmt, records, errors, options)
-    result = import_batch(
+def _import_whole(campaign: Campaign, source: Source, mapper, options: ImportOptions, on_progress) -> ImportResult:
+    batch = Batch()
+    for records, errors in source.chunks(5000):
+        batch.errors += errors
+        if mapper is not None:
+            mapper.add(records, batch)
+    return import_batch(
         campaign,
         prompts=batch.prompts,
         responses=batch.responses,
@@ -94,26 +120,24 @@ def import_records(campaign: Campaign, fmt: str, records: list[Record], errors: 
         on_duplicate=options.on_duplicate,
         create_models=options.create_models,
         errors=batch.errors,
-        before_write=(lambda: on_checked(batch)) if on_checked else None,
+        before_write=(lambda: on_progress(source.rows, source.rows)) if on_progress else None,
     )
-    rows = len({n for n, _ in records} | {e["row"] for e in errors})
-    return {"format": fmt, "kind": options.kind, "rows": rows, **result.as_dict(), "warnings": batch.warnings, "errors": []}
 
 
 def import_upload(campaign: Campaign, upload, options: ImportOptions, user=None) -> tuple[dict | None, Run | None]:
     """Import an uploaded file now (summary, None), or hand a large one to a background run (None, run)."""
     size = upload.size or 0
     if size > limit("IMPORT_MAX_BYTES"):
-        raise FileTooLarge(f"the file is {size / MB:.1f} MB; the limit is {limit('IMPORT_MAX_BYTES') / MB:.0f} MB. Split it into several files.")
+        raise FileTooLarge(f"the file is {size / MB:.1f} MB; the limit is {limit('IMPORT_MAX_BYTES') / MB:.0f} MB. Split it into several files.", field="file")
     if size == 0:
         raise ImportRejected("the file is empty.", field="file")
     if size > limit("IMPORT_SYNC_BYTES"):
         return None, start_import_run(campaign, upload, options, user)
-    source = Path(upload.temporary_file_path()) if hasattr(upload, "temporary_file_path") else upload.file
-    fmt, records, errors = read_file(source, upload.name or "", fmt=options.format, split=options.split)
-    if len(records) > limit("IMPORT_SYNC_ROWS"):
-        return None, start_import_run(campaign, upload, options, user)
-    return import_records(campaign, fmt, records, errors, options), None
+    stream = Path(upload.temporary_file_path()) if hasattr(upload, "temporary_file_path") else upload.file
+    with open_source(stream, upload.name or "", fmt=options.format, split=options.split) as source:
+        if source.rows > limit("IMPORT_SYNC_ROWS"):
+            return None, start_import_run(campaign, upload, options, user)
+        return import_source(campaign, source, options), None
 
 
 def start_import_run(campaign: Campaign, upload, options: ImportOptions, user=None) -> Run:
@@ -153,16 +177,10 @@ def run_import(ctx: RunContext) -> dict:
     path = Path(settings.ARTIFACTS_DIR) / params["path"]
     options = import_options(params)
     try:
-        ctx.progress(0.05, f"reading {params['filename']}")
-        fmt, records, errors = read_file(path, params["filename"], fmt=options.format, split=options.split)
-        ctx.progress(0.3, f"read {len(records):,} rows; checking them")
-        ctx.check_cancelled()
-
-        def checked(batch: Batch) -> None:
-            ctx.progress(0.5, f"writing {len(batch.prompts):,} prompts and {len(batch.responses):,} responses in one transaction")
-            ctx.check_cancelled()
-
-        summary = import_records(campaign, fmt, records, errors, options, on_checked=checked)
+        ctx.progress(0.02, f"reading {params['filename']}")
+        with _progress_reporter(ctx) as on_progress, open_source(path, params["filename"], fmt=options.format, split=options.split) as source:
+            ctx.progress(0.05, f"{source.rows:,} rows; checking and writing them")
+            summary = import_source(campaign, source, options, on_progress=on_progress)
     except ImportRejected as exc:
         Run.objects.filter(pk=ctx.run.pk).update(result={"detail": exc.message, "errors": exc.errors})
         lines = [exc.message] + [f"row {e['row']}: {e['error']}" for e in exc.errors[:20]]
@@ -171,6 +189,34 @@ def run_import(ctx: RunContext) -> dict:
         shutil.rmtree(path.parent, ignore_errors=True)
     ctx.log(f"imported {summary['prompts_created']} prompts and {summary['responses_created']} responses; built {summary['tasks_built']} tasks")
     return summary
+
+
+@contextlib.contextmanager
+def _progress_reporter(ctx: RunContext):
+    """on_progress(done, rows) for an import: at most once a second, through a connection of its own,
+    since the import's transaction keeps everything it writes unseen until the end."""
+    side = connections.create_connection(DEFAULT_DB_ALIAS) if copying.available() else None
+    last = 0.0
+
+    def on_progress(done: int, rows: int) -> None:
+        nonlocal last
+        ctx.check_cancelled()
+        if time.monotonic() - last < 1.0 and done < rows:
+            return
+        last = time.monotonic()
+        fraction = 0.05 + 0.9 * done / max(rows, 1)
+        message = f"checked {done:,} of {rows:,} rows" + (" (written in one transaction: visible once all are in)" if side else "")
+        if side is None:
+            ctx.progress(fraction, message)
+            return
+        with side.cursor() as cursor:
+            cursor.execute(f"UPDATE {Run._meta.db_table} SET progress = %s, progress_message = %s WHERE id = %s", [fraction, message[:300], ctx.run.pk])
+
+    try:
+        yield on_progress
+    finally:
+        if side is not None:
+            side.close()
 
 
 register("import", validate_import_params, run_import, ml=False)
