@@ -138,13 +138,12 @@ SEED_SQL = [
 
 def token_for_admin(campaign) -> str:
     from django.contrib.auth import get_user_model
-    from rest_framework.authtoken.models import Token
-
+    from annotate.api.tokens import issue_token
     from annotate.models import Membership
 
     admin, _ = get_user_model().objects.get_or_create(username="bench-export-admin")
     Membership.objects.get_or_create(campaign=campaign, user=admin, defaults={"role": "admin"})
-    return Token.objects.get_or_create(user=admin)[0].key
+    return issue_token(admin)  # keys are stored hashed: a fresh one per run
 
 
 # ---------------------------------------------------------------- the paths (each in its own process)

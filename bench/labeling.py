@@ -37,8 +37,8 @@ import aiohttp  # noqa: E402
 import psutil  # noqa: E402
 from django.contrib.auth import get_user_model  # noqa: E402
 from django.db import connection, transaction  # noqa: E402
-from rest_framework.authtoken.models import Token  # noqa: E402
 
+from annotate.api.tokens import issue_token  # noqa: E402
 from annotate.models import Campaign, Judgement, Membership, ModelVersion, Prompt, Response, Task, TaskResponse  # noqa: E402
 
 
@@ -52,7 +52,7 @@ def seed(slug: str, tasks: int, labelers: int, overlap: int) -> list[str]:
     for i in range(labelers):
         user, _ = User.objects.get_or_create(username=f"bench-labeler-{i}")
         Membership.objects.get_or_create(campaign=campaign, user=user, defaults={"role": "labeler"})
-        tokens.append(Token.objects.get_or_create(user=user)[0].key)
+        tokens.append(issue_token(user))  # keys are stored hashed: a fresh one per run
     return tokens
 
 
