@@ -138,6 +138,7 @@ SEED_SQL = [
 
 def token_for_admin(campaign) -> str:
     from django.contrib.auth import get_user_model
+
     from annotate.api.tokens import issue_token
     from annotate.models import Membership
 
