@@ -1,7 +1,7 @@
 from django.contrib.auth import views as auth_views
 from django.urls import path
 
-from annotate.web import admin, campaign, compression, labeling
+from annotate.web import admin, campaign, compression, labeling, models
 
 urlpatterns = [
     path("", labeling.home, name="home"),
@@ -29,4 +29,6 @@ urlpatterns = [
     # Optimised models (views_optimize)
     path("c/<slug:slug>/optimized/", compression.optimized, name="campaign-optimized"),
     path("c/<slug:slug>/optimized/start/", compression.start_optimize, name="start-optimize"),
+    # The model registry (staff)
+    path("models/", models.registry, name="models"),
 ]
