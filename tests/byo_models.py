@@ -70,7 +70,10 @@ def gpt2_tokenizer() -> PreTrainedTokenizerFast:
 
 
 def _config(arch: str, tokenizer, vocab_size: int):
-    ids = {"bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id}
+    # initializer_range 0.3, not 0.02: with 32-wide embeddings that small every logit is near 0, and no LoRA
+    # update on top of a layer norm could move the next-token distribution far enough for PPO to show learning
+    ids = {"bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id,
+           "initializer_range": 0.3}
     if arch == "llama":
         return LlamaConfig(vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
                            num_key_value_heads=2, max_position_embeddings=256, tie_word_embeddings=True, **ids)
