@@ -158,19 +158,17 @@ def test_registered_models_of_three_architectures_go_through_generate_reward_ppo
     assert client.post("/api/v1/models/", {"name": "byo-qwen", "path": str(sources["qwen2"]), "kind": "base"}, format="json").status_code == 201
     assert client.post("/api/v1/models/", {"name": "byo-gpt2", "path": str(sources["gpt2"]), "kind": "policy",
                                            "chat_template": GPT2_TEMPLATE}, format="json").status_code == 201
-    campaign = banana_campaign(prompts=32)
+    campaign = banana_campaign(prompts=64)
+    label_all(campaign, join(make_user("alice"), campaign, "labeler"))
+    reward = engine.start_run("reward", campaign=campaign, params={"base_model": "byo-qwen", "name": "qwen-rm", "learning_rate": 3e-3,
+                                                                    "epochs": 4, "eval_fraction": 0.25})
     generate = engine.start_run("generate", campaign=campaign, params={"models": ["byo-llama", "byo-gpt2"], "max_new_tokens": 4, "limit": 4})
     work_off_queue()
-    generate.refresh_from_db()
-    assert generate.status == "succeeded", generate.error
+    for run in (reward, generate):
+        run.refresh_from_db()
+        assert run.status == "succeeded", run.error
     assert Response.objects.filter(model_version__name="byo-gpt2").count() == 4
-    label_all(campaign, join(make_user("alice"), campaign, "labeler"))
-    reward = engine.start_run("reward", campaign=campaign, params={"base_model": "byo-qwen", "name": "qwen-rm", "learning_rate": 1e-3,
-                                                                    "epochs": 3, "eval_fraction": 0.25})
-    work_off_queue()
-    reward.refresh_from_db()
-    assert reward.status == "succeeded", reward.error
-    assert ModelVersion.objects.get(name="qwen-rm").metadata["metrics"]["eval/accuracy"] >= 0.75
+    assert ModelVersion.objects.get(name="qwen-rm").metadata["metrics"]["eval/accuracy"] >= 0.9  # it learnt the labelers' preference
     # a Llama policy against a reward model with the Qwen2 tokenizer: scored on the re-tokenised text
     ppo = engine.start_run("ppo", campaign=campaign, params={"policy": "byo-llama", "reward_model": "qwen-rm", "iterations": 2,
                                                              "rollout_batch_size": 4, "minibatch_size": 4, "ppo_epochs": 1, "max_new_tokens": 6})
