@@ -49,6 +49,10 @@ def build(out: Path) -> Path:
 def peak_bytes(device: str) -> int:
     if device == "cuda":
         return torch.cuda.max_memory_allocated()
+    # VmHWM, not ru_maxrss: Linux carries ru_maxrss across fork and exec, so a phase would inherit its parent's peak
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 

@@ -179,3 +179,21 @@ def test_registered_models_of_three_architectures_go_through_generate_reward_ppo
         assert run.status == "succeeded", run.error
         new = ModelVersion.objects.get(run=run, kind="policy")
         assert new.parent.name == parent and new.round == 1
+
+
+def test_large_model_options_checkpoint_activations_and_refuse_bf16_on_a_worker_without_a_gpu(roots, sources, artifacts):
+    import torch
+
+    register("byo-llama", sources["llama"], "--kind", "policy")
+    campaign = banana_campaign(prompts=24)
+    label_all(campaign, join(make_user("alice"), campaign, "labeler"))
+    common = {"policy": "byo-llama", "max_steps": 1, "batch_size": 4}
+    checkpointed = engine.start_run("dpo", campaign=campaign, params={**common, "gradient_checkpointing": True})
+    bf16 = engine.start_run("dpo", campaign=campaign, params={**common, "bf16": True})
+    work_off_queue()
+    checkpointed.refresh_from_db()
+    bf16.refresh_from_db()
+    assert checkpointed.status == "succeeded", checkpointed.error
+    if not torch.cuda.is_available():
+        assert bf16.status == "failed" and "bf16 needs a GPU" in bf16.error
+        assert not ModelVersion.objects.filter(run=bf16).exists()
