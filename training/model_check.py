@@ -70,6 +70,10 @@ def resolve_source(path_or_id: str, allowed_roots: list[Path]) -> Path:
     roots = [Path(root).resolve() for root in allowed_roots]
     if not any(real.is_relative_to(root) for root in roots):
         raise ModelCheckError(f"path {path_or_id!r} is outside the allowed model roots (MODEL_ROOTS: {[str(r) for r in roots]}).")
+    # a link inside an allowed directory must not lead out of them either
+    for file in path.iterdir():
+        if not any(file.resolve().is_relative_to(root) for root in roots):
+            raise ModelCheckError(f"{file.name} in {path_or_id!r} links outside the allowed model roots.")
     return path.absolute()  # not resolved: an HF snapshot's files are links into its blobs
 
 

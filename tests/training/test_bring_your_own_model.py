@@ -110,6 +110,11 @@ def test_refusals_name_the_problem(sources, tmp_path):
         check_checkpoint(no_tokenizer, "policy")
     with pytest.raises(ModelCheckError, match="outside the allowed model roots"):
         resolve_source(str(sources["llama"]), [tmp_path / "elsewhere"])
+    leaking = _copy(sources["llama"], tmp_path / "leaking")
+    (leaking / "tokenizer.json").unlink()
+    (leaking / "tokenizer.json").symlink_to(sources["llama"] / "tokenizer.json")
+    with pytest.raises(ModelCheckError, match="links outside"):
+        resolve_source(str(leaking), [tmp_path])
 
 
 def test_an_adapter_is_checked_against_its_base(registered, tmp_path):
