@@ -173,6 +173,17 @@ def test_a_reward_model_with_another_tokenizer_scores_the_text_in_its_own_format
     assert _critic_source(same, policy_tokenizer) == str(registered["llama"])
 
 
+def test_rloo_scores_another_tokenizers_completions_as_text_in_the_reward_models_format(registered):
+    from training.reward_scoring import encode, forward_scores, load_reward_model
+    from training.rloo import reward_fn_from_reward_model
+
+    policy_tokenizer = load_tokenizer(registered["llama"])
+    completions = [policy_tokenizer.decode(policy_tokenizer(text, add_special_tokens=False)["input_ids"]) for text in ("Hi.", "Fine, thanks")]
+    scores = reward_fn_from_reward_model(registered["qwen2-reward"], device="cpu")(PROMPTS[:1] * 2, completions)
+    model, reward_tokenizer = load_reward_model(registered["qwen2-reward"], device="cpu")
+    assert scores == pytest.approx(forward_scores(model, [encode(reward_tokenizer, PROMPTS[0], c) for c in completions]), abs=1e-5)
+
+
 def test_ppo_runs_a_policy_against_a_reward_model_with_another_tokenizer(registered, tmp_path):
     config = PPOConfig(policy_path=str(registered["llama"]), output_dir=str(tmp_path / "run"), reward_model_path=str(registered["qwen2-reward"]),
                        lora_r=4, lora_alpha=8, total_iterations=2, rollout_batch_size=4, minibatch_size=4, ppo_epochs=1, max_new_tokens=6)
