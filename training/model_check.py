@@ -267,7 +267,7 @@ def _checked_tokenizer(path: Path, config: PretrainedConfig, chat_template: str 
         raise ModelCheckError(f"the chat template does not render a conversation: {exc}") from exc
     if tokenizer.eos_token_id is None:
         raise ModelCheckError("the tokenizer has no EOS token: a response's end could not be seen.")
-    tokenizer.init_kwargs["pad_source"] = apply_pad_choice(tokenizer)  # recorded in the metadata, saved with the tokenizer
+    tokenizer.init_kwargs["pad_source"] = apply_pad_choice(tokenizer, path)  # recorded in the metadata, saved with the tokenizer
     vocab_size = config.get_text_config().vocab_size
     if len(tokenizer) > vocab_size:
         raise ModelCheckError(
@@ -278,34 +278,50 @@ def _checked_tokenizer(path: Path, config: PretrainedConfig, chat_template: str 
     return tokenizer
 
 
-def choose_pad_token(tokenizer: PreTrainedTokenizerBase) -> tuple[str, str]:
+def choose_pad_token(tokenizer: PreTrainedTokenizerBase, stop_ids: frozenset[int] = frozenset()) -> tuple[str, str]:
     """(token, how): the pad token to use and 'own' (the tokenizer's), 'existing' (an unused special token) or 'added'.
 
     Padding with EOS hides where a response ends (RLHF-NOTES, PPO checklist 1). An existing special
-    token the chat template never writes is taken first (the vocabulary keeps its size), then UNK,
-    else a new token is added (it must fit in the embeddings' spare rows).
+    token the chat template never writes and generation never stops at (stop_ids) is taken first (the
+    vocabulary keeps its size), then UNK, else a new token is added (it must fit in the embeddings' spare rows).
     """
     if tokenizer.pad_token is not None and tokenizer.pad_token_id != tokenizer.eos_token_id:
         return tokenizer.pad_token, "own"
     template = tokenizer.chat_template if isinstance(tokenizer.chat_template, str) else json.dumps(tokenizer.chat_template)
     taken = {tokenizer.eos_token, tokenizer.bos_token, tokenizer.unk_token}
     specials = sorted((token_id, added.content) for token_id, added in tokenizer.added_tokens_decoder.items() if added.special)
-    for _, token in specials:
-        if token not in taken and token not in (template or ""):
+    for token_id, token in specials:
+        if token not in taken and token not in (template or "") and token_id not in stop_ids:
             return token, "existing"
     if tokenizer.unk_token is not None and tokenizer.unk_token_id != tokenizer.eos_token_id:
         return tokenizer.unk_token, "existing"
     return ADDED_PAD_TOKEN, "added"
 
 
-def apply_pad_choice(tokenizer: PreTrainedTokenizerBase) -> str:
-    """Give the tokenizer its pad token (see choose_pad_token), in place; returns how it was chosen."""
-    token, how = choose_pad_token(tokenizer)
+def apply_pad_choice(tokenizer: PreTrainedTokenizerBase, checkpoint: Path | str | None = None) -> str:
+    """Give the tokenizer its pad token (see choose_pad_token), in place; returns how it was chosen.
+
+    The checkpoint's config and generation config name the ids generation stops at (several, for
+    Llama 3 instruct models): none of them may pad.
+    """
+    token, how = choose_pad_token(tokenizer, stop_token_ids(checkpoint) if checkpoint else frozenset())
     if how == "added":
         tokenizer.add_special_tokens({"pad_token": token})
     else:
         tokenizer.pad_token = token
     return how
+
+
+def stop_token_ids(checkpoint: Path | str) -> frozenset[int]:
+    """EOS ids from the checkpoint's config.json and generation_config.json (an int or a list in each)."""
+    ids: set[int] = set()
+    for name in ("config.json", "generation_config.json"):
+        try:
+            value = json.loads((Path(checkpoint) / name).read_text()).get("eos_token_id")
+        except (OSError, ValueError, AttributeError):
+            continue
+        ids.update(value if isinstance(value, list) else [value] if isinstance(value, int) else [])
+    return frozenset(ids)
 
 
 def tokenizer_hash(tokenizer: PreTrainedTokenizerBase) -> str:

@@ -299,7 +299,7 @@ def load_tokenizer(path: Path | str) -> PreTrainedTokenizerBase:
         # the choice registration records (training.model_check); a new token would need embedding rows
         from training.model_check import apply_pad_choice
 
-        if apply_pad_choice(tokenizer) == "added":
+        if apply_pad_choice(tokenizer, path) == "added":
             raise CheckpointError(f"tokenizer in {path} has no pad token distinct from EOS: register the model to choose one")
     tokenizer.padding_side = "left"
     return tokenizer

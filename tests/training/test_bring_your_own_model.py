@@ -64,6 +64,14 @@ def test_load_tokenizer_applies_the_same_pad_choice_to_an_unregistered_copy(sour
     assert load_tokenizer(sources["llama"]).pad_token == "<reserved_0>"
 
 
+def test_a_token_generation_stops_at_is_never_the_pad(sources, tmp_path):
+    stops_twice = _copy(sources["llama"], tmp_path / "two-eos")
+    generation = json.loads((stops_twice / "generation_config.json").read_text())
+    (stops_twice / "generation_config.json").write_text(json.dumps({**generation, "eos_token_id": [2, 3]}))  # </s> and <reserved_0>
+    assert check_checkpoint(stops_twice, "policy").metadata["pad"] == {"token": "<unk>", "id": 0, "source": "existing"}
+    assert load_tokenizer(stops_twice).pad_token == "<unk>"  # the same choice outside registration
+
+
 def test_a_causal_lm_as_reward_model_gets_a_created_scalar_head(sources):
     checked = check_checkpoint(sources["llama"], "reward")
     assert checked.metadata["reward_head"] == "created" and checked.config.num_labels == 1
