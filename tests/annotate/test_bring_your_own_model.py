@@ -197,3 +197,17 @@ def test_large_model_options_checkpoint_activations_and_refuse_bf16_on_a_worker_
     if not torch.cuda.is_available():
         assert bf16.status == "failed" and "bf16 needs a GPU" in bf16.error
         assert not ModelVersion.objects.filter(run=bf16).exists()
+
+
+def test_a_ppo_run_whose_estimate_cannot_fit_is_refused_with_the_estimate_before_loading(roots, sources, artifacts):
+    register("byo-llama", sources["llama"], "--kind", "policy")
+    register("byo-rm", sources["qwen2-reward"], "--kind", "reward")
+    campaign = make_campaign("huge", prompts=2)
+    # 4096 sequences of ~2,100 tokens per minibatch: tens of GiB of activations and logits, whatever the model
+    run = engine.start_run("ppo", campaign=campaign, params={"policy": "byo-llama", "reward_model": "byo-rm", "iterations": 1,
+                                                             "rollout_batch_size": 4096, "minibatch_size": 4096, "max_new_tokens": 2048})
+    work_off_queue()
+    run.refresh_from_db()
+    assert run.status == "failed" and "this run needs about" in run.error and "GiB free" in run.error, run.error
+    assert not (artifacts / "runs" / str(run.pk) / "ppo" / "metrics.jsonl").exists()  # refused before training began
+    assert not ModelVersion.objects.filter(run=run).exists()

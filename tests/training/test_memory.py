@@ -26,3 +26,15 @@ def test_checkpointing_and_bf16_shrink_the_activations():
     assert estimate_training_memory(10**6, gradient_checkpointing=True, **kwargs).activations < plain.activations / 4
     half = estimate_training_memory(10**6, weight_dtype="bfloat16", **kwargs)
     assert half.weights == plain.weights / 2 and half.activations < plain.activations
+
+
+def test_a_checkpoints_shape_comes_from_its_config_and_safetensors_headers(tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from tests.byo_models import build_model
+    from training.memory import checkpoint_shape
+
+    path = build_model(tmp_path / "gpt2", "gpt2")
+    model = AutoModelForCausalLM.from_pretrained(path)
+    assert checkpoint_shape(path) == {"parameters": sum(p.numel() for p in model.parameters()), "hidden_size": 32, "num_layers": 2,
+                                      "intermediate_size": 128, "vocab_size": model.config.vocab_size}
