@@ -79,11 +79,11 @@ def estimate_training_memory(
 
 def checkpoint_shape(path: Path | str) -> dict[str, int]:
     """Parameters (from the safetensors headers, no weight read), hidden size, layers, vocabulary of a checkpoint."""
-    from training.model_check import _checkpoint_shapes  # headers only
+    from training.model_check import weight_shapes  # headers only
 
     config = json.loads((Path(path) / "config.json").read_text())
     config = config.get("text_config", config)
-    shapes = _checkpoint_shapes(Path(path)).shapes
+    shapes = weight_shapes(Path(path)).shapes
     return {
         "parameters": sum(math.prod(shape) for shape in shapes.values()),
         "hidden_size": config.get("hidden_size") or config.get("n_embd"),

@@ -107,7 +107,7 @@ def check_checkpoint(path: Path, kind: str, chat_template: str | None = None) ->
     else:
         model_class = AutoModelForCausalLM
     meta_model = _build_on_meta(model_class, config)
-    weights = _checkpoint_shapes(path)
+    weights = weight_shapes(path)
     _compare_shapes(meta_model, weights.shapes)
     tokenizer = _checked_tokenizer(path, config, chat_template)
     config.get_text_config().pad_token_id = tokenizer.pad_token_id  # where a sequence classifier reads its score
@@ -161,7 +161,7 @@ def _build_on_meta(model_class, config: PretrainedConfig) -> PreTrainedModel:
 
 
 @dataclass
-class _Weights:
+class WeightsHeader:
     shapes: dict[str, tuple[int, ...]]
     dtype: str
     size_bytes: int
@@ -183,11 +183,11 @@ def weight_files(path: Path) -> list[Path]:
     return files
 
 
-def _checkpoint_shapes(path: Path) -> _Weights:
+def weight_shapes(path: Path) -> WeightsHeader:
     return _checkpoint_shapes_of(weight_files(path))
 
 
-def _checkpoint_shapes_of(files: list[Path]) -> _Weights:
+def _checkpoint_shapes_of(files: list[Path]) -> WeightsHeader:
     """Tensor names and shapes from the safetensors headers (no tensor is read)."""
     shapes, dtypes, size = {}, set(), 0
     for file in files:
@@ -200,7 +200,7 @@ def _checkpoint_shapes_of(files: list[Path]) -> _Weights:
                     dtypes.add(piece.get_dtype())
         except Exception as exc:  # a truncated or foreign file
             raise ModelCheckError(f"{file.name} is not a readable safetensors file: {exc}") from exc
-    return _Weights(shapes, "/".join(sorted(dtypes)), size)
+    return WeightsHeader(shapes, "/".join(sorted(dtypes)), size)
 
 
 def _compare_shapes(model: PreTrainedModel, found: dict[str, tuple[int, ...]]) -> None:
