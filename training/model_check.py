@@ -184,6 +184,7 @@ def weight_files(path: Path) -> list[Path]:
 
 
 def weight_shapes(path: Path) -> WeightsHeader:
+    """Every tensor's name and shape, the dtypes and the bytes on disk of a checkpoint's safetensors (headers only)."""
     return _checkpoint_shapes_of(weight_files(path))
 
 

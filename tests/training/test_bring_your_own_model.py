@@ -60,6 +60,23 @@ def test_the_registered_directory_carries_the_pad_choice_and_template_to_every_l
         AutoModelForCausalLM.from_pretrained(registered[arch])
 
 
+def test_a_sharded_checkpoint_is_checked_and_linked_shard_by_shard(sources, tmp_path):
+    sharded = tmp_path / "sharded"
+    AutoModelForCausalLM.from_pretrained(sources["qwen2"]).save_pretrained(sharded, max_shard_size="60KB")
+    AutoTokenizer.from_pretrained(sources["qwen2"]).save_pretrained(sharded)
+    shards = sorted(p.name for p in sharded.glob("model-*.safetensors"))
+    assert len(shards) > 1 and (sharded / "model.safetensors.index.json").is_file()
+    checked = check_checkpoint(sharded, "policy")
+    assert checked.metadata["size_bytes"] == sum((sharded / name).stat().st_size for name in shards)
+    out = write_registered_dir(checked, tmp_path / "registered")
+    assert sorted(p.name for p in out.glob("model-*.safetensors")) == shards
+    reloaded = AutoModelForCausalLM.from_pretrained(out)
+    assert sum(p.numel() for p in reloaded.parameters()) == checked.metadata["parameters"]
+    (sharded / shards[-1]).unlink()
+    with pytest.raises(ModelCheckError, match="weights missing"):
+        check_checkpoint(sharded, "policy")
+
+
 def test_load_tokenizer_applies_the_same_pad_choice_to_an_unregistered_copy(sources):
     assert load_tokenizer(sources["llama"]).pad_token == "<reserved_0>"
 
