@@ -1,6 +1,6 @@
 """Arbiter settings: read from the environment once, fail loudly on a bad value.
 
-Variables: DATABASE_URL, REDIS_URL, SECRET_KEY, DEBUG, ALLOWED_HOSTS, ARTIFACTS_DIR; for a TLS deployment
+Variables: DATABASE_URL, REDIS_URL, SECRET_KEY, DEBUG, ALLOWED_HOSTS, ARTIFACTS_DIR, MODEL_ROOTS; for a TLS deployment
 TLS, SECURE_HSTS_SECONDS, SECURE_HSTS_INCLUDE_SUBDOMAINS, SECURE_HSTS_PRELOAD, SECURE_SSL_REDIRECT,
 SECURE_PROXY_SSL_HEADER, CSP_REPORT_ONLY; LOGIN_FAILURES_ALLOWED, LOGIN_FAILURE_WINDOW_SECONDS.
 Defaults are safe for the demo: SQLite under var/, DEBUG off, localhost only.
@@ -55,6 +55,9 @@ DEBUG = env_bool("DEBUG", False)
 ALLOWED_HOSTS = [h.strip() for h in os.environ.get("ALLOWED_HOSTS", "localhost,127.0.0.1,[::1]").split(",") if h.strip()]
 CSRF_TRUSTED_ORIGINS = [o.strip() for o in os.environ.get("CSRF_TRUSTED_ORIGINS", "").split(",") if o.strip()]
 ARTIFACTS_DIR = Path(os.environ.get("ARTIFACTS_DIR", VAR_DIR / "artifacts"))
+# Directories a model may be registered from (os.pathsep-separated): staff cannot make the server read other files.
+HF_HUB_CACHE = Path(os.environ.get("HF_HUB_CACHE") or Path(os.environ.get("HF_HOME", Path.home() / ".cache" / "huggingface")) / "hub")
+MODEL_ROOTS = [Path(p) for p in os.environ.get("MODEL_ROOTS", "").split(os.pathsep) if p] or [ARTIFACTS_DIR, HF_HUB_CACHE]
 REDIS_URL = os.environ.get("REDIS_URL", "")
 # The queue that model work (generation, training) goes to; a GPU box runs `db_worker --queue-name gpu`.
 ML_QUEUE = os.environ.get("ML_QUEUE", "default")

@@ -26,5 +26,5 @@ def lora_config(settings: LoraSettings, task_type: str) -> LoraConfig:
         r=settings.lora_r,
         lora_alpha=settings.lora_alpha,
         lora_dropout=getattr(settings, "lora_dropout", 0.0),
-        target_modules=settings.lora_target_modules,
+        target_modules=settings.lora_target_modules if isinstance(settings.lora_target_modules, str) else list(settings.lora_target_modules),
     )

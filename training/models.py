@@ -262,7 +262,11 @@ def load_tokenizer(path: Path | str) -> PreTrainedTokenizerBase:
     except Exception as exc:
         raise CheckpointError(f"cannot load tokenizer from {path}: {exc}") from exc
     if tokenizer.pad_token is None or tokenizer.pad_token_id == tokenizer.eos_token_id:
-        raise CheckpointError(f"tokenizer in {path} has no pad token distinct from EOS")
+        # the choice registration records (training.model_check); a new token would need embedding rows
+        from training.model_check import apply_pad_choice
+
+        if apply_pad_choice(tokenizer, path) == "added":
+            raise CheckpointError(f"tokenizer in {path} has no pad token distinct from EOS: register the model to choose one")
     tokenizer.padding_side = "left"
     return tokenizer
 

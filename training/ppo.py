@@ -18,7 +18,7 @@ import json
 import random
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -65,10 +65,8 @@ class PPOConfig:
     """LoRA rank, for the policy and the critic."""
     lora_alpha: int = 32
     """LoRA scaling numerator (the update is scaled by alpha / r)."""
-    lora_target_modules: list[str] = field(
-        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-    )
-    """Linear layers that get LoRA adapters."""
+    lora_target_modules: str | list[str] = "all-linear"
+    """Linear layers that get LoRA adapters: 'all-linear' (every linear but the output head, any architecture) or names."""
     learning_rate: float = 3e-5
     """AdamW learning rate (eps 1e-5), decayed linearly to 0 over total_iterations."""
     total_iterations: int = 100
@@ -175,11 +173,20 @@ def _load_policy(config: PPOConfig, device: torch.device) -> PeftModel:
     return _without_dropout(get_peft_model(base, lora_config(config, "CAUSAL_LM"))).to(device)
 
 
-def _load_critic(config: PPOConfig, pad_token_id: int, device: torch.device) -> PeftModel:
-    path = config.reward_model_path or config.policy_path
-    base = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, dtype=torch.float32)
-    base.config.pad_token_id = pad_token_id
+def _critic_source(config: PPOConfig, tokenizer: PreTrainedTokenizerBase) -> str | None:
+    """The reward checkpoint when it reads the policy's tokens; None (start from the policy) when its tokenizer differs."""
     if config.reward_model_path is None:
+        return None
+    from training.model_check import same_tokenizer
+
+    return config.reward_model_path if same_tokenizer(tokenizer, load_tokenizer(config.reward_model_path)) else None
+
+
+def _load_critic(config: PPOConfig, source: str | None, pad_token_id: int, device: torch.device) -> PeftModel:
+    """A sequence classifier over the policy's tokens: from the reward model (source) or the policy with a zero head."""
+    base = AutoModelForSequenceClassification.from_pretrained(source or config.policy_path, num_labels=1, dtype=torch.float32)
+    base.config.pad_token_id = pad_token_id
+    if source is None:
         nn.init.zeros_(base.score.weight)  # a fresh head: start the values at 0, not at noise
     # SEQ_CLS puts the score head in modules_to_save: it trains alongside the critic's own adapter
     return _without_dropout(get_peft_model(base, lora_config(config, "SEQ_CLS"))).to(device)
@@ -260,7 +267,7 @@ def train_ppo(
     tokenizer = load_tokenizer(config.policy_path)  # left padding, pad != EOS
     eos_id, pad_id = tokenizer.eos_token_id, tokenizer.pad_token_id
     policy = _load_policy(config, device)
-    critic = _load_critic(config, pad_id, device)
+    critic = _load_critic(config, _critic_source(config, tokenizer), pad_id, device)
     autocast = _autocast(config, device)
     params = [p for m in (policy, critic) for p in m.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.learning_rate, eps=1e-5)

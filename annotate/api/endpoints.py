@@ -1,13 +1,13 @@
 """REST API v1 for endpoints: OpenAI-compatible servers registered as model versions, and serving a trained policy.
 
-    POST /api/v1/models/endpoints/              {name, kind: "endpoint", endpoint: {base_url, model, api_key_env?, ...}}  (staff)
+    POST /api/v1/models/ {name, kind: "endpoint", endpoint: {...}} registers one (annotate.api.models)
     GET  /api/v1/models/<id>/serving/           the vLLM and TGI commands that serve the checkpoint
     POST /api/v1/models/<id>/served-by/         {endpoint: NAME | null}: generate through that server (staff)
 """
 from __future__ import annotations
 
 from drf_spectacular.utils import extend_schema
-from rest_framework import serializers, status
+from rest_framework import serializers
 from rest_framework.decorators import api_view
 from rest_framework.response import Response
 
@@ -35,18 +35,6 @@ class EndpointInSerializer(serializers.Serializer):
 
 class ServedByInSerializer(serializers.Serializer):
     endpoint = serializers.CharField(max_length=200, allow_null=True)
-
-
-@extend_schema(request=EndpointInSerializer, responses={201: ModelVersionSerializer})
-@api_view(["POST"])
-def register_endpoint(request):
-    """Register an OpenAI-compatible server (vLLM, TGI, SGLang, a hosted API) as a model version (staff)."""
-    access.require_staff(request.user)
-    body = EndpointInSerializer(data=request.data)
-    body.is_valid(raise_exception=True)
-    data = body.validated_data
-    version = endpoints.register_endpoint(data["name"], **data["endpoint"])
-    return Response(ModelVersionSerializer(version).data, status=status.HTTP_201_CREATED)
 
 
 @extend_schema(responses={200: dict})

@@ -1,6 +1,6 @@
 from django.urls import include, path
 
-from annotate.api import admin, compression, dashboard, endpoints, exports, labeling, runs
+from annotate.api import admin, compression, dashboard, endpoints, exports, labeling, models, runs
 
 urlpatterns = [
     # the labelers' hot path first
@@ -17,14 +17,13 @@ urlpatterns = [
     path("campaigns/<slug:slug>/runs/", runs.campaign_runs, name="api-campaign-runs"),
     path("runs/<int:run_id>/", runs.run_detail, name="api-run"),
     path("runs/<int:run_id>/cancel/", runs.run_cancel, name="api-run-cancel"),
-    path("models/", runs.models, name="api-models"),
+    path("models/", models.model_collection, name="api-models"),  # GET: runs.models
     path("campaigns/<slug:slug>/export/", exports.export, name="api-export"),
     path("campaigns/<slug:slug>/snapshots/", exports.snapshot_list, name="api-snapshots"),
     path("campaigns/<slug:slug>/snapshots/<slug:name>/download/", exports.snapshot_download, name="api-snapshot-download"),
     path("campaigns/<slug:slug>/data/", include(exports.data_router.urls)),
     path("models/<int:model_id>/score/", runs.score, name="api-model-score"),
     path("models/<int:model_id>/comparison/", compression.comparison, name="api-model-comparison"),
-    path("models/endpoints/", endpoints.register_endpoint, name="api-endpoints"),
     path("models/<int:model_id>/serving/", endpoints.serving, name="api-model-serving"),
     path("models/<int:model_id>/served-by/", endpoints.served_by, name="api-model-served-by"),
     # Campaign admins (api_admin)

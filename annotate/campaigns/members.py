@@ -28,6 +28,7 @@ from django.contrib.auth.validators import UnicodeUsernameValidator
 from django.core.exceptions import ValidationError
 from django.db import transaction
 
+from annotate import access
 from annotate.core.errors import DomainError
 from annotate.labeling import gold
 from annotate.models import Campaign, Membership
@@ -107,9 +108,9 @@ def set_active(requester, user, active: bool) -> None:
     """Deactivate or reactivate an account (see the module docstring for who may)."""
     if user.pk == requester.pk:
         raise NotAllowed("you cannot deactivate your own account.")
-    if (user.is_staff or user.is_superuser) and not requester.is_superuser:
+    if access.is_staff(user) and not requester.is_superuser:
         raise NotAllowed(f"{user.username} is staff; only a superuser can change their account.")
-    if not (requester.is_staff or requester.is_superuser):
+    if not access.is_staff(requester):
         theirs = dict(Membership.objects.filter(user=user).values_list("campaign_id", "created_account"))
         mine = _administered(requester)
         if set(theirs) - mine:
@@ -149,7 +150,7 @@ def _administered(user) -> set[int]:
 
 def _may_add(requester, campaign: Campaign, user) -> bool:
     """Staff add anyone; a campaign admin adds members of this campaign or of another campaign they administer."""
-    if requester.is_staff or requester.is_superuser:
+    if access.is_staff(requester):
         return True
     return Membership.objects.filter(user=user, campaign_id__in=_administered(requester) | {campaign.pk}).exists()
 

@@ -107,10 +107,10 @@ def _gpu_workers() -> bool:
 
 
 def adapter_of(version: ModelVersion) -> Path | None:
-    """The LoRA adapter a policy was trained with: metadata["adapter_dir"], or adapter/ beside its checkpoint."""
+    """The LoRA adapter a policy was trained with: metadata["adapter_dir"], a registered adapter itself, or adapter/ beside its checkpoint."""
     candidates = [version.metadata.get("adapter_dir")]
-    if version.checkpoint_path:
-        candidates.append(registry.checkpoint_dir(version).parent / "adapter")
+    if version.checkpoint_path:  # stored_dir, not checkpoint_dir: that would fold a registered adapter into its base
+        candidates += [registry.stored_dir(version), registry.stored_dir(version).parent / "adapter"]
     for candidate in candidates:
         if candidate and (Path(candidate) / "adapter_config.json").is_file():
             return Path(candidate)

@@ -7,6 +7,7 @@ with a diagnosis and registers nothing.
 """
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -81,6 +82,7 @@ def optimise_with_ppo(ctx: RunContext, p: dict):
         ppo_epochs=p["ppo_epochs"], kl_coef=p["kl_coef"], target_kl=p["target_kl"], learning_rate=p["learning_rate"],
         temperature=p["temperature"], max_new_tokens=p["max_new_tokens"], seed=p["seed"],
     )
+    _refuse_if_it_cannot_fit(config, prompts)
     ctx.log(f"PPO: {parent.name} against {reward.name} on {len(prompts)} prompts, {p['iterations']} iterations")
     ctx.artifact("checkpoints", out)
 
@@ -100,6 +102,18 @@ def optimise_with_ppo(ctx: RunContext, p: dict):
                               extra={"reward_model": reward.name, "adapter_dir": str(result.adapter_dir), "final_metrics": last,
                                      "snapshot": reward.metadata.get("snapshot")})  # the judgements behind its reward model
     return version, result
+
+
+def _refuse_if_it_cannot_fit(config, prompts: list) -> None:
+    """Fail now, with the estimate and the memory here, rather than out of memory an hour in (checked on the worker)."""
+    from training.memory import ppo_estimate, refusal
+    from training.models import default_device
+
+    longest_prompt = max(len(json.dumps(messages)) for messages in prompts) // 2  # tokens, generously: ~2 characters each
+    estimate = ppo_estimate(config.policy_path, minibatch_size=config.minibatch_size, lora_r=config.lora_r,
+                            sequence_length=longest_prompt + config.max_new_tokens)
+    if reason := refusal(estimate, str(config.device or default_device())):
+        raise RunFailed(reason)
 
 
 register("ppo", validate_ppo, run_ppo)

@@ -5,10 +5,14 @@ and is converted once, on first use, into a transformers checkpoint; nothing is 
 """
 from __future__ import annotations
 
+import json
+import secrets
+import shutil
 from pathlib import Path
 
 from django.conf import settings
 from django.db import transaction
+from django.utils.text import slugify
 
 from annotate import access
 from annotate.jobs.engine import InvalidParams
@@ -23,7 +27,20 @@ class RegistryError(Exception):
 
 
 def checkpoint_dir(version: ModelVersion) -> Path:
-    """The version's checkpoint directory (relative paths are under ARTIFACTS_DIR)."""
+    """The version's checkpoint directory (relative paths are under ARTIFACTS_DIR).
+
+    A registered adapter is folded into its base the first time a job needs it (in `merged/` beside it).
+    """
+    path = stored_dir(version)
+    if version.metadata.get("adapter"):
+        from training.model_check import merge_adapter  # torch loads only where models are used
+
+        return merge_adapter(path, path / "merged", version.kind)
+    return path
+
+
+def stored_dir(version: ModelVersion) -> Path:
+    """The directory the version's row points at, as registered (an adapter stays an adapter)."""
     if not version.checkpoint_path:
         raise RegistryError(f"model {version.name!r} has no checkpoint (its responses were imported); it cannot generate.")
     path = Path(version.checkpoint_path)
@@ -97,7 +114,7 @@ def training_base_error(name) -> str | None:
     """Why training cannot start from model `name` (None: it can): unknown, no checkpoint, or quantised weights."""
     if not isinstance(name, str) or not can_generate(name):
         return f"model {name!r} is unknown or has no checkpoint."
-    if name != DEFAULT_BASE_NAME and (checkpoint_dir(ModelVersion.objects.get(name=name)) / QUANTIZED_MARKER).exists():
+    if name != DEFAULT_BASE_NAME and (stored_dir(ModelVersion.objects.get(name=name)) / QUANTIZED_MARKER).exists():
         return f"model {name!r} has quantised weights (int8 or bitsandbytes), which cannot be trained: start from the model it was made from."
     return None
 
@@ -111,6 +128,70 @@ def register(name: str, kind: str, path: Path, *, parent: ModelVersion | None = 
     artifacts = Path(settings.ARTIFACTS_DIR)
     stored = path.relative_to(artifacts) if path.is_absolute() and path.is_relative_to(artifacts) else path
     return ModelVersion.objects.create(name=name, kind=kind, checkpoint_path=str(stored), parent=parent, run=run, metadata=metadata or {}, round=round)
+
+
+# BRING YOUR OWN MODEL: checked (training.model_check), laid out under ARTIFACTS_DIR/models/registered, then the row
+
+
+def register_checkpoint(name: str, path: str, kind: str, *, chat_template: str | None = None, copy: bool = False,
+                        base: str | None = None) -> ModelVersion:
+    """Register a checkpoint someone brings (a transformers directory, an HF id in the local cache, or a PEFT adapter).
+
+    Everything is checked before anything is written; any problem raises RegistryError naming it.
+    The version's directory holds the tokenizer as every job will use it (pad token, chat template),
+    the config, and the weights linked in place (or copied with copy=True).
+    """
+    from training import model_check  # torch and transformers load only here
+
+    name = _new_name(name)
+    try:
+        source = model_check.resolve_source(str(path), list(settings.MODEL_ROOTS))
+        if (source / "adapter_config.json").is_file() and not (source / "config.json").is_file():
+            parent = _adapter_base(source, base)
+            checked = model_check.check_adapter(source, kind, checkpoint_dir(parent))
+        else:
+            if base is not None:
+                raise RegistryError("base applies to adapters only; this is a full checkpoint.")
+            parent = None
+            checked = model_check.check_checkpoint(source, kind, chat_template)
+        if checked.adapter_config is not None and chat_template is not None:
+            raise RegistryError("an adapter uses its base's chat template; register the base with the template.")
+        relative = Path("models") / "registered" / f"{slugify(name)[:60] or 'model'}-{secrets.token_hex(4)}"
+        model_check.write_registered_dir(checked, Path(settings.ARTIFACTS_DIR) / relative, copy=copy)
+    except model_check.ModelCheckError as exc:
+        raise RegistryError(str(exc)) from exc
+    metadata = {**checked.metadata, "registered": "copied" if copy else "linked", "chat_template_given": chat_template is not None}
+    try:
+        return register(name, kind, Path(settings.ARTIFACTS_DIR) / relative, parent=parent, metadata=metadata,
+                        round=0 if kind != ModelVersion.Kind.REWARD else None)
+    except Exception:
+        shutil.rmtree(Path(settings.ARTIFACTS_DIR) / relative, ignore_errors=True)  # the row failed: leave no directory
+        raise
+
+
+def _new_name(name) -> str:
+    if not isinstance(name, str) or not name.strip() or len(name) > 200:
+        raise RegistryError("name must be 1 to 200 characters.")
+    if ModelVersion.objects.filter(name=name.strip()).exists():
+        raise RegistryError(f"a model named {name.strip()!r} already exists.")
+    return name.strip()
+
+
+def _adapter_base(adapter_dir: Path, base: str | None) -> ModelVersion:
+    """The registered base an adapter sits on: named, or found from the adapter's base_model_name_or_path."""
+    if base is not None:
+        version = ModelVersion.objects.filter(name=base).exclude(kind=ModelVersion.Kind.REWARD).first()
+        if version is None:
+            raise RegistryError(f"base {base!r} is not a registered base or policy model.")
+        return version
+    try:
+        recorded = json.loads((adapter_dir / "adapter_config.json").read_text()).get("base_model_name_or_path") or ""
+    except ValueError as exc:
+        raise RegistryError(f"adapter_config.json is not JSON: {exc}") from exc
+    for version in ModelVersion.objects.exclude(checkpoint_path="").exclude(kind=ModelVersion.Kind.REWARD):
+        if recorded and recorded in (str(stored_dir(version)), version.metadata.get("source"), version.name):
+            return version
+    raise RegistryError(f"the adapter's base {recorded!r} is not a registered model: register the base first, or name it (base=...).")
 
 
 # CAMPAIGN LINEAGE: the reward model and policy a campaign's next run starts from

@@ -20,7 +20,8 @@ from annotate.models import Campaign, ModelVersion
 from annotate.runs import registry
 from annotate.runs.registry import current_policy, latest_reward_model, policy_name, register_policy
 
-COMMON = {"policy", "name", "learning_rate", "epochs", "max_steps", "batch_size", "use_lora", "seed", "limit"}
+COMMON = {"policy", "name", "learning_rate", "epochs", "max_steps", "batch_size", "use_lora", "seed", "limit",
+          "gradient_checkpointing", "bf16"}
 EXTRA = {"sft": {"snapshot"}, "dpo": {"beta", "snapshot"}, "rloo": {"reward_model", "beta", "num_generations", "max_completion_length"}}
 DEFAULT_LR = {"sft": 2e-4, "dpo": 5e-5, "rloo": 3e-5}
 
@@ -46,6 +47,9 @@ def validate_params(kind: str):
             "use_lora": flag(params, "use_lora", True),
             "seed": integer(params, "seed", 0, 0, 2**31 - 1),
             "limit": integer(params, "limit", None, 1, 1_000_000),
+            # large models: recompute activations in the backward pass; bf16 (None: on where the GPU supports it)
+            "gradient_checkpointing": flag(params, "gradient_checkpointing", False),
+            "bf16": None if params.get("bf16") is None else flag(params, "bf16", False),
         }
         if kind in ("sft", "dpo"):
             clean["snapshot"] = snapshot_param(campaign, params)
@@ -78,9 +82,13 @@ def _preference_rows(ctx: RunContext, kind: str, p: dict):
 def _common_config(p: dict, parent: ModelVersion, out: Path) -> dict:
     import torch
 
+    if p.get("bf16") and not (torch.cuda.is_available() and torch.cuda.is_bf16_supported()):
+        # decided on the worker, which owns the hardware (the web process may have no GPU either way)
+        raise RunFailed("bf16 needs a GPU that supports it, and this worker has none: run without bf16, or on the gpu queue.")
     return {"base_model": str(registry.checkpoint_dir(parent)), "output_dir": str(out), "use_lora": p["use_lora"],
             "learning_rate": p["learning_rate"], "num_train_epochs": p["epochs"], "max_steps": p["max_steps"],
-            "per_device_train_batch_size": p["batch_size"], "seed": p["seed"], "use_cpu": not torch.cuda.is_available(), "logging_steps": 1}
+            "per_device_train_batch_size": p["batch_size"], "seed": p["seed"], "use_cpu": not torch.cuda.is_available(), "logging_steps": 1,
+            "gradient_checkpointing": p.get("gradient_checkpointing", False), "bf16": p.get("bf16")}
 
 
 def _streaming(ctx: RunContext, epochs: float):

@@ -1,7 +1,7 @@
 from django.contrib.auth import views as auth_views
 from django.urls import path
 
-from annotate.web import admin, campaign, compression, exports, labeling, runs
+from annotate.web import admin, campaign, compression, exports, labeling, models, runs
 from annotate.web.login import ThrottledLoginView
 
 urlpatterns = [
@@ -35,4 +35,6 @@ urlpatterns = [
     # Optimised models (views_optimize)
     path("c/<slug:slug>/optimized/", compression.optimized, name="campaign-optimized"),
     path("c/<slug:slug>/optimized/start/", compression.start_optimize, name="start-optimize"),
+    # The model registry (staff)
+    path("models/", models.registry, name="models"),
 ]

@@ -19,7 +19,7 @@ from tests.conftest import api_client
 PUBLIC = {"login", "logout", "home", "schema", "api-docs"}
 PUBLIC_NAMESPACES = {"admin"}
 # Not scoped to a campaign: they still ask access (staff only, or the user's own campaigns and models).
-UNSCOPED = {"campaign-create", "campaign-preview", "api-campaigns", "api-models", "api-endpoints"}
+UNSCOPED = {"campaign-create", "campaign-preview", "api-campaigns", "api-models", "models"}
 
 
 def url_names(resolver=None, namespace: str = "", prefix_kwargs: tuple = ()):

@@ -53,7 +53,7 @@ def endpoint_body(**settings):
 
 def test_staff_register_an_endpoint_and_only_the_keys_variable_name_is_stored(staff):
     body = endpoint_body(api_key_env="VLLM_KEY", max_concurrency=4, requests_per_minute=600, sampling={"temperature": 0.3})
-    response = api_client(staff).post("/api/v1/models/endpoints/", body, format="json")
+    response = api_client(staff).post("/api/v1/models/", body, format="json")
     assert response.status_code == 201, response.content
     version = ModelVersion.objects.get(name="vllm-box")
     assert version.kind == "endpoint" and version.checkpoint_path == ""
@@ -71,28 +71,28 @@ def test_staff_register_an_endpoint_and_only_the_keys_variable_name_is_stored(st
     ({"sampling": {"beam": 2}}, "sampling"),
 ])
 def test_a_bad_endpoint_is_a_400_naming_the_field(staff, settings, field):
-    response = api_client(staff).post("/api/v1/models/endpoints/", endpoint_body(**settings), format="json")
+    response = api_client(staff).post("/api/v1/models/", endpoint_body(**settings), format="json")
     assert response.status_code == 400 and response.json()["field"] == field
     assert not ModelVersion.objects.filter(name="vllm-box").exists()
 
 
 def test_registering_an_endpoint_is_for_staff_and_names_are_unique(staff):
     rita = make_user("rita")
-    assert api_client(rita).post("/api/v1/models/endpoints/", endpoint_body(), format="json").status_code == 403
-    assert api_client(staff).post("/api/v1/models/endpoints/", endpoint_body(), format="json").status_code == 201
-    again = api_client(staff).post("/api/v1/models/endpoints/", endpoint_body(), format="json")
+    assert api_client(rita).post("/api/v1/models/", endpoint_body(), format="json").status_code == 403
+    assert api_client(staff).post("/api/v1/models/", endpoint_body(), format="json").status_code == 201
+    again = api_client(staff).post("/api/v1/models/", endpoint_body(), format="json")
     assert again.status_code == 400 and again.json()["field"] == "name"
-    wrong_kind = api_client(staff).post("/api/v1/models/endpoints/", {**endpoint_body(), "name": "x", "kind": "policy"}, format="json")
-    assert wrong_kind.status_code == 400 and "kind" in wrong_kind.json()
+    wrong_kind = api_client(staff).post("/api/v1/models/", {**endpoint_body(), "name": "x", "kind": "policy"}, format="json")
+    assert wrong_kind.status_code == 400 and "path" in wrong_kind.json()  # a policy is a checkpoint: it needs a path
 
 
 def test_the_command_registers_an_endpoint(db):
     out = StringIO()
-    call_command("register_endpoint", "tgi-box", "--endpoint", "https://tgi.example/v1", "--endpoint-model", "tgi", "--api-key-env", "TGI_KEY", stdout=out)
+    call_command("register_model", "tgi-box", "--endpoint", "https://tgi.example/v1", "--endpoint-model", "tgi", "--api-key-env", "TGI_KEY", stdout=out)
     assert "registered endpoint tgi-box" in out.getvalue()
     assert ModelVersion.objects.get(name="tgi-box").metadata["endpoint"]["api_key_env"] == "TGI_KEY"
     with pytest.raises(CommandError, match="base_url"):
-        call_command("register_endpoint", "bad", "--endpoint", "file:///etc/passwd", "--endpoint-model", "m")
+        call_command("register_model", "bad", "--endpoint", "file:///etc/passwd", "--endpoint-model", "m")
 
 
 # GENERATING THROUGH AN ENDPOINT
