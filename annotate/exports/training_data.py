@@ -15,7 +15,7 @@ from annotate.exports.snapshots import create_snapshot, snapshot_file
 from annotate.jobs.engine import InvalidParams
 from annotate.labeling.gold import paused_labeler_ids
 from annotate.models import Campaign, Judgement, Response, Run, Snapshot
-from training.preferences import RankedJudgement
+from training.preferences import RankedJudgement, chat_with_context
 
 TRAINING_EXPORT = ExportOptions(shape="rankings", format="jsonl")
 READABLE_FORMATS = ("jsonl", "jsonl.gz", "parquet")
@@ -27,20 +27,25 @@ def ranked_judgements(campaign: Campaign, *, since=None) -> list[RankedJudgement
     rows = Judgement.objects.filter(task__campaign=campaign, task__is_gold=False).order_by("id")
     if since is not None:
         rows = rows.filter(created_at__gt=since)
-    rows = list(rows.values_list("task__prompt_id", "task__prompt__messages", "ranking", "labeler_id"))
+    rows = list(rows.values_list("task__prompt_id", "task__prompt__messages", "task__prompt__context", "ranking", "labeler_id"))
     ids = {rid for *_, ranking, _ in rows for group in ranking for rid in group}
     texts = dict(Response.objects.filter(pk__in=ids).values_list("id", "text"))
     return [
         RankedJudgement(
             prompt_id=prompt_id,
-            prompt_messages=messages,
+            prompt_messages=chat_with_context(messages, context),
             responses={rid: texts[rid] for group in ranking for rid in group},
             ranking=ranking,
             labeler_id=labeler_id,
             excluded=labeler_id in paused,
         )
-        for prompt_id, messages, ranking, labeler_id in rows
+        for prompt_id, messages, context, ranking, labeler_id in rows
     ]
+
+
+def prompt_chats(prompts) -> list[list[dict]]:
+    """The prompts of a Prompt queryset, in its order, as models see them (context passages included)."""
+    return [chat_with_context(messages, context) for messages, context in prompts.values_list("messages", "context")]
 
 
 def snapshot_param(campaign: Campaign, params: dict) -> str | None:
@@ -72,7 +77,7 @@ def snapshot_judgements(snapshot: Snapshot) -> list[RankedJudgement]:
     return [
         RankedJudgement(
             prompt_id=row["prompt_id"],
-            prompt_messages=row["prompt"],
+            prompt_messages=chat_with_context(row["prompt"], row.get("context")),
             responses={response["id"]: response["text"] for response in row["responses"]},
             ranking=row["ranking"],
             labeler_id=row["labeler"],

@@ -17,6 +17,7 @@ from annotate.jobs.engine import InvalidParams, RunContext, RunFailed, register
 from annotate.jobs.params import integer, number
 from annotate.models import Campaign, ModelVersion, Response, Task, TaskResponse
 from annotate.runs.registry import RegistryError, can_generate, checkpoint_dir, resolve_for_generation
+from training.preferences import chat_with_context
 
 LIMITS = {"n_per_prompt": (1, 16), "max_new_tokens": (1, 2048), "batch_size": (1, 1024), "limit": (1, 1_000_000)}
 
@@ -76,10 +77,7 @@ def generate_into_queue(ctx: RunContext, params: dict) -> dict:
     from training.generate import GenerationConfig, generate
 
     campaign = ctx.run.campaign
-    prompts = campaign.prompts.order_by("id")
-    if params["prompts"]:
-        prompts = prompts.filter(external_id__in=params["prompts"])
-    prompt_rows = list(prompts.values_list("id", "messages")[: params["limit"]])
+    prompt_rows = prompt_rows_for(campaign, params)
     if not prompt_rows:
         raise RunFailed("the campaign has no prompts to generate for.")
     keep, best_of = params["n_per_prompt"], params.get("best_of", 1)
@@ -108,6 +106,15 @@ def generate_into_queue(ctx: RunContext, params: dict) -> dict:
         ctx.check_cancelled()
     ctx.log(f"stored {done} responses, built {built} tasks")
     return {"responses": done, "tasks_built": built}
+
+
+def prompt_rows_for(campaign: Campaign, params: dict) -> list[tuple[int, list[dict]]]:
+    """(prompt id, the chat the model is given: context passages included) for the run's prompts, in id order."""
+    prompts = campaign.prompts.order_by("id")
+    if params.get("prompts"):
+        prompts = prompts.filter(external_id__in=params["prompts"])
+    rows = prompts.values_list("id", "messages", "context")[: params.get("limit")]
+    return [(prompt_id, chat_with_context(messages, context)) for prompt_id, messages, context in rows]
 
 
 def _reward_scorer(name: str | None, prompt_rows):

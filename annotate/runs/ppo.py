@@ -12,6 +12,7 @@ from pathlib import Path
 
 from django.conf import settings
 
+from annotate.exports.training_data import prompt_chats
 from annotate.jobs.engine import InvalidParams, RunCancelled, RunContext, RunFailed, register
 from annotate.jobs.params import integer, number
 from annotate.models import Campaign, ModelVersion, Run
@@ -70,7 +71,7 @@ def optimise_with_ppo(ctx: RunContext, p: dict):
     run, campaign = ctx.run, ctx.run.campaign
     parent = ModelVersion.objects.get(name=p["policy"]) if p["policy"] else current_policy(campaign)
     reward = ModelVersion.objects.get(name=p["reward_model"])
-    prompts = list(campaign.prompts.order_by("id").values_list("messages", flat=True)[: p["limit"]])
+    prompts = prompt_chats(campaign.prompts.order_by("id")[: p["limit"]])
     if not prompts:
         raise RunFailed("the campaign has no prompts to train on.")
     out = Path(settings.ARTIFACTS_DIR) / "runs" / str(p["resume_run"] or run.pk) / "ppo"
