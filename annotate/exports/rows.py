@@ -36,6 +36,7 @@ from django.contrib.auth import get_user_model
 from django.db import connection, transaction
 from django.db.models import Exists, OuterRef, QuerySet
 
+from annotate.campaigns.evaluation import evaluation_prompt_ids
 from annotate.exports.agreement import aggregate_ranking, mean_ranks, pairwise_agreement
 from annotate.exports.options import ExportFilters, ExportOptions
 from annotate.labeling.gold import gold_accuracy, paused_labeler_ids
@@ -58,6 +59,8 @@ def select_tasks(campaign: Campaign, filters: ExportFilters) -> QuerySet[Task]:
         tasks = tasks.filter(Exists(TaskResponse.objects.filter(task_id=OuterRef("pk"), response__model_version__name__in=filters.models)))
     if filters.round:
         tasks = tasks.filter(Exists(TaskResponse.objects.filter(task_id=OuterRef("pk"), response__model_version__round__in=filters.round)))
+    if not filters.include_evaluation:
+        tasks = tasks.exclude(prompt_id__in=evaluation_prompt_ids(campaign))
     return tasks
 
 

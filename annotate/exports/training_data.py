@@ -10,6 +10,7 @@ import gzip
 import json
 from pathlib import Path
 
+from annotate.campaigns.evaluation import evaluation_prompt_ids
 from annotate.exports.options import ExportFilters, ExportOptions
 from annotate.exports.snapshots import create_snapshot, snapshot_file
 from annotate.jobs.engine import InvalidParams
@@ -43,6 +44,16 @@ def ranked_judgements(campaign: Campaign, *, since=None) -> list[RankedJudgement
     ]
 
 
+def training_prompts(campaign: Campaign):
+    """The campaign's prompts a policy may train on (all but its evaluation split), in id order."""
+    return campaign.prompts.exclude(pk__in=evaluation_prompt_ids(campaign)).order_by("id")
+
+
+def evaluation_prompts(campaign: Campaign):
+    """The campaign's evaluation prompts, in id order."""
+    return campaign.prompts.filter(pk__in=evaluation_prompt_ids(campaign)).order_by("id")
+
+
 def prompt_chats(prompts) -> list[list[dict]]:
     """The prompts of a Prompt queryset, in its order, as models see them (context passages included)."""
     return [chat_with_context(messages, context) for messages, context in prompts.values_list("messages", "context")]
@@ -65,10 +76,13 @@ def snapshot_param(campaign: Campaign, params: dict) -> str | None:
 
 
 def training_snapshot(run: Run, what: str, name: str | None, *, include_paused: bool = False) -> Snapshot:
-    """The named snapshot, or a new one of the campaign's judgements as they are now (`run-<id>-<what>`)."""
+    """The named snapshot, or a new one of the campaign's judgements as they are now (`run-<id>-<what>`).
+
+    A new one leaves out the campaign's evaluation prompts: no model trains on them.
+    """
     if name is not None:
         return Snapshot.objects.get(campaign=run.campaign, name=name)
-    filters = ExportFilters(include_paused=include_paused)
+    filters = ExportFilters(include_paused=include_paused, include_evaluation=False)
     return create_snapshot(run.campaign, f"run-{run.pk}-{what}", TRAINING_EXPORT, filters, user=run.created_by)
 
 
