@@ -175,7 +175,7 @@ def store_batch(campaign: Campaign, version: ModelVersion, prompt_rows, batch, c
         Response(
             prompt_id=prompt_rows[c.prompt_index][0],
             model_version=version,
-            text=c.text,
+            text=storable(c.text),
             generation_params={**config, "num_tokens": c.num_tokens, "finished_with_eos": c.finished_with_eos, **extra},
         )
         for c, extra in batch
@@ -234,13 +234,18 @@ def fill_baseline(ctx: RunContext, campaign: Campaign, baseline: str, prompt_row
         sampling = replace(config, n_per_prompt=missing)
         for batch in generate(path, [prompt_rows[i][1] for i in indices], sampling, should_stop=ctx.should_stop):
             Response.objects.bulk_create(
-                Response(prompt_id=prompt_rows[indices[c.prompt_index]][0], model_version=version, text=c.text,
+                Response(prompt_id=prompt_rows[indices[c.prompt_index]][0], model_version=version, text=storable(c.text),
                          generation_params={**sampling.to_dict(), "num_tokens": c.num_tokens, "finished_with_eos": c.finished_with_eos})
                 for c in batch
             )
             stored += len(batch)
         ctx.check_cancelled()
     return stored
+
+
+def storable(text: str) -> str:
+    """The text with NUL characters (which PostgreSQL text cannot hold; untrained models emit them) as U+FFFD."""
+    return text.replace("\x00", "\ufffd")
 
 
 def build_head_to_head(campaign: Campaign, responses: list[Response], baseline: str) -> int:

@@ -54,7 +54,7 @@ def test_human_win_rate_counts_head_to_head_judgements_with_ties_as_half():
     from annotate.campaigns.imports.batches import import_prompts, import_responses
     from annotate.labeling import assignment, judgements
     from annotate.models import Campaign
-    from annotate.runs.rounds import human_win_rate
+    from annotate.runs.round_report import human_win_rate
 
     campaign = Campaign.objects.create(name="H", slug="h2h", task_type="pairwise", responses_per_task=2, overlap=1)
     import_prompts(campaign, [{"external_id": f"p{i}", "text": "?"} for i in range(4)])

@@ -147,3 +147,32 @@ def test_the_evaluation_split_is_a_tenth_at_least_sixteen_at_most_half_and_stabl
     assert len(evaluation_prompt_ids(small)) == 10
     import_prompts(small, [{"external_id": f"q{i}", "text": "?"} for i in range(40)])
     assert len(evaluation_prompt_ids(small)) == 16
+
+
+def test_the_round_report_and_the_campaign_page_show_evaluation_and_human_win_rate_with_its_interval():
+    from annotate.runs.round_report import wilson_interval
+    from tests.annotate.test_campaign_pages import browser
+
+    campaign = Campaign.objects.create(name="Report", slug="report", task_type="ranking", responses_per_task=4, overlap=1)
+    old = ModelVersion.objects.create(name="r0", kind="policy", checkpoint_path="x", round=0, metadata={"campaign": "report"})
+    reward = ModelVersion.objects.create(name="rm1", kind="reward", checkpoint_path="x", metadata={"campaign": "report", "metrics": {"eval/accuracy": 0.75}})
+    figures = {"prompts": 16, "reward_mean": 0.4, "previous_reward_mean": 0.1, "kl": 2.5, "mean_length": 30.0, "eos_share": 0.9, "rm_win_rate": 0.7}
+    ModelVersion.objects.create(name="r1", kind="policy", checkpoint_path="x", round=1, parent=old,
+                                metadata={"campaign": "report", "method": "ppo", "reward_model": reward.name, "evaluation": figures})
+    import_prompts(campaign, [{"external_id": f"q{i}", "text": "?"} for i in range(2)])
+    import_responses(campaign, [{"prompt": f"q{i}", "model": m, "text": f"{m} {j} {i}"} for i in range(2) for m in ("r1", "r0") for j in range(2)])
+    alice = join(make_user("alice"), campaign, "labeler")
+    for _ in range(2):  # new, old, new, old: the new responses win 3 of their 4 pairs
+        lease = assignment.next_task_for(alice, campaign)
+        models = dict(Response.objects.filter(pk__in=task_response_ids(lease.task)).values_list("id", "model_version__name"))
+        new, previous = [r for r in models if models[r] == "r1"], [r for r in models if models[r] == "r0"]
+        order = [new[0], previous[0], new[1], previous[1]]
+        judgements.submit(alice, lease.task, [[r] for r in order])
+    carol = join(make_user("carol"), campaign, "admin")
+    [report] = api_client(carol).get("/api/v1/campaigns/report/rounds/").json()
+    low, high = wilson_interval(0.75, 2)
+    assert report == {"round": 1, "policy": "r1", "previous_policy": "r0", "reward_model": "rm1", "reward_model_accuracy": 0.75,
+                      "evaluation": figures, "human_win_rate": {"value": 0.75, "low": low, "high": high, "judgements": 2}}
+    assert api_client(alice).get("/api/v1/campaigns/report/rounds/").status_code == 403
+    page = browser(carol).get("/c/report/").content.decode()
+    assert "0.75 (" in page and f"{low:.2f}–{high:.2f}" in page and "0.400 (0.100) on 16 prompts" in page
