@@ -40,7 +40,12 @@ def append_jsonl(path: Path, row: dict) -> None:
 def save_checkpoint(
     checkpoint_dir: Path, policy: PeftModel, critic: PeftModel, optimizer: torch.optim.Optimizer, state: dict
 ) -> None:
-    """Adapters, critic head, optimizer, RNG and progress; written beside the old one, then swapped in."""
+    """Adapters, critic head, optimizer, RNG and progress; written beside the old one, then swapped in.
+
+    The swap never leaves the run without a checkpoint: the old one is renamed aside (`.old`)
+    before the new one is renamed into place, and removed only after; `resumable_checkpoint`
+    finds whichever a crash left behind.
+    """
     tmp = checkpoint_dir.with_name(checkpoint_dir.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     policy.save_pretrained(tmp / "policy_adapter")
@@ -49,8 +54,20 @@ def save_checkpoint(
     if torch.cuda.is_available():
         rng["cuda"] = torch.cuda.get_rng_state_all()
     torch.save({**state, "optimizer": optimizer.state_dict(), "rng": rng}, tmp / "trainer_state.pt")
-    shutil.rmtree(checkpoint_dir, ignore_errors=True)
+    old = checkpoint_dir.with_name(checkpoint_dir.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if checkpoint_dir.exists():
+        checkpoint_dir.rename(old)
     tmp.rename(checkpoint_dir)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def resumable_checkpoint(checkpoint_dir: Path) -> Path | None:
+    """The complete checkpoint to resume from: the current one, or the previous one a crash mid-swap left aside."""
+    for candidate in (checkpoint_dir, checkpoint_dir.with_name(checkpoint_dir.name + ".old")):
+        if (candidate / "trainer_state.pt").is_file():
+            return candidate
+    return None
 
 
 def load_checkpoint(
