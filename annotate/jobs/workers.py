@@ -66,22 +66,26 @@ def beat(worker_id: str, queues: list[str], *, busy: bool = False) -> None:
 
 
 def start_beating(worker_id: str, queues: list[str], busy: Callable[[], bool] = lambda: False) -> Callable[[], None]:
-    """Beat now and every HEARTBEAT_SECONDS in a thread; the returned function stops and removes the row."""
+    """Beat now (the row exists when this returns) and every HEARTBEAT_SECONDS in a thread; the returned function stops
+    the thread and removes the row."""
     stop = threading.Event()
+
+    def beat_once() -> None:
+        try:
+            beat(worker_id, queues, busy=busy())
+        except DISCONNECTS as exc:  # a lost connection must not stop the worker: the next beat reconnects
+            logger.warning("worker %s: heartbeat lost its database connection (%s); reconnecting", worker_id, exc)
+            reconnect()
 
     def loop() -> None:
         try:
-            while True:
-                try:
-                    beat(worker_id, queues, busy=busy())
-                except DISCONNECTS as exc:
-                    logger.warning("worker %s: heartbeat lost its database connection (%s); reconnecting", worker_id, exc)
-                    reconnect()
-                if stop.wait(HEARTBEAT_SECONDS):
-                    return
+            while not stop.wait(HEARTBEAT_SECONDS):
+                beat_once()
         finally:
             close_old_connections()
             connection.close()
+
+    beat_once()
 
     thread = threading.Thread(target=loop, name=f"heartbeat-worker-{worker_id}", daemon=True)
     thread.start()
