@@ -33,7 +33,7 @@ def unavailable(quantize: str | None) -> str | None:
     return bnb_unavailable(QUANTIZE_METHODS[quantize])
 
 
-def quantization_config(quantize: str):
+def quantization_config(quantize: str) -> Any:
     """transformers' BitsAndBytesConfig: NF4 with double quantisation and bf16 compute, or LLM.int8()."""
     from transformers import BitsAndBytesConfig
 
@@ -53,7 +53,7 @@ def load_kwargs(quantize: str | None, dtype: torch.dtype = torch.float32) -> dic
     return {"quantization_config": quantization_config(quantize), "device_map": {"": torch.cuda.current_device()}, "dtype": torch.bfloat16}
 
 
-def prepare(model, quantize: str | None, gradient_checkpointing: bool = False):
+def prepare(model: Any, quantize: str | None, gradient_checkpointing: bool = False) -> Any:
     """The quantised base made ready for LoRA training (norms in fp32, input gradients on); unchanged without quantize."""
     if quantize is None:
         return model
@@ -62,7 +62,7 @@ def prepare(model, quantize: str | None, gradient_checkpointing: bool = False):
     return prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
 
 
-def merged_from_adapter(base_path: str | Path, adapter_dir: str | Path, auto_class):
+def merged_from_adapter(base_path: str | Path, adapter_dir: str | Path, auto_class: Any) -> Any:
     """The adapter folded into its base reloaded in bf16 (a quantised base cannot hold the merged weights exactly)."""
     from peft import PeftModel
 

@@ -108,6 +108,12 @@ def live_workers(queue: str, now=None) -> list[WorkerHeartbeat]:
     return [row for row in rows if queue in row.queues or "*" in row.queues]
 
 
+def forget_dead_workers(now=None) -> int:
+    """Delete the rows of workers that died without saying so (killed, machine lost): unseen for ten STALE_AFTERs."""
+    now = now or timezone.now()
+    return WorkerHeartbeat.objects.filter(seen_at__lt=now - 10 * STALE_AFTER).delete()[0]
+
+
 def capacity(worker: WorkerHeartbeat) -> Capacity:
     """The most memory one run can have on this worker: its roomiest GPU, or the host's RAM without a GPU."""
     if worker.devices:

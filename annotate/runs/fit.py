@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from django.conf import settings
 
@@ -20,6 +21,9 @@ from annotate.jobs.engine import ADMISSION_CHECKS, InvalidParams
 from annotate.jobs.workers import Capacity, capacity, live_workers
 from annotate.models import Campaign, ModelVersion
 from annotate.runs import registry
+
+if TYPE_CHECKING:
+    from training.memory import MemoryEstimate
 
 logger = logging.getLogger(__name__)
 GIB = 1024**3
@@ -33,7 +37,7 @@ BATCH_FIELD = {"ppo": "minibatch_size", "round": "policy"}
 # ---------------------------------------------------------------- the estimate
 
 
-def estimate_run(kind: str, campaign: Campaign | None, params: dict):
+def estimate_run(kind: str, campaign: Campaign | None, params: dict) -> MemoryEstimate | None:
     """The MemoryEstimate of a training run from its (clean) params, or None where its model's shape cannot be read."""
     if kind == "reward":
         return _reward_estimate(params)
@@ -46,7 +50,7 @@ def estimate_run(kind: str, campaign: Campaign | None, params: dict):
     return None
 
 
-def _reward_estimate(p: dict):
+def _reward_estimate(p: dict) -> MemoryEstimate | None:
     shape = _shape(_model_dir(p.get("base_model", registry.DEFAULT_BASE_NAME)))
     if shape is None:
         return None
@@ -55,7 +59,7 @@ def _reward_estimate(p: dict):
                      quantize=p.get("quantize"), logits=False)
 
 
-def _policy_estimate(kind: str, campaign: Campaign | None, p: dict):
+def _policy_estimate(kind: str, campaign: Campaign | None, p: dict) -> MemoryEstimate | None:
     shape = _shape(_model_dir(p.get("policy") or _current_policy_name(campaign)))
     if shape is None:
         return None
@@ -74,7 +78,7 @@ def _policy_estimate(kind: str, campaign: Campaign | None, p: dict):
 
 
 def _estimate(shape: dict, *, batch: int, length: int, lora: bool, quantize: str | None, models: int = 1, logits: bool = True,
-              checkpointing: bool = False):
+              checkpointing: bool = False) -> MemoryEstimate:
     from training.memory import estimate_training_memory, lora_parameters
 
     trainable = lora_parameters(shape["hidden_size"], shape["intermediate_size"], shape["num_layers"], LORA_R) if lora else shape["parameters"]
@@ -163,7 +167,7 @@ def size_text(value: int) -> str:
     return f"{value / GIB:.1f} GiB" if value >= GIB else f"{value / 1024**2:.0f} MiB"
 
 
-def _parts(estimate) -> str:
+def _parts(estimate: MemoryEstimate) -> str:
     return ", ".join(f"{name} {size_text(value)}" for name, value in estimate.as_dict().items() if name != "total")
 
 

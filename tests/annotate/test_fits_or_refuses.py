@@ -136,6 +136,15 @@ def test_a_worker_beats_with_its_queues_and_memory_and_removes_its_row_when_it_s
     assert not WorkerHeartbeat.objects.filter(worker_id="here:1").exists()
 
 
+def test_housekeeping_forgets_workers_that_died_without_saying_so(db):
+    from django.core.management import call_command
+
+    report("killed:1", host_available=GIB, seen_ago=3600)
+    report("alive:2", host_available=GIB)
+    call_command("housekeeping")
+    assert list(WorkerHeartbeat.objects.values_list("worker_id", flat=True)) == ["alive:2"]
+
+
 def test_a_busy_worker_keeps_its_idle_figures(db):
     report("here:1", host_available=5 * GIB, seen_ago=30)
     beat("here:1", ["default"], busy=True)  # a run is using the memory it offers the next one
