@@ -4,7 +4,7 @@
     check_fits(kind, queue, campaign, clean)  # an admission check of the job engine: InvalidParams naming both figures
 
 The estimate counts weights, LoRA (or full) trainable state with AdamW's moments, and activations at the run's batch
-and maximum length (an upper bound: most pairs are shorter). Workers report their memory in their heartbeat
+and length: its campaign's longest prompt and response, generously counted in tokens, capped at the run's max length. Workers report their memory in their heartbeat
 (annotate.jobs.workers); when none has reported (the demo before its worker starts, tests), nothing is refused.
 Also here: the `quantize` run param (4/8-bit base loading for LoRA training, QLoRA), refused where no worker can do it.
 """
@@ -16,10 +16,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from django.conf import settings
+from django.db.models import Max, TextField
+from django.db.models.functions import Cast, Length
 
 from annotate.jobs.engine import ADMISSION_CHECKS, InvalidParams
 from annotate.jobs.workers import Capacity, capacity, live_workers
-from annotate.models import Campaign, ModelVersion
+from annotate.models import Campaign, ModelVersion, Prompt, Response
 from annotate.runs import registry
 
 if TYPE_CHECKING:
@@ -30,7 +32,8 @@ GIB = 1024**3
 TRAINING_KINDS = ("reward", "sft", "dpo", "rloo", "ppo", "round")
 QUANTIZE = {"4bit": "4bit", "8bit": "int8"}  # the run param -> training.memory's weight dtype
 LORA_R = 16  # training's default LoRA rank (RewardConfig, PolicyConfig, PPOConfig)
-PROMPT_TOKENS = 256  # rollout prompts are not tokenised at submission: a generous prompt length
+PROMPT_TOKENS = 256  # a campaign without prompts yet: a generous prompt length
+CHARS_PER_TOKEN = 2  # texts are not tokenised at submission; English runs about 4 characters a token: generous
 BATCH_FIELD = {"ppo": "minibatch_size", "round": "policy"}
 
 
@@ -40,23 +43,24 @@ BATCH_FIELD = {"ppo": "minibatch_size", "round": "policy"}
 def estimate_run(kind: str, campaign: Campaign | None, params: dict) -> MemoryEstimate | None:
     """The MemoryEstimate of a training run from its (clean) params, or None where its model's shape cannot be read."""
     if kind == "reward":
-        return _reward_estimate(params)
+        return _reward_estimate(campaign, params)
     if kind in ("sft", "dpo", "rloo", "ppo"):
         return _policy_estimate(kind, campaign, params)
     if kind == "round":  # its phases run one after the other: the larger one must fit
-        phases = [_reward_estimate(params.get("reward", {})), _policy_estimate(params.get("method", "ppo"), campaign, params.get("policy", {}))]
+        phases = [_reward_estimate(campaign, params.get("reward", {})), _policy_estimate(params.get("method", "ppo"), campaign, params.get("policy", {}))]
         known = [e for e in phases if e is not None]
         return max(known, key=lambda e: e.total) if known else None
     return None
 
 
-def _reward_estimate(p: dict) -> MemoryEstimate | None:
+def _reward_estimate(campaign: Campaign | None, p: dict) -> MemoryEstimate | None:
     shape = _shape(_model_dir(p.get("base_model", registry.DEFAULT_BASE_NAME)))
     if shape is None:
         return None
     # chosen and rejected both go through the backbone before the backward pass; a scalar head, no vocabulary logits
-    return _estimate(shape, batch=2 * p.get("batch_size", 8), length=p.get("max_length", 1024), lora=p.get("use_lora", True),
-                     quantize=p.get("quantize"), logits=False)
+    prompt, response = _longest_texts(campaign)
+    return _estimate(shape, batch=2 * p.get("batch_size", 8), length=min(p.get("max_length", 1024), prompt + response),
+                     lora=p.get("use_lora", True), quantize=p.get("quantize"), logits=False)
 
 
 def _policy_estimate(kind: str, campaign: Campaign | None, p: dict) -> MemoryEstimate | None:
@@ -64,14 +68,16 @@ def _policy_estimate(kind: str, campaign: Campaign | None, p: dict) -> MemoryEst
     if shape is None:
         return None
     lora, quantize, checkpointing = p.get("use_lora", True), p.get("quantize"), p.get("gradient_checkpointing", False)
+    prompt, response = _longest_texts(campaign)
     if kind == "ppo":  # a policy and a critic, each with LoRA; the reference is the policy with its adapters off
-        return _estimate(shape, batch=p.get("minibatch_size", 4), length=PROMPT_TOKENS + p.get("max_new_tokens", 48), lora=True,
+        return _estimate(shape, batch=p.get("minibatch_size", 4), length=prompt + p.get("max_new_tokens", 48), lora=True,
                          quantize=quantize, models=2)
-    if kind == "rloo":
-        length = PROMPT_TOKENS + p.get("max_completion_length", 128)
+    if kind == "rloo":  # training.rloo's max_prompt_length is 1024
+        length = min(prompt, 1024) + p.get("max_completion_length", 128)
         return _estimate(shape, batch=p.get("batch_size", 8), length=length, lora=lora, quantize=quantize, checkpointing=checkpointing)
     batch = p.get("batch_size", 8) * (2 if kind == "dpo" else 1)  # DPO: chosen and rejected
-    estimate = _estimate(shape, batch=batch, length=1024, lora=lora, quantize=quantize, checkpointing=checkpointing)
+    length = min(prompt + response, 1024)  # training.sft and training.dpo cut at max_length 1024
+    estimate = _estimate(shape, batch=batch, length=length, lora=lora, quantize=quantize, checkpointing=checkpointing)
     if kind == "dpo" and not lora:  # a frozen reference copy (with LoRA it is the policy with its adapters off)
         estimate = dataclasses.replace(estimate, weights=estimate.weights * 2)
     return estimate
@@ -87,6 +93,17 @@ def _estimate(shape: dict, *, batch: int, length: int, lora: bool, quantize: str
         vocab_size=shape["vocab_size"] if logits else 1, batch_size=batch, sequence_length=length,
         weight_dtype=QUANTIZE.get(quantize or "", "float32"), trainable_parameters=trainable, gradient_checkpointing=checkpointing, models=models,
     )
+
+
+def _longest_texts(campaign: Campaign | None) -> tuple[int, int]:
+    """(longest prompt, longest response) of the campaign in tokens, generously counted; a long guess where there are none.
+
+    A run trains on sequences as long as its data (up to its max length), not on max-length sequences: estimating at
+    max length would refuse the demo's DPO on a laptop. Two aggregates over the campaign's rows, no text read here.
+    """
+    prompts = Prompt.objects.filter(campaign=campaign).aggregate(n=Max(Length(Cast("messages", TextField()))))["n"] if campaign else None
+    responses = Response.objects.filter(prompt__campaign=campaign).aggregate(n=Max(Length("text")))["n"] if campaign else None
+    return (prompts // CHARS_PER_TOKEN + 1 if prompts else PROMPT_TOKENS), (responses // CHARS_PER_TOKEN + 1 if responses else 1024)
 
 
 def _current_policy_name(campaign: Campaign | None) -> str:

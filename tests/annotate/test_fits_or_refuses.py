@@ -102,6 +102,16 @@ def test_lora_and_4bit_lower_the_estimate_and_a_round_takes_its_larger_phase(tin
     assert estimate_run("reward", fruit, {"base_model": "not-on-disk"}) is None  # no shape, no estimate (and no refusal)
 
 
+def test_the_estimate_follows_the_campaigns_longest_texts_up_to_the_runs_max_length(tiny, fruit):
+    from annotate.models import Response
+
+    before = estimate_run("reward", fruit, REWARD)
+    Response.objects.filter(pk=Response.objects.filter(prompt__campaign=fruit).first().pk).update(text="word " * 2000)
+    longer = estimate_run("reward", fruit, REWARD)
+    capped = estimate_run("reward", fruit, {**REWARD, "max_length": 64})
+    assert longer.activations > capped.activations > before.activations  # 2048 > 64 > 30 tokens
+
+
 def test_the_run_form_line_names_the_estimate_and_the_largest_live_worker(tiny, fruit):
     assert fit_summary("reward", fruit, REWARD) == f"needs about {size_text(estimate_run('reward', fruit, REWARD).total)}; " \
         "no live worker of queue 'default' has reported"
