@@ -19,7 +19,7 @@ from django.conf import settings
 from django.db.models import Max, TextField
 from django.db.models.functions import Cast, Length
 
-from annotate.jobs.engine import ADMISSION_CHECKS, InvalidParams
+from annotate.jobs.engine import ADMISSION_CHECKS, InvalidParams, RunFailed
 from annotate.jobs.workers import Capacity, capacity, live_workers
 from annotate.models import Campaign, ModelVersion, Prompt, Response
 from annotate.runs import registry
@@ -164,6 +164,22 @@ def check_fits(kind: str, queue: str, campaign: Campaign | None, clean: dict) ->
             "load the base in 4 or 8 bits (quantize, on a GPU), or start a larger worker.",
             field=BATCH_FIELD.get(kind, "batch_size"),
         )
+
+
+def refuse_if_it_cannot_fit_here(kind: str, campaign: Campaign | None, params: dict) -> None:
+    """On the worker, before anything loads: RunFailed with the estimate and the memory here if the run cannot fit.
+
+    The submission check lets a run through when no worker had reported; this one owns the hardware and has the last word.
+    """
+    estimate = estimate_run(kind, campaign, params)
+    if estimate is None:
+        return
+    import torch
+
+    from training.memory import refusal
+
+    if reason := refusal(estimate, "cuda" if torch.cuda.is_available() else "cpu"):
+        raise RunFailed(reason)
 
 
 def fit_summary(kind: str, campaign: Campaign | None, params: dict, queue: str | None = None) -> str:

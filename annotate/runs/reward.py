@@ -11,7 +11,7 @@ from annotate.jobs.engine import InvalidParams, RunCancelled, RunContext, RunFai
 from annotate.jobs.params import choice, flag, integer, model_name, number
 from annotate.models import Campaign, ModelVersion
 from annotate.runs import registry
-from annotate.runs.fit import quantize_param
+from annotate.runs.fit import quantize_param, refuse_if_it_cannot_fit_here
 from annotate.runs.launching import process_count, train_reward_launched
 
 ALLOWED = {"base_model", "name", "use_lora", "learning_rate", "epochs", "batch_size", "max_length", "aggregation",
@@ -66,6 +66,7 @@ def train_and_register(ctx: RunContext, p: dict):
     from training.trl_common import TrainingCancelled
 
     run, campaign = ctx.run, ctx.run.campaign
+    refuse_if_it_cannot_fit_here("reward", campaign, p)  # fail now, not out of memory an hour in
     options = PreferenceOptions(weighting=p["weighting"], aggregation=p["aggregation"], include_excluded=p["include_excluded"],
                                 eval_fraction=p["eval_fraction"], seed=p["seed"])
     snapshot = training_snapshot(run, "reward", p.get("snapshot"), include_paused=p["include_excluded"])

@@ -18,7 +18,7 @@ from annotate.jobs.engine import InvalidParams, RunCancelled, RunContext, RunFai
 from annotate.jobs.params import flag, integer, number
 from annotate.models import Campaign, ModelVersion
 from annotate.runs import registry
-from annotate.runs.fit import quantize_param
+from annotate.runs.fit import quantize_param, refuse_if_it_cannot_fit_here
 from annotate.runs.registry import current_policy, latest_reward_model, policy_name, register_policy
 
 COMMON = {"policy", "name", "learning_rate", "epochs", "max_steps", "batch_size", "use_lora", "seed", "limit",
@@ -118,6 +118,7 @@ def train_and_register_policy(kind: str, ctx: RunContext, p: dict) -> ModelVersi
 
     campaign = ctx.run.campaign
     parent = ModelVersion.objects.get(name=p["policy"]) if p["policy"] else current_policy(campaign)
+    refuse_if_it_cannot_fit_here(kind, campaign, {**p, "policy": parent.name})  # fail now, not out of memory an hour in
     out = Path(settings.ARTIFACTS_DIR) / "runs" / str(ctx.run.pk) / kind
     try:
         result, snapshot = _train(kind, ctx, p, campaign, _common_config(p, parent, out))

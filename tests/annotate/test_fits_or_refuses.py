@@ -200,3 +200,20 @@ def test_a_worker_without_cuda_fails_a_quantized_run_with_the_reason(tiny_checkp
         pytest.skip("this machine has CUDA: see test_qlora_loads_a_4bit_base_under_trainable_adapters_on_a_gpu")
     with pytest.raises(PolicyTrainingError, match="needs a CUDA GPU"):
         load_policy(tiny_checkpoint, "4bit")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_run_accepted_without_reports_fails_on_the_worker_before_loading_if_it_cannot_fit(tiny_checkpoint, artifacts):
+    from annotate.models import Response
+    from tests.annotate.test_jobs import work_off_queue
+
+    ModelVersion.objects.create(name="tiny-base", kind=ModelVersion.Kind.BASE, checkpoint_path=str(tiny_checkpoint))
+    campaign = make_campaign("long", prompts=2)
+    Response.objects.filter(pk=Response.objects.filter(prompt__campaign=campaign).first().pk).update(text="word " * 20_000)
+    # 1,024 sequences of 8,192 tokens per step: hundreds of GiB of activations, more than this machine has
+    run = engine.start_run("reward", campaign=campaign, params={"base_model": "tiny-base", "batch_size": 512, "max_length": 8192})
+    work_off_queue()
+    run.refresh_from_db()
+    assert run.status == "failed" and "this run needs about" in run.error and "GiB free" in run.error, run.error
+    assert not (artifacts / "runs" / str(run.pk) / "data").exists()  # refused before the dataset was even built
+    assert not ModelVersion.objects.filter(run=run).exists()
