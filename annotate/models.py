@@ -314,3 +314,18 @@ class ApiToken(models.Model):
 
     def __str__(self) -> str:
         return f"API token of user {self.user_id}"
+
+
+class WorkerHeartbeat(models.Model):
+    """A live `db_worker` process: its queues and the memory it offers, stamped every few seconds (annotate.jobs.workers)."""
+
+    worker_id = models.CharField(max_length=200, unique=True, help_text="host:pid of the worker process.")
+    queues = models.JSONField(default=list, help_text='The queues it takes tasks from ("*": all).')
+    devices = models.JSONField(default=list, blank=True, help_text='CUDA devices: [{"name", "total", "free"}] in bytes; [] on the CPU.')
+    host_total = models.BigIntegerField(default=0, help_text="Host RAM, bytes.")
+    host_available = models.BigIntegerField(default=0, help_text="Host RAM available (MemAvailable), bytes.")
+    bitsandbytes = models.BooleanField(default=False, help_text="bitsandbytes is installed and CUDA is there (4/8-bit loading).")
+    seen_at = models.DateTimeField(db_index=True)
+
+    def __str__(self) -> str:
+        return f"worker {self.worker_id} ({', '.join(self.queues)})"

@@ -75,7 +75,7 @@ def build_trainer(
         raise PolicyTrainingError("no preference pairs to train on")
     train_dataset = rows_to_dataset(train_rows)  # bad rows fail before the model loads
     eval_dataset = rows_to_dataset(eval_rows) if eval_rows else None
-    model, tokenizer = load_policy(config.base_model)
+    model, tokenizer = load_policy(config.base_model, config.quantize, config.gradient_checkpointing)
     args = TRLDPOConfig(
         **trl_common_args(config),
         beta=config.beta,

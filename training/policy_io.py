@@ -33,6 +33,7 @@ from transformers import (
 )
 from transformers.trainer_callback import PrinterCallback
 
+from training import qlora
 from training.trl_common import TrainingCancelled, common_training_kwargs, resolved_settings
 
 __all__ = [
@@ -88,6 +89,8 @@ class PolicyConfig:
     """Global gradient-norm clip."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass (less memory, about 30% slower); TRL's default is on."""
+    quantize: str | None = None
+    """Load the frozen base in "4bit" or "8bit" (QLoRA, bitsandbytes on a CUDA GPU; LoRA only); None: fp32."""
     bf16: bool | None = None
     """bf16 mixed precision; None: on when a bf16-capable GPU is used, off on the CPU."""
     use_cpu: bool = False
@@ -117,8 +120,8 @@ class PolicyResult:
 # ---------------------------------------------------------------- model and arguments
 
 
-def load_policy(path: str | Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """The checkpoint as a fp32 causal LM to train, and its tokenizer (pad token != EOS).
+def load_policy(path: str | Path, quantize: str | None = None, gradient_checkpointing: bool = False) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """The checkpoint as a fp32 causal LM to train (or its base in 4/8 bits: training.qlora), and its tokenizer (pad token != EOS).
 
     Raises PolicyTrainingError if it does not load or pads with EOS.
     """
@@ -127,7 +130,9 @@ def load_policy(path: str | Path) -> tuple[PreTrainedModel, PreTrainedTokenizerB
         raise PolicyTrainingError(f"base model {path}: no checkpoint there (config.json missing)")
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+        model = qlora.prepare(AutoModelForCausalLM.from_pretrained(path, **qlora.load_kwargs(quantize)), quantize, gradient_checkpointing)
+    except qlora.QuantizeUnavailable as exc:
+        raise PolicyTrainingError(str(exc)) from exc
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
         raise PolicyTrainingError(f"base model {path} does not load: {exc}") from exc
     if tokenizer.pad_token is None or tokenizer.pad_token_id == tokenizer.eos_token_id:
@@ -237,7 +242,10 @@ def save_policy(
         if is_peft_model(model):
             model.save_pretrained(result.adapter_dir)
             tokenizer.save_pretrained(result.adapter_dir)
-            model = model.merge_and_unload()  # folds the adapters into the base weights, in place
+            if config.quantize:  # the base is in 4/8 bits: fold the adapter into the base reloaded in bf16
+                model = qlora.merged_from_adapter(config.base_model, result.adapter_dir, AutoModelForCausalLM)
+            else:
+                model = model.merge_and_unload()  # folds the adapters into the base weights, in place
         _save_merged(model, tokenizer, result.merged_dir)
         _write_json(out / f"{name}_config.json", {**asdict(config), "resolved": resolved_settings(trainer.args)})
         _write_json(out / "metrics.json", {**asdict(result), "log_history": stream.history})

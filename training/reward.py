@@ -40,8 +40,9 @@ from pathlib import Path
 from typing import Any
 
 from accelerate import PartialState
-from transformers import PreTrainedModel, TrainerCallback
+from transformers import AutoModelForSequenceClassification, PreTrainedModel, TrainerCallback
 
+from training import qlora
 from training.preferences import Row, content_hash, read_jsonl
 from training.reward_config import RewardConfig, RewardResult, RewardTrainingError
 from training.reward_metrics import calibration, eval_scores, pairwise_accuracy
@@ -138,7 +139,10 @@ def _final_model(trainer: WeightedRewardTrainer, config: RewardConfig) -> PreTra
     """The trained model, unwrapped, LoRA merged when asked, in eval mode."""
     # drop accelerate's autocast wrapper: we evaluate in fp32, as load_reward_model will
     model = trainer.accelerator.unwrap_model(trainer.model, keep_fp32_wrapper=False)
-    if config.use_lora and config.merge_lora:
+    if config.use_lora and config.merge_lora and config.quantize:  # fold the adapter into the base reloaded in bf16
+        model.save_pretrained(Path(config.output_dir) / "adapter")
+        model = qlora.merged_from_adapter(config.base_model, Path(config.output_dir) / "adapter", AutoModelForSequenceClassification)
+    elif config.use_lora and config.merge_lora:
         model = model.merge_and_unload()
     return model.eval()
 

@@ -56,6 +56,8 @@ class RewardConfig:
     """Weight of mean((r_c + r_r)^2) in the loss, keeping rewards near 0; None turns it off."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass (less memory, about 30% slower)."""
+    quantize: str | None = None
+    """Load the frozen base in "4bit" or "8bit" (QLoRA, bitsandbytes on a CUDA GPU; LoRA only); None: fp32."""
     bf16: bool | None = None
     """bf16 mixed precision; None: on when a bf16-capable GPU is used, off on the CPU."""
     use_cpu: bool = False

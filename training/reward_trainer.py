@@ -25,6 +25,7 @@ from trl import RewardConfig as TRLRewardConfig
 from trl import RewardTrainer
 from trl.trainer.reward_trainer import DataCollatorForPreference
 
+from training import qlora
 from training.lora import lora_config
 from training.preferences import Row
 from training.reward_config import RewardConfig, RewardTrainingError
@@ -96,8 +97,8 @@ def rows_to_dataset(rows: Sequence[Row], config: RewardConfig) -> Dataset:
     return Dataset.from_dict(columns)
 
 
-def load_base_model(path: str | Path, seed: int = 0) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """The base checkpoint as a fp32 sequence classifier with one output, and its tokenizer.
+def load_base_model(path: str | Path, seed: int = 0, quantize: str | None = None, gradient_checkpointing: bool = False) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """The base checkpoint as a fp32 sequence classifier with one output (or in 4/8 bits: training.qlora), and its tokenizer.
 
     Raises RewardTrainingError if it does not load.
     """
@@ -107,7 +108,10 @@ def load_base_model(path: str | Path, seed: int = 0) -> tuple[PreTrainedModel, P
     set_seed(seed)  # the score head is initialised at random
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
-        model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, dtype=torch.float32)
+        model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, **qlora.load_kwargs(quantize))
+        model = qlora.prepare(model, quantize, gradient_checkpointing)
+    except qlora.QuantizeUnavailable as exc:
+        raise RewardTrainingError(str(exc)) from exc
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
         raise RewardTrainingError(f"base model {path} does not load: {exc}") from exc
     if tokenizer.pad_token is None:  # what RewardTrainer would do; set here so our collator pads alike
@@ -140,7 +144,7 @@ def build_trainer(
     """
     if not train_rows or not eval_rows:
         raise RewardTrainingError(f"need training and eval pairs, got {len(train_rows)} and {len(eval_rows)}")
-    model, tokenizer = load_base_model(config.base_model, config.seed)
+    model, tokenizer = load_base_model(config.base_model, config.seed, config.quantize, config.gradient_checkpointing)
     trainer = WeightedRewardTrainer(
         model=model,
         args=trl_reward_args(config),

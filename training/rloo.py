@@ -161,7 +161,7 @@ def build_trainer(
     callbacks: Sequence[TrainerCallback] = (),
 ) -> tuple[RLOOTrainer, int]:
     """TRL's RLOOTrainer on the base policy with reward_fn (EOS penalty added); returns (trainer, dropped prompts)."""
-    model, tokenizer = load_policy(config.base_model)
+    model, tokenizer = load_policy(config.base_model, config.quantize, config.gradient_checkpointing)
     dataset, dropped = prompts_to_dataset(prompts, tokenizer, config.max_prompt_length)
     if len(dataset) == 0:
         raise PolicyTrainingError(f"no prompts to train on ({dropped} longer than {config.max_prompt_length} tokens)")

@@ -93,7 +93,7 @@ def build_trainer(config: SFTConfig, rows: Sequence[Row], callbacks: Sequence[Tr
     if not rows:
         raise PolicyTrainingError("no SFT rows to train on")
     dataset = rows_to_dataset(rows, config)  # bad rows fail before the model loads
-    model, tokenizer = load_policy(config.base_model)
+    model, tokenizer = load_policy(config.base_model, config.quantize, config.gradient_checkpointing)
     args = TRLSFTConfig(
         **trl_common_args(config),
         max_length=config.max_length,

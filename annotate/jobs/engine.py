@@ -64,6 +64,9 @@ class JobKind:
 
 
 KINDS: dict[str, JobKind] = {}
+# Checks every run passes after its kind's validator, before it is created: (kind, queue, campaign, clean params) -> None or
+# InvalidParams. Kinds above this layer add theirs (annotate.runs.fit: does the run fit a live worker of its queue?).
+ADMISSION_CHECKS: list[Callable[[str, str, Campaign | None, dict], None]] = []
 
 
 def register(kind: str, validate, handle, *, ml: bool = True) -> None:
@@ -82,6 +85,8 @@ def start_run(kind: str, *, campaign: Campaign | None, params: dict, user=None, 
     if not isinstance(params, dict):
         raise InvalidParams("params must be an object.", field="params")
     clean = spec.validate(campaign, params)
+    for check in ADMISSION_CHECKS:
+        check(kind, spec.queue, campaign, clean)
     run = Run.objects.create(kind=kind, campaign=campaign, params=clean, created_by=user, queue_name=spec.queue)
     if not here:
         # robust: a connection lost here must not fail the committed request; requeue_lost_runs retries

@@ -11,10 +11,11 @@ from annotate.jobs.engine import InvalidParams, RunCancelled, RunContext, RunFai
 from annotate.jobs.params import choice, flag, integer, model_name, number
 from annotate.models import Campaign, ModelVersion
 from annotate.runs import registry
+from annotate.runs.fit import quantize_param, refuse_if_it_cannot_fit_here
 from annotate.runs.launching import process_count, train_reward_launched
 
 ALLOWED = {"base_model", "name", "use_lora", "learning_rate", "epochs", "batch_size", "max_length", "aggregation",
-           "weighting", "eval_fraction", "seed", "include_excluded", "center_rewards_coefficient", "use_margin", "snapshot", "num_processes"}
+           "weighting", "eval_fraction", "seed", "include_excluded", "center_rewards_coefficient", "use_margin", "snapshot", "num_processes", "quantize"}
 
 
 def validate_params(campaign: Campaign | None, params: dict) -> dict:
@@ -44,6 +45,8 @@ def validate_params(campaign: Campaign | None, params: dict) -> dict:
     clean["batch_size"] = integer(params, "batch_size", 8, 1, 512)
     clean["max_length"] = integer(params, "max_length", 1024, 16, 8192)
     clean["seed"] = integer(params, "seed", 0, 0, 2**31 - 1)
+    if quantize := quantize_param(params, use_lora=clean["use_lora"]):  # QLoRA: the base in 4/8 bits (annotate.runs.fit)
+        clean["quantize"] = quantize
     if "num_processes" in params:  # absent: the worker's GPU count (annotate.runs.launching)
         clean["num_processes"] = integer(params, "num_processes", 1, 1, 64)
     return clean
@@ -63,6 +66,7 @@ def train_and_register(ctx: RunContext, p: dict):
     from training.trl_common import TrainingCancelled
 
     run, campaign = ctx.run, ctx.run.campaign
+    refuse_if_it_cannot_fit_here("reward", campaign, p)  # fail now, not out of memory an hour in
     options = PreferenceOptions(weighting=p["weighting"], aggregation=p["aggregation"], include_excluded=p["include_excluded"],
                                 eval_fraction=p["eval_fraction"], seed=p["seed"])
     snapshot = training_snapshot(run, "reward", p.get("snapshot"), include_paused=p["include_excluded"])
@@ -83,7 +87,7 @@ def train_and_register(ctx: RunContext, p: dict):
         base_model=str(registry.checkpoint_dir(base)), output_dir=str(out / "model"), use_lora=p["use_lora"],
         learning_rate=p["learning_rate"], num_train_epochs=p["epochs"], per_device_train_batch_size=p["batch_size"],
         max_length=p["max_length"], use_margin=p["use_margin"], center_rewards_coefficient=p["center_rewards_coefficient"] or None,
-        seed=p["seed"], use_cpu=not _cuda(), logging_steps=1,
+        seed=p["seed"], use_cpu=not _cuda(), logging_steps=1, quantize=p.get("quantize"),
     )
     total_steps = max(1, int(len(dataset.train) / p["batch_size"] * p["epochs"] + 0.999))
 

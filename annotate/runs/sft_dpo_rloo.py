@@ -25,10 +25,11 @@ from annotate.jobs.engine import InvalidParams, RunCancelled, RunContext, RunFai
 from annotate.jobs.params import flag, integer, number
 from annotate.models import Campaign, ModelVersion
 from annotate.runs import registry
+from annotate.runs.fit import quantize_param, refuse_if_it_cannot_fit_here
 from annotate.runs.registry import current_policy, latest_reward_model, policy_name, register_policy
 
 COMMON = {"policy", "name", "learning_rate", "epochs", "max_steps", "batch_size", "use_lora", "seed", "limit",
-          "gradient_checkpointing", "bf16"}
+          "gradient_checkpointing", "bf16", "quantize"}
 EXTRA = {"sft": {"snapshot"}, "dpo": {"beta", "snapshot"}, "rloo": {"reward_model", "beta", "num_generations", "max_completion_length"}}
 DEFAULT_LR = {"sft": 2e-4, "dpo": 5e-5, "rloo": 3e-5}
 
@@ -58,6 +59,8 @@ def validate_params(kind: str):
             "gradient_checkpointing": flag(params, "gradient_checkpointing", False),
             "bf16": None if params.get("bf16") is None else flag(params, "bf16", False),
         }
+        if quantize := quantize_param(params, use_lora=clean["use_lora"]):  # QLoRA: the base in 4/8 bits (annotate.runs.fit)
+            clean["quantize"] = quantize
         if kind in ("sft", "dpo"):
             clean["snapshot"] = snapshot_param(campaign, params)
         if kind in ("dpo", "rloo"):
@@ -95,7 +98,8 @@ def _common_config(p: dict, parent: ModelVersion, out: Path) -> dict:
     return {"base_model": str(registry.checkpoint_dir(parent)), "output_dir": str(out), "use_lora": p["use_lora"],
             "learning_rate": p["learning_rate"], "num_train_epochs": p["epochs"], "max_steps": p["max_steps"],
             "per_device_train_batch_size": p["batch_size"], "seed": p["seed"], "use_cpu": not torch.cuda.is_available(), "logging_steps": 1,
-            "gradient_checkpointing": p.get("gradient_checkpointing", False), "bf16": p.get("bf16")}
+            "gradient_checkpointing": p.get("gradient_checkpointing", False), "bf16": p.get("bf16"),
+            "quantize": p.get("quantize")}
 
 
 def _streaming(ctx: RunContext, epochs: float):
@@ -121,6 +125,7 @@ def train_and_register_policy(kind: str, ctx: RunContext, p: dict) -> ModelVersi
 
     campaign = ctx.run.campaign
     parent = ModelVersion.objects.get(name=p["policy"]) if p["policy"] else current_policy(campaign)
+    refuse_if_it_cannot_fit_here(kind, campaign, {**p, "policy": parent.name})  # fail now, not out of memory an hour in
     out = Path(settings.ARTIFACTS_DIR) / "runs" / str(ctx.run.pk) / kind
     try:
         result, snapshot = _train(kind, ctx, p, campaign, _common_config(p, parent, out))

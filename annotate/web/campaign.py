@@ -33,6 +33,8 @@ def overview(request, slug):
     if access.may_start(campaign, "reward"):
         context["reward_form"] = RewardForm(campaign=campaign)
         context["round_form"] = RewardForm(prefix="round", campaign=campaign)
+        context["reward_memory"] = context["reward_form"].memory_line("reward")
+        context["round_memory"] = context["round_form"].memory_line("round")
         context["training_blocker"] = training_blocker(campaign)
     return render(request, "annotate/campaign.html", context)
 

@@ -5,6 +5,7 @@ from django import forms
 
 from annotate import access
 from annotate.models import ModelVersion, Response
+from annotate.runs.fit import fit_summary
 from annotate.runs.registry import DEFAULT_BASE_NAME, current_policy
 
 
@@ -47,7 +48,13 @@ class RewardForm(forms.Form):
 
     def __init__(self, *args, campaign, **kwargs):
         super().__init__(*args, **kwargs)
+        self.campaign = campaign
         self.fields["base_model"].choices = [(n, n) for n in generatable_models(campaign)]
 
     def params(self) -> dict:
         return dict(self.cleaned_data)
+
+    def memory_line(self, kind: str = "reward") -> str:
+        """The memory estimate of a run with this form's first choices, against the live workers (annotate.runs.fit)."""
+        reward = {"base_model": self.fields["base_model"].choices[0][0], "use_lora": True}
+        return fit_summary(kind, self.campaign, reward if kind == "reward" else {"method": "ppo", "reward": reward, "policy": {}})

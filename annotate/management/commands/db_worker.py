@@ -8,12 +8,15 @@ up to 30 s), and a task whose outcome could not be recorded is recorded once rec
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import time
 
 from django_tasks_db.management.commands import db_worker as upstream
 from django_tasks_db.models import DBTaskResult
 
 from annotate.core.db import DISCONNECTS, reconnect, retry_on_disconnect
+from annotate.jobs.workers import start_beating
 
 logger = logging.getLogger("django_tasks_db")
 LONGEST_WAIT = 30.0
@@ -21,6 +24,14 @@ LONGEST_WAIT = 30.0
 
 class ResilientWorker(upstream.Worker):
     def run(self) -> None:
+        # the worker's own heartbeat: its queues, devices and free memory, for runs checked before they queue (annotate.runs.fit)
+        stop_beating = start_beating(f"{socket.gethostname()}:{os.getpid()}", self.queue_names, busy=lambda: self.running_task)
+        try:
+            self._run_reconnecting()
+        finally:
+            stop_beating()
+
+    def _run_reconnecting(self) -> None:
         wait = 1.0
         while self.running:
             began = time.monotonic()

@@ -10,6 +10,7 @@ from django.db import close_old_connections
 
 from annotate.core.db import DISCONNECTS, reconnect
 from annotate.jobs.engine import fail_stale_runs, requeue_lost_runs
+from annotate.jobs.workers import forget_dead_workers
 from annotate.labeling.assignment import reclaim_expired_leases
 
 log = logging.getLogger(__name__)
@@ -38,6 +39,7 @@ class Command(BaseCommand):
 
     def sweep(self, verbosity: int) -> None:
         leases, runs, requeued = reclaim_expired_leases(), fail_stale_runs(), requeue_lost_runs()
+        forget_dead_workers()  # their rows are ignored once stale; this only keeps the table small
         if leases or runs or requeued or verbosity > 1:
             self.stdout.write(
                 f"reclaimed {leases} lapsed leases; failed {runs} runs without a heartbeat; requeued {requeued} lost runs"
