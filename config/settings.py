@@ -127,7 +127,8 @@ TEMPLATES = [
 # idle is replaced instead of failing the next request.
 #   CONN_MAX_AGE       unset or 0: the pool (PostgreSQL) or one connection per request (SQLite).
 #                      N > 0: no pool; each thread keeps its own connection for N seconds (only for
-#                      a WSGI server with a fixed set of threads; never under daphne).
+#                      a WSGI server with a fixed set of threads; never under daphne). config/wsgi.py
+#                      makes 60 the default under WSGI servers (cheaper per request than the pool).
 #   DB_POOL_MAX_SIZE   connections per process at most (default 10); waiting longer than
 #                      DB_POOL_TIMEOUT seconds (default 10) for one gives a 503, not a hang.
 CONN_MAX_AGE = int(os.environ.get("CONN_MAX_AGE") or "0")
