@@ -17,7 +17,7 @@ PROBE = (
 def settings_under(module: str) -> list:
     env = {k: v for k, v in os.environ.items() if k != "CONN_MAX_AGE"}
     env["DATABASE_URL"] = "postgres://postgres@127.0.0.1:5432/arbiter_probe"  # only parsed, never connected
-    out = subprocess.run([sys.executable, "-c", PROBE.format(module=module)], cwd=ROOT, env=env, capture_output=True, text=True, check=True)
+    out = subprocess.run([sys.executable, "-c", PROBE.replace("{module}", module)], cwd=ROOT, env=env, capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
