@@ -164,6 +164,13 @@ class RunContext:
         self.params = run.params
         self._checked_at = 0.0
 
+    @property
+    def campaign(self) -> Campaign:
+        """The run's campaign, for the kinds that work on one (a run of such a kind without one is a bug)."""
+        if self.run.campaign is None:
+            raise ValueError(f"run {self.run.pk} ({self.run.kind}) has no campaign")
+        return self.run.campaign
+
     def progress(self, fraction: float, message: str = "") -> None:
         fraction = min(max(float(fraction), 0.0), 1.0)
         retry_on_disconnect(lambda: Run.objects.filter(pk=self.run.pk).update(progress=fraction, progress_message=message[:300]))
