@@ -200,8 +200,8 @@ class RunContext:
         """True once someone asked to cancel (read from the database at most once a second)."""
         if time.monotonic() - self._checked_at >= 1.0:
             self._checked_at = time.monotonic()
-            self.run.cancel_requested = retry_on_disconnect(
-                lambda: Run.objects.filter(pk=self.run.pk).values_list("cancel_requested", flat=True).first()
+            self.run.cancel_requested = bool(
+                retry_on_disconnect(lambda: Run.objects.filter(pk=self.run.pk).values_list("cancel_requested", flat=True).first())
             )
         return bool(self.run.cancel_requested)
 

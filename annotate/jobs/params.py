@@ -48,6 +48,7 @@ def model_name(params: dict, name: str = "name") -> str | None:
     if value is None:
         return None
     limit = ModelVersion._meta.get_field("name").max_length
+    assert limit is not None  # a CharField has one
     if not isinstance(value, str) or not value.strip() or len(value) > limit:
         raise InvalidParams(f"{name} must be text of 1 to {limit} characters.", field=name)
     if ModelVersion.objects.filter(name=value).exists():
