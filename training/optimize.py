@@ -49,7 +49,7 @@ import transformers
 from safetensors.torch import save_file
 from torch import nn
 from torch.nn.utils import prune as torch_prune
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import AutoModelForCausalLM, AutoTokenizer, BatchEncoding, PreTrainedModel, PreTrainedTokenizerBase
 
 from training.checkpoints import QUANTIZED_MARKER, atomic_dir
 from training.generate import GenerationConfig, generate
@@ -375,6 +375,7 @@ def decode_speed(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, pro
     """
     encoded = tokenizer.apply_chat_template(list(prompts), add_generation_prompt=True, tokenize=True, padding=True,
                                             return_dict=True, return_tensors="pt")
+    assert isinstance(encoded, BatchEncoding)  # what return_dict=True returns
     ids, mask = encoded["input_ids"].to(model.device), encoded["attention_mask"].to(model.device)
     model(input_ids=ids, attention_mask=mask, logits_to_keep=1).logits.tolist()  # warm-up: kernels, allocator
     start, start_cpu = time.perf_counter(), time.process_time()

@@ -26,6 +26,7 @@ from accelerate.utils import is_peft_model
 from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
+    BatchEncoding,
     PreTrainedModel,
     PreTrainedTokenizerBase,
     Trainer,
@@ -273,10 +274,11 @@ def response_logprobs(
     prompt + response; the response tokens are those after the common prefix. Their sum is
     log p(response | prompt).
     """
-    prompt_ids = tokenizer.apply_chat_template(list(prompt), add_generation_prompt=True, tokenize=True,
-                                               return_dict=True)["input_ids"]
+    prompt_encoded = tokenizer.apply_chat_template(list(prompt), add_generation_prompt=True, tokenize=True, return_dict=True)
     full = [*prompt, {"role": "assistant", "content": response}]
-    ids = tokenizer.apply_chat_template(full, tokenize=True, return_dict=True)["input_ids"]
+    full_encoded = tokenizer.apply_chat_template(full, tokenize=True, return_dict=True)
+    assert isinstance(prompt_encoded, BatchEncoding) and isinstance(full_encoded, BatchEncoding)  # what return_dict=True returns
+    prompt_ids, ids = prompt_encoded["input_ids"], full_encoded["input_ids"]
     start = _common_prefix(prompt_ids, ids)
     input_ids = torch.tensor([ids], device=next(model.parameters()).device)
     logprobs = model(input_ids=input_ids, use_cache=False).logits[0, :-1].float().log_softmax(-1)

@@ -43,8 +43,8 @@ def save_checkpoint(
     """Adapters, critic head, optimizer, RNG and progress; written beside the old one, then swapped in."""
     tmp = checkpoint_dir.with_name(checkpoint_dir.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    policy.save_pretrained(tmp / "policy_adapter")
-    critic.save_pretrained(tmp / "critic_adapter")
+    policy.save_pretrained(str(tmp / "policy_adapter"))
+    critic.save_pretrained(str(tmp / "critic_adapter"))
     rng = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
     if torch.cuda.is_available():
         rng["cuda"] = torch.cuda.get_rng_state_all()
@@ -74,7 +74,7 @@ def load_checkpoint(
 def save_final_policy(policy: PeftModel, tokenizer: PreTrainedTokenizerBase, output_dir: Path) -> tuple[Path, Path]:
     """Write the LoRA adapter to output_dir/adapter and the merged model to output_dir/policy."""
     adapter_dir, policy_dir = output_dir / "adapter", output_dir / "policy"
-    policy.save_pretrained(adapter_dir)
+    policy.save_pretrained(str(adapter_dir))
     tokenizer.save_pretrained(adapter_dir)
     merged: PreTrainedModel = policy.merge_and_unload()  # folds the adapters into the base weights, in place
     merged.save_pretrained(policy_dir, safe_serialization=True)
