@@ -235,7 +235,9 @@ def save_policy(
     if trainer.is_world_process_zero():
         model = trainer.accelerator.unwrap_model(trainer.model, keep_fp32_wrapper=False)
         tokenizer = trainer.processing_class
+        assert isinstance(tokenizer, PreTrainedTokenizerBase)  # these trainers are given a tokenizer
         if is_peft_model(model):
+            assert result.adapter_dir is not None  # set when config.use_lora, which is what made the model a PEFT one
             model.save_pretrained(result.adapter_dir)
             tokenizer.save_pretrained(result.adapter_dir)
             model = model.merge_and_unload()  # folds the adapters into the base weights, in place

@@ -146,7 +146,9 @@ def _final_model(trainer: WeightedRewardTrainer, config: RewardConfig) -> PreTra
 def _save(model: PreTrainedModel, trainer: WeightedRewardTrainer, config: RewardConfig, result: RewardResult) -> None:
     out = Path(config.output_dir)
     model.save_pretrained(out)
-    trainer.processing_class.save_pretrained(out)
+    tokenizer = trainer.processing_class
+    assert tokenizer is not None  # the reward trainer is given a tokenizer
+    tokenizer.save_pretrained(out)
     _write_json(out / "reward_config.json", {**asdict(config), "resolved": resolved_settings(trainer.args)})
     summary = {k: v for k, v in asdict(result).items() if k not in ("chosen_scores", "rejected_scores")}
     _write_json(out / "metrics.json", {**summary, "output_dir": str(out)})
