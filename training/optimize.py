@@ -110,6 +110,7 @@ def optimize(source_dir: Path | str, out_dir: Path | str, config: OptimizeConfig
     source_dir, out_dir = Path(source_dir), Path(out_dir)
     with atomic_dir(out_dir) as tmp:
         if config.method == "merge":
+            assert config.adapter_dir  # config.validate() refuses a merge without one
             details = merge_lora(Path(config.adapter_dir), tmp)
         elif config.method == "int8":
             details = quantize_int8(source_dir, tmp)
@@ -157,6 +158,8 @@ def int8_targets(model: nn.Module) -> list[str]:
 
 def quantize_int8(source_dir: Path, out_dir: Path) -> dict[str, Any]:
     """Quantise the source's linear layers to int8 and store integers, scales and the float rest."""
+    from torch.ao.nn.quantized.dynamic import Linear as DynamicInt8Linear
+
     model = load_causal_lm(source_dir, device="cpu", dtype=torch.float32)
     dense = {k: v for k, v in model.state_dict().items() if not (model.config.tie_word_embeddings and k == "lm_head.weight")}
     targets = int8_targets(model)
@@ -164,7 +167,9 @@ def quantize_int8(source_dir: Path, out_dir: Path) -> dict[str, Any]:
     quantized = {f"{name}.weight" for name in targets}
     tensors = {k: v for k, v in dense.items() if k not in quantized}
     for name in targets:
-        weight = model.get_submodule(name).weight()
+        layer = model.get_submodule(name)
+        assert isinstance(layer, DynamicInt8Linear)  # quantize_dynamic_int8 just swapped it in
+        weight = layer.weight()
         tensors[f"{name}.weight_int8"] = weight.int_repr()
         tensors[f"{name}.weight_scale"] = weight.q_per_channel_scales()
         tensors[f"{name}.weight_zero_point"] = weight.q_per_channel_zero_points()
@@ -257,6 +262,8 @@ def prune_mlp_channels(model: PreTrainedModel, sparsity: float) -> int:
         mlp.gate_proj, mlp.up_proj = _take(mlp.gate_proj, keep, dim=0), _take(mlp.up_proj, keep, dim=0)
         mlp.down_proj = _take(mlp.down_proj, keep, dim=1)
         kept = len(keep)
+    if kept is None:
+        raise OptimizationError("the model has no layers to prune")
     model.config.intermediate_size = kept
     return kept
 
