@@ -39,7 +39,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -311,7 +311,7 @@ class Measurement:
 
 def compare(
     source_dir: Path | str,
-    candidates: dict[str, Path | str],
+    candidates: Mapping[str, Path | str],
     prompts: Sequence[Messages],
     pairs: Sequence[tuple[Messages, str, str]],
     config: MeasureConfig,

@@ -192,7 +192,7 @@ class RunContext:
         # hour of training to one dropped connection would be worse.
         retry_on_disconnect(lambda: RunMetric.objects.bulk_create(rows))
 
-    def artifact(self, name: str, path: str) -> None:
+    def artifact(self, name: str, path: str | Path) -> None:
         self.run.artifacts[name] = str(path)
         retry_on_disconnect(lambda: Run.objects.filter(pk=self.run.pk).update(artifacts=self.run.artifacts))
 

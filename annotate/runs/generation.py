@@ -9,6 +9,8 @@ reward model's score (guidance without changing the model).
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 from django.db import transaction
 
@@ -16,7 +18,7 @@ from annotate.campaigns.task_building import build_tasks, shuffle
 from annotate.jobs.engine import InvalidParams, RunContext, RunFailed, register
 from annotate.jobs.params import integer, number, text_list
 from annotate.models import Campaign, ModelVersion, Response, Task, TaskResponse
-from annotate.runs.endpoint_generation import EndpointSource
+from annotate.runs.endpoint_generation import EndpointCompletion, EndpointSource
 from annotate.runs.endpoints import is_endpoint, sampling_defaults, serving_endpoint
 from annotate.runs.registry import (
     RegistryError,
@@ -26,6 +28,9 @@ from annotate.runs.registry import (
     resolve_for_generation,
     reward_model_param,
 )
+
+if TYPE_CHECKING:
+    from training.generate import Completion
 
 MAX_MODELS, MAX_PROMPTS = 32, 100_000  # list params: a clear 400 rather than a body-sized loop
 LIMITS = {"n_per_prompt": (1, 16), "max_new_tokens": (1, 2048), "batch_size": (1, 1024), "limit": (1, 1_000_000)}
@@ -83,7 +88,7 @@ def generate_into_queue(ctx: RunContext, params: dict) -> dict:
     from training.endpoint_client import EndpointError
     from training.generate import GenerationConfig, generate
 
-    campaign = ctx.run.campaign
+    campaign = ctx.campaign
     prompts = campaign.prompts.order_by("id")
     if params["prompts"]:
         prompts = prompts.filter(external_id__in=params["prompts"])
@@ -102,6 +107,7 @@ def generate_into_queue(ctx: RunContext, params: dict) -> dict:
         try:
             version = resolve_for_generation(name) if not is_endpoint(name) else ModelVersion.objects.get(name=name)
             endpoint = serving_endpoint(version)
+            batches: Iterator[list[EndpointCompletion]] | Iterator[list[Completion]]
             if endpoint is not None:  # an OpenAI-compatible server generates (annotate.runs.endpoint_generation)
                 source = EndpointSource(ctx, version, endpoint, prompt_rows, params, keep * best_of)
                 ctx.log(f"generating with {name} through endpoint {endpoint.name} ({source.generation_params['base_url']})")
@@ -146,7 +152,7 @@ def keep_best(batches, per_prompt: int, keep: int, score_fn):
         return
     pending: dict[int, list] = defaultdict(list)
     for batch in batches:
-        ready = []
+        ready: list[tuple[object, dict]] = []
         for completion in batch:
             candidates = pending[completion.prompt_index]
             candidates.append(completion)
@@ -187,7 +193,7 @@ def build_head_to_head(campaign: Campaign, responses: list[Response], baseline: 
     tasks = Task.objects.bulk_create(
         Task(campaign=campaign, prompt_id=prompt_id, judgements_needed=campaign.overlap, remaining=campaign.overlap) for prompt_id, _ in pairs
     )
-    slots = []
+    slots: list[TaskResponse] = []
     for task, (_, ids) in zip(tasks, pairs):
         shuffle(ids)
         slots.extend(TaskResponse(task=task, response_id=rid, position=i) for i, rid in enumerate(ids))

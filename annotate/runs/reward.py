@@ -62,7 +62,7 @@ def train_and_register(ctx: RunContext, p: dict):
     from training.reward_config import RewardConfig, RewardTrainingError
     from training.trl_common import TrainingCancelled
 
-    run, campaign = ctx.run, ctx.run.campaign
+    run, campaign = ctx.run, ctx.campaign
     options = PreferenceOptions(weighting=p["weighting"], aggregation=p["aggregation"], include_excluded=p["include_excluded"],
                                 eval_fraction=p["eval_fraction"], seed=p["seed"])
     snapshot = training_snapshot(run, "reward", p.get("snapshot"), include_paused=p["include_excluded"])

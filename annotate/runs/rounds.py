@@ -9,6 +9,8 @@ against round N-1) come from `round_summaries`.
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 from annotate.jobs.engine import InvalidParams, RunContext, RunFailed, register
 from annotate.models import Campaign, Judgement, ModelVersion, Response
 from annotate.runs.endpoints import is_endpoint, serve_through
@@ -24,10 +26,10 @@ METHODS = ("ppo", "dpo", "rloo")
 PHASES = {"reward": (0.0, 0.3), "policy": (0.3, 0.85), "generate": (0.85, 1.0)}
 
 
-class PhaseContext:
+class PhaseContext(RunContext):
     """A RunContext for one phase: progress scaled into the phase's part of the bar, metrics prefixed."""
 
-    def __init__(self, ctx: RunContext, phase: str):
+    def __init__(self, ctx: RunContext, phase: str):  # no super().__init__: all but progress and metrics go to `ctx`
         self._ctx, self._phase = ctx, phase
         self._low, self._high = PHASES[phase]
         self.run, self.params = ctx.run, ctx.params
@@ -38,8 +40,17 @@ class PhaseContext:
     def metrics(self, step: int, values: dict) -> None:
         self._ctx.metrics(step, {f"{self._phase}/{k}": v for k, v in values.items()})
 
-    def __getattr__(self, name):  # log, artifact, should_stop, check_cancelled
-        return getattr(self._ctx, name)
+    def log(self, line: str) -> None:
+        self._ctx.log(line)
+
+    def artifact(self, name: str, path: str | Path) -> None:
+        self._ctx.artifact(name, path)
+
+    def should_stop(self) -> bool:
+        return self._ctx.should_stop()
+
+    def check_cancelled(self) -> None:
+        self._ctx.check_cancelled()
 
 
 def validate_params(campaign: Campaign | None, params: dict) -> dict:
@@ -68,7 +79,7 @@ def validate_params(campaign: Campaign | None, params: dict) -> dict:
 
 
 def run_round(ctx: RunContext) -> dict:
-    campaign, method = ctx.run.campaign, ctx.params["method"]
+    campaign, method = ctx.campaign, ctx.params["method"]
     previous = current_policy(campaign)
     ctx.log(f"round from {previous.name} (round {previous.round or 0}), policy optimisation: {method}")
     reward, _ = train_and_register(PhaseContext(ctx, "reward"), ctx.params["reward"])
@@ -105,7 +116,7 @@ def optimise_policy(method: str, ctx, campaign: Campaign, previous: ModelVersion
 
 def human_win_rate(new: ModelVersion, old: ModelVersion) -> tuple[float | None, int]:
     """How often labelers ranked `new`'s response above `old`'s on head-to-head tasks (ties half); (rate, judgements)."""
-    model_of = {}
+    model_of: dict[int, int] = {}  # response id -> model version id
     # two filter() calls: the task has a response of each model (not one response of both)
     judgements = (
         Judgement.objects.filter(task__responses__model_version=new, task__is_gold=False)

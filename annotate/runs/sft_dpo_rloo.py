@@ -112,7 +112,7 @@ def train_and_register_policy(kind: str, ctx: RunContext, p: dict) -> ModelVersi
     from training.policy_io import PolicyTrainingError
     from training.trl_common import TrainingCancelled
 
-    campaign = ctx.run.campaign
+    campaign = ctx.campaign
     parent = ModelVersion.objects.get(name=p["policy"]) if p["policy"] else current_policy(campaign)
     out = Path(settings.ARTIFACTS_DIR) / "runs" / str(ctx.run.pk) / kind
     try:

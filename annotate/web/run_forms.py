@@ -27,11 +27,11 @@ class GenerationForm(forms.Form):
     def __init__(self, *args, campaign, **kwargs):
         super().__init__(*args, **kwargs)
         names = generatable_models(campaign)
-        self.fields["models"].choices = [(n, n) for n in names]
+        _choice_field(self, "models").choices = [(n, n) for n in names]
         policy = current_policy(campaign).name
         self.fields["models"].initial = [policy if policy in names else names[0]]  # defaults that work: one click generates
         baselines = Response.objects.filter(prompt__campaign=campaign).values_list("model_version__name", flat=True).distinct()
-        self.fields["head_to_head_with"].choices = [("", "— build tasks from new responses only —")] + [(n, n) for n in sorted(baselines)]
+        _choice_field(self, "head_to_head_with").choices = [("", "— build tasks from new responses only —")] + [(n, n) for n in sorted(baselines)]
 
     def params(self) -> dict:
         data = {k: v for k, v in self.cleaned_data.items() if v not in (None, "")}
@@ -47,7 +47,14 @@ class RewardForm(forms.Form):
 
     def __init__(self, *args, campaign, **kwargs):
         super().__init__(*args, **kwargs)
-        self.fields["base_model"].choices = [(n, n) for n in generatable_models(campaign)]
+        _choice_field(self, "base_model").choices = [(n, n) for n in generatable_models(campaign)]
 
     def params(self) -> dict:
         return dict(self.cleaned_data)
+
+
+def _choice_field(form: forms.Form, name: str) -> forms.ChoiceField:
+    """The form's choice field `name`, typed as one (the choices are filled in per campaign)."""
+    field = form.fields[name]
+    assert isinstance(field, forms.ChoiceField)
+    return field
