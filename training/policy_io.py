@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -195,7 +195,7 @@ def run_trainer(trainer: Trainer, stream: StreamAndStop, name: str) -> Any:
 _TRAINER_SUMMARY = {"train_runtime", "train_samples_per_second", "train_steps_per_second", "total_flos", "train_loss"}
 
 
-def summary_metrics(output: Any, stream: StreamAndStop, data: dict[str, float] | None = None) -> dict[str, float]:
+def summary_metrics(output: Any, stream: StreamAndStop, data: Mapping[str, float] | None = None) -> dict[str, float]:
     """The last value of each logged figure, the Trainer's loss and throughput, and data/* counts."""
     last: dict[str, float] = {}
     for entry in stream.history:
@@ -218,7 +218,7 @@ def save_policy(
     name: str,
     output: Any,
     stream: StreamAndStop,
-    data: dict[str, float] | None = None,
+    data: Mapping[str, float] | None = None,
 ) -> PolicyResult:
     """Write adapter/, merged/, <name>_config.json and metrics.json (rank 0); return the result on every rank.
 

@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import argparse
 import json
-from collections.abc import Callable, Sequence, Sized
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -46,7 +46,7 @@ from training.preferences import Row, content_hash, read_jsonl
 from training.reward_config import RewardConfig, RewardResult, RewardTrainingError
 from training.reward_metrics import calibration, eval_scores, pairwise_accuracy
 from training.reward_trainer import WeightedRewardTrainer, build_trainer
-from training.trl_common import TrainingCancelled, resolved_settings
+from training.trl_common import TrainingCancelled, dataset_rows, resolved_settings
 
 # ---------------------------------------------------------------- training
 
@@ -117,21 +117,15 @@ def _evaluate(model: PreTrainedModel, trainer: WeightedRewardTrainer, output, co
         calibration=bins,
         chosen_scores=chosen,
         rejected_scores=rejected,
-        train_pairs=_rows(trainer.train_dataset),
-        eval_pairs=_rows(trainer.eval_dataset),
+        train_pairs=dataset_rows(trainer.train_dataset),
+        eval_pairs=dataset_rows(trainer.eval_dataset),
         global_step=output.global_step,
     )
 
 
-def _rows(dataset: object) -> int:
-    """Pairs in a split build_trainer gave the trainer (a datasets.Dataset; Trainer types it loosely)."""
-    assert isinstance(dataset, Sized), type(dataset)
-    return len(dataset)
-
-
 def _check_lengths(trainer: WeightedRewardTrainer, config: RewardConfig, n_train: int, n_eval: int) -> tuple[int, int]:
     """Pairs TRL dropped for exceeding max_length, per split; raises if a split lost them all."""
-    kept_train, kept_eval = _rows(trainer.train_dataset), _rows(trainer.eval_dataset)
+    kept_train, kept_eval = dataset_rows(trainer.train_dataset), dataset_rows(trainer.eval_dataset)
     for split, kept, total in (("training", kept_train, n_train), ("eval", kept_eval, n_eval)):
         if kept == 0:
             raise RewardTrainingError(
