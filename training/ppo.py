@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import numpy as np
 import torch
@@ -29,6 +29,7 @@ from torch import Tensor, nn
 from transformers import (
     AutoModelForCausalLM,
     AutoModelForSequenceClassification,
+    BatchEncoding,
     GenerationConfig,
     PreTrainedModel,
     PreTrainedTokenizerBase,
@@ -47,10 +48,19 @@ from training.losses import (
     truncate_after_eos,
 )
 from training.models import default_device, load_tokenizer
-from training.ppo_checkpoints import append_jsonl, load_checkpoint, sample_row, save_checkpoint, save_final_policy, truncate_jsonl
+from training.ppo_checkpoints import (
+    TrainerState,
+    append_jsonl,
+    load_checkpoint,
+    sample_row,
+    save_checkpoint,
+    save_final_policy,
+    truncate_jsonl,
+)
 from training.reward_scoring import encode, forward_scores, load_reward_model
 
 Messages = list[dict]
+M = TypeVar("M", bound=nn.Module)
 
 
 @dataclass
@@ -156,7 +166,7 @@ def reward_fn_from_checkpoint(path: str | Path, device: str | None = None, batch
 # ---------------------------------------------------------------- models
 
 
-def _without_dropout(model: nn.Module) -> nn.Module:
+def _without_dropout(model: M) -> M:
     """Dropout off for good: config probabilities, Dropout modules and eval mode."""
     config = getattr(model, "config", None)
     for name, value in vars(config).items() if config is not None else []:
@@ -218,8 +228,10 @@ def _response_logits(
     small model.
     """
     causal_lm = policy.get_base_model()  # its LoRA layers active unless disable_adapter() is on
+    assert isinstance(causal_lm, PreTrainedModel)
     hidden = _response_hidden(causal_lm, query_responses, attention_mask, context_length)
     lm_head = causal_lm.get_output_embeddings()
+    assert isinstance(lm_head, nn.Module)
     if getattr(lm_head, "bias", None) is None and getattr(causal_lm.config, "final_logit_softcapping", None) is None:
         return lm_head(hidden / temperature)
     return lm_head(hidden) / temperature
@@ -234,7 +246,8 @@ def _logprobs_and_logp(logits: Tensor, tokens: Tensor) -> tuple[Tensor, Tensor]:
 def _response_values(critic: PeftModel, query_responses: Tensor, attention_mask: Tensor, context_length: int) -> Tensor:
     """V(state before each response token), from the critic's head on every position. Shapes: (B, P+T) -> (B, T)."""
     inner = critic.get_base_model()  # the sequence classifier, its LoRA layers active
-    return inner.score(_response_hidden(inner, query_responses, attention_mask, context_length)).squeeze(-1).float()
+    assert isinstance(inner, PreTrainedModel)
+    return inner.get_submodule("score")(_response_hidden(inner, query_responses, attention_mask, context_length)).squeeze(-1).float()
 
 
 # ---------------------------------------------------------------- training
@@ -282,7 +295,7 @@ def train_ppo(
     )
     B, temperature = config.rollout_batch_size, config.temperature
 
-    state = {"iteration": 0, "kl_coef": config.kl_coef, "score_offset": 0.0, "history": []}
+    state: TrainerState = {"iteration": 0, "kl_coef": config.kl_coef, "score_offset": 0.0, "history": []}
     checkpoint_dir = output_dir / "checkpoint"
     if resume and (checkpoint_dir / "trainer_state.pt").is_file():
         state = load_checkpoint(checkpoint_dir, policy, critic, optimizer)
@@ -434,6 +447,7 @@ def _encode_prompts(tokenizer: PreTrainedTokenizerBase, prompts: list[Messages],
     encoded = tokenizer.apply_chat_template(
         prompts, add_generation_prompt=True, padding=True, return_tensors="pt", return_dict=True
     )
+    assert isinstance(encoded, BatchEncoding)  # what return_dict=True returns
     return {"input_ids": encoded["input_ids"].to(device), "attention_mask": encoded["attention_mask"].to(device)}
 
 

@@ -6,12 +6,22 @@ import json
 import random
 import shutil
 from pathlib import Path
+from typing import TypedDict
 
 import numpy as np
 import torch
 from peft import PeftModel, load_peft_weights, set_peft_model_state_dict
 from torch import Tensor
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+
+class TrainerState(TypedDict):
+    """PPO's progress, saved with every checkpoint."""
+
+    iteration: int
+    kl_coef: float
+    score_offset: float
+    history: list[dict[str, float]]
 
 Messages = list[dict]
 
@@ -38,7 +48,7 @@ def append_jsonl(path: Path, row: dict) -> None:
 
 
 def save_checkpoint(
-    checkpoint_dir: Path, policy: PeftModel, critic: PeftModel, optimizer: torch.optim.Optimizer, state: dict
+    checkpoint_dir: Path, policy: PeftModel, critic: PeftModel, optimizer: torch.optim.Optimizer, state: TrainerState
 ) -> None:
     """Adapters, critic head, optimizer, RNG and progress; written beside the old one, then swapped in."""
     tmp = checkpoint_dir.with_name(checkpoint_dir.name + ".tmp")
@@ -55,7 +65,7 @@ def save_checkpoint(
 
 def load_checkpoint(
     checkpoint_dir: Path, policy: PeftModel, critic: PeftModel, optimizer: torch.optim.Optimizer
-) -> dict:
+) -> TrainerState:
     """Restore what save_checkpoint wrote into freshly built models; returns the progress state."""
     device = policy.device
     set_peft_model_state_dict(policy, load_peft_weights(str(checkpoint_dir / "policy_adapter"), device=str(device)))
