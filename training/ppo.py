@@ -48,10 +48,12 @@ from training.losses import (
     truncate_after_eos,
 )
 from training.models import default_device, load_tokenizer
+from training.ppo_alarms import Alarms
 from training.ppo_checkpoints import (
     TrainerState,
     append_jsonl,
     load_checkpoint,
+    resumable_checkpoint,
     sample_row,
     save_checkpoint,
     save_final_policy,
@@ -112,7 +114,25 @@ class PPOConfig:
     normalize_scores: bool = True
     """Subtract the mean score of the starting policy's completions (measured once), so it scores ≈0."""
     max_grad_norm: float = 1.0
-    """Global gradient-norm clip over policy and critic."""
+    """Gradient-norm clip of the policy's parameters."""
+    critic_max_grad_norm: float = 1.0
+    """Gradient-norm clip of the critic's parameters (its own: a large value-loss gradient does not shrink the policy's step)."""
+    reference_samples: int = 64
+    """Completions of the starting policy whose mean score is the offset (normalize_scores); at least one rollout batch."""
+    max_prompt_tokens: int | None = None
+    """Longest chat-formatted prompt; longer ones lose tokens from the left (the question at the end stays). None: no limit."""
+    alarm_approxkl: float = 1.0
+    """Alarm when the mean approximate KL between old and new policy in an update exceeds this."""
+    alarm_clipfrac: float = 0.6
+    """Alarm when more than this share of tokens had their ratio clipped."""
+    alarm_ratio: float = 2.0
+    """Alarm when the mean ratio leaves [1/alarm_ratio, alarm_ratio]."""
+    alarm_kl: float = 20.0
+    """Alarm when the mean summed KL to the reference per completion exceeds this (nats): the policy has run away."""
+    alarm_entropy: float = 0.001
+    """Alarm when the policy's mean per-token entropy (nats) falls below this (collapse)."""
+    alarm_patience: int = 3
+    """Iterations in a row over a threshold before the run stops (each one logs a warning)."""
     seed: int = 0
     """Seeds sampling, LoRA initialisation and minibatch order."""
     save_every: int = 10
@@ -138,6 +158,8 @@ class PPOResult:
     """True when should_stop() ended the run before total_iterations."""
     history: list[dict[str, float]]
     """Metrics of every completed iteration, in order."""
+    alarm: str | None = None
+    """Why the alarms stopped the run (None: they did not); no final policy is saved then."""
 
 
 class RewardFn(Protocol):
@@ -260,8 +282,14 @@ def train_ppo(
     on_log: Callable[[int, dict[str, float]], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
     resume: bool = True,
+    reference_prompts: list[Messages] | None = None,
 ) -> PPOResult:
     """Optimise the policy at config.policy_path against reward_fn on `prompts` (chat messages).
+
+    The score offset is measured on `reference_prompts` (held-out prompts; default: the training
+    prompts) with at least config.reference_samples completions. Alarms (`training.ppo_alarms`)
+    that stay over their thresholds for config.alarm_patience iterations stop the run:
+    result.alarm says why, and no final policy is saved.
 
     Calls on_log(iteration, metrics) after each iteration and checks should_stop() before each;
     a stopped run saves a checkpoint that resume=True continues from. Same seed, same machine:
@@ -282,8 +310,9 @@ def train_ppo(
     policy = _load_policy(config, device)
     critic = _load_critic(config, _critic_source(config, tokenizer), pad_id, device)
     autocast = _autocast(config, device)
-    params = [p for m in (policy, critic) for p in m.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=config.learning_rate, eps=1e-5)
+    policy_params = [p for p in policy.parameters() if p.requires_grad]
+    critic_params = [p for p in critic.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(policy_params + critic_params, lr=config.learning_rate, eps=1e-5)
     generation_config = GenerationConfig(
         do_sample=True,
         top_k=0,
@@ -295,13 +324,16 @@ def train_ppo(
     )
     B, temperature = config.rollout_batch_size, config.temperature
 
-    state: TrainerState = {"iteration": 0, "kl_coef": config.kl_coef, "score_offset": 0.0, "history": []}
+    state: TrainerState = {"iteration": 0, "kl_coef": config.kl_coef, "score_offset": 0.0, "score_offset_samples": 0, "history": []}
     checkpoint_dir = output_dir / "checkpoint"
-    if resume and (checkpoint_dir / "trainer_state.pt").is_file():
-        state = load_checkpoint(checkpoint_dir, policy, critic, optimizer)
+    if resume and (saved := resumable_checkpoint(checkpoint_dir)) is not None:
+        state = load_checkpoint(saved, policy, critic, optimizer)
     elif config.normalize_scores:
         with autocast():
-            state["score_offset"] = _reference_score(policy, tokenizer, prompts, reward_fn, generation_config, config)
+            state["score_offset"], state["score_offset_samples"] = _reference_score(
+                policy, tokenizer, reference_prompts or prompts, reward_fn, generation_config, config
+            )
+    alarms = Alarms(config)
     for log_name in ("metrics.jsonl", "samples.jsonl"):  # drop rows of iterations the checkpoint does not hold
         truncate_jsonl(output_dir / log_name, state["iteration"])
 
@@ -316,7 +348,7 @@ def train_ppo(
 
         # ROLLOUT
         batch_prompts = [prompts[i] for i in _prompt_indices(len(prompts), B, iteration, config.seed)]
-        query = _encode_prompts(tokenizer, batch_prompts, device)
+        query = _encode_prompts(tokenizer, batch_prompts, device, config.max_prompt_tokens)
         context_length = query["input_ids"].shape[1]
         start = time.perf_counter()
         with torch.no_grad(), autocast():
@@ -361,7 +393,8 @@ def train_ppo(
                 loss = pg_loss + config.vf_coef * vf_loss
                 optimizer.zero_grad()
                 loss.backward()
-                grad_norm = nn.utils.clip_grad_norm_(params, config.max_grad_norm)
+                grad_norm = nn.utils.clip_grad_norm_(policy_params, config.max_grad_norm)
+                critic_grad_norm = nn.utils.clip_grad_norm_(critic_params, config.critic_max_grad_norm)
                 optimizer.step()
                 with torch.no_grad():  # from the log-softmax the log-probs came from: no second one
                     entropy = masked_mean(-(mb_logp.exp() * mb_logp).sum(dim=-1), mb_mask)
@@ -374,6 +407,7 @@ def train_ppo(
                     "value/clipfrac": vf_clipfrac.item(),
                     "val/ratio": pg_stats["ratio"].item(),
                     "grad_norm": grad_norm.item(),
+                    "grad_norm_critic": critic_grad_norm.item(),
                 })
         b_kl_sum = b_kl.sum(dim=1)
         if config.target_kl is not None:
@@ -387,6 +421,7 @@ def train_ppo(
             "objective/kl_coef": kl_coef,
             "objective/scores": b_raw_scores.mean().item(),
             "objective/score_offset": state["score_offset"],
+            "objective/score_offset_samples": state.get("score_offset_samples", 0),
             "objective/missing_eos_penalty": b_penalty.mean().item(),
             "objective/non_score_reward": (-kl_coef * b_kl_sum).mean().item(),
             "objective/rlhf_reward": (b_scores - kl_coef * b_kl_sum).mean().item(),
@@ -400,18 +435,21 @@ def train_ppo(
             "lr": optimizer.param_groups[0]["lr"],
             "tokens_per_s": n_tokens / generation_s,
         }
+        alarm = alarms.check(metrics)  # adds alarm/* flags to the metrics
         state["history"].append(metrics)
         state["iteration"] = iteration + 1
         append_jsonl(output_dir / "metrics.jsonl", {"iteration": iteration, **metrics})
         append_jsonl(output_dir / "samples.jsonl", sample_row(iteration, batch_prompts, completions, b_raw_scores))
         if on_log is not None:
             on_log(iteration, metrics)
+        if alarm is not None:
+            break
         if state["iteration"] % config.save_every == 0:
             save_checkpoint(checkpoint_dir, policy, critic, optimizer, state)
 
     save_checkpoint(checkpoint_dir, policy, critic, optimizer, state)
-    result = PPOResult(output_dir, None, None, state["iteration"], stopped, state["history"])
-    if not stopped:
+    result = PPOResult(output_dir, None, None, state["iteration"], stopped, state["history"], alarm=alarms.reason)
+    if not stopped and alarms.reason is None:
         result.adapter_dir, result.policy_dir = save_final_policy(policy, tokenizer, output_dir)
     return result
 
@@ -442,12 +480,21 @@ def _prompt_indices(n_prompts: int, batch_size: int, iteration: int, seed: int) 
     return indices
 
 
-def _encode_prompts(tokenizer: PreTrainedTokenizerBase, prompts: list[Messages], device: torch.device) -> dict[str, Tensor]:
-    """Chat-formatted, left-padded prompts ending with the assistant header. Shapes: (B, P)."""
-    encoded = tokenizer.apply_chat_template(
-        prompts, add_generation_prompt=True, padding=True, return_tensors="pt", return_dict=True
-    )
+def _prompt_ids(tokenizer: PreTrainedTokenizerBase, prompt: Messages) -> list[int]:
+    encoded = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True, return_dict=True)
     assert isinstance(encoded, BatchEncoding)  # what return_dict=True returns
+    return encoded["input_ids"]
+
+
+def _encode_prompts(
+    tokenizer: PreTrainedTokenizerBase, prompts: list[Messages], device: torch.device, max_tokens: int | None = None
+) -> dict[str, Tensor]:
+    """Chat-formatted, left-padded prompts ending with the assistant header; those over max_tokens lose their
+    leftmost tokens (the end of the chat and the assistant header stay). Shapes: (B, P)."""
+    rows = [_prompt_ids(tokenizer, p) for p in prompts]
+    if max_tokens is not None:
+        rows = [ids[-max_tokens:] for ids in rows]
+    encoded = tokenizer.pad({"input_ids": rows}, padding=True, return_tensors="pt")  # the tokenizer pads on the left
     return {"input_ids": encoded["input_ids"].to(device), "attention_mask": encoded["attention_mask"].to(device)}
 
 
@@ -486,14 +533,20 @@ def _reference_score(
     reward_fn: RewardFn,
     generation_config: GenerationConfig,
     config: PPOConfig,
-) -> float:
-    """Mean score of one batch of the starting policy's completions (the offset that centres scores at 0)."""
-    batch_prompts = [prompts[i] for i in _prompt_indices(len(prompts), config.rollout_batch_size, 0, config.seed)]
-    query = _encode_prompts(tokenizer, batch_prompts, policy.device)
-    context_length = query["input_ids"].shape[1]
-    with policy.disable_adapter():
-        generated = policy.generate(**query, generation_config=generation_config)
-    responses, mask = truncate_after_eos(generated[:, context_length:], tokenizer.eos_token_id, tokenizer.pad_token_id)
-    completion_ids = [r[m.bool()].tolist() for r, m in zip(responses.cpu(), mask.cpu())]
-    completions = tokenizer.batch_decode(completion_ids, skip_special_tokens=True)
-    return reward_fn(batch_prompts, completions, completion_ids).float().mean().item()
+) -> tuple[float, int]:
+    """(mean score, samples) of at least config.reference_samples of the starting policy's completions, in
+    rollout-sized batches cycling through `prompts`: the offset that centres scores at 0."""
+    scores: list[float] = []
+    batch = 0
+    while len(scores) < max(config.reference_samples, 1):
+        batch_prompts = [prompts[i] for i in _prompt_indices(len(prompts), config.rollout_batch_size, batch, config.seed)]
+        query = _encode_prompts(tokenizer, batch_prompts, policy.device, config.max_prompt_tokens)
+        context_length = query["input_ids"].shape[1]
+        with policy.disable_adapter():
+            generated = policy.generate(**query, generation_config=generation_config)
+        responses, mask = truncate_after_eos(generated[:, context_length:], tokenizer.eos_token_id, tokenizer.pad_token_id)
+        completion_ids = [r[m.bool()].tolist() for r, m in zip(responses.cpu(), mask.cpu())]
+        completions = tokenizer.batch_decode(completion_ids, skip_special_tokens=True)
+        scores.extend(reward_fn(batch_prompts, completions, completion_ids).float().tolist())
+        batch += 1
+    return sum(scores) / len(scores), len(scores)

@@ -6,7 +6,7 @@ import json
 import random
 import shutil
 from pathlib import Path
-from typing import TypedDict
+from typing import NotRequired, TypedDict
 
 import numpy as np
 import torch
@@ -21,6 +21,7 @@ class TrainerState(TypedDict):
     iteration: int
     kl_coef: float
     score_offset: float
+    score_offset_samples: NotRequired[int]  # absent from checkpoints written before it was kept
     history: list[dict[str, float]]
 
 Messages = list[dict]
@@ -50,7 +51,12 @@ def append_jsonl(path: Path, row: dict) -> None:
 def save_checkpoint(
     checkpoint_dir: Path, policy: PeftModel, critic: PeftModel, optimizer: torch.optim.Optimizer, state: TrainerState
 ) -> None:
-    """Adapters, critic head, optimizer, RNG and progress; written beside the old one, then swapped in."""
+    """Adapters, critic head, optimizer, RNG and progress; written beside the old one, then swapped in.
+
+    The swap never leaves the run without a checkpoint: the old one is renamed aside (`.old`)
+    before the new one is renamed into place, and removed only after; `resumable_checkpoint`
+    finds whichever a crash left behind.
+    """
     tmp = checkpoint_dir.with_name(checkpoint_dir.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     policy.save_pretrained(str(tmp / "policy_adapter"))
@@ -59,8 +65,20 @@ def save_checkpoint(
     if torch.cuda.is_available():
         rng["cuda"] = torch.cuda.get_rng_state_all()
     torch.save({**state, "optimizer": optimizer.state_dict(), "rng": rng}, tmp / "trainer_state.pt")
-    shutil.rmtree(checkpoint_dir, ignore_errors=True)
+    old = checkpoint_dir.with_name(checkpoint_dir.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if checkpoint_dir.exists():
+        checkpoint_dir.rename(old)
     tmp.rename(checkpoint_dir)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def resumable_checkpoint(checkpoint_dir: Path) -> Path | None:
+    """The complete checkpoint to resume from: the current one, or the previous one a crash mid-swap left aside."""
+    for candidate in (checkpoint_dir, checkpoint_dir.with_name(checkpoint_dir.name + ".old")):
+        if (candidate / "trainer_state.pt").is_file():
+            return candidate
+    return None
 
 
 def load_checkpoint(

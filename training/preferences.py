@@ -20,6 +20,15 @@ Rules:
 - `content_hash` is the sha256 of a canonical serialisation: every reward model records it.
 - A dataset needs at least MIN_TRAIN_PAIRS training pairs and MIN_EVAL_PAIRS held-out pairs;
   fewer raise `PreferenceDatasetError` with the counts.
+
+Context passages (RAG-style prompts) reach every model through one rendering,
+`chat_with_context`: the passages, numbered, in a system turn before the conversation
+(appended to the prompt's own system turn if it has one):
+
+    {"role": "system", "content": "Passages:\n\n[1] Title\npassage text\n\n[2] another passage"}
+
+Generation, reward training and scoring, PPO, RLOO, DPO, SFT and the exported TRL rows all see
+the prompt in this layout; a prompt without passages is its messages unchanged.
 """
 
 from __future__ import annotations
@@ -146,6 +155,24 @@ class PreferenceDataset:
         meta = {"content_hash": self.content_hash, "stats": self.stats}
         (out_dir / "dataset.json").write_text(json.dumps(meta, indent=2) + "\n")
         return train_path, eval_path
+
+
+# ---------------------------------------------------------------- prompts with their passages
+
+
+def chat_with_context(messages: list[Message], context: Sequence[dict] | None) -> list[Message]:
+    """The chat a model sees for a prompt: its context passages, if any, numbered in a system turn before it.
+
+    `context` is [{"title": ..., "text": ...}] (title may be empty). Without passages the messages
+    are returned unchanged, so prompts without context render exactly as before.
+    """
+    if not context:
+        return messages
+    passages = "\n\n".join(f"[{i}] {p['title']}\n{p['text']}" if p.get("title") else f"[{i}] {p['text']}" for i, p in enumerate(context, 1))
+    note = f"Passages:\n\n{passages}"
+    if messages and messages[0].get("role") == "system":
+        return [{"role": "system", "content": f"{messages[0]['content']}\n\n{note}"}, *messages[1:]]
+    return [{"role": "system", "content": note}, *messages]
 
 
 # ---------------------------------------------------------------- rankings -> pairs

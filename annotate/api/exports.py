@@ -114,6 +114,7 @@ _FILTER_HELP: dict[str, tuple[type | OpenApiTypes, str]] = {
     "include_paused": (bool, "Keep judgements of paused labelers (default false)."),
     "include_gold": (bool, "Keep judgements of gold tasks (default false)."),
     "include_surplus": (bool, "Keep surplus judgements (default true)."),
+    "include_evaluation": (bool, "Keep judgements of the campaign's evaluation prompts, which training leaves out (default true)."),
 }
 FILTER_PARAMETERS = [
     OpenApiParameter(name, kind, description=help_, enum=FLAGGED if name == "flagged" else None) for name, (kind, help_) in _FILTER_HELP.items()

@@ -1,6 +1,6 @@
 from django.urls import include, path
 
-from annotate.api import admin, compression, dashboard, endpoints, exports, labeling, models, runs
+from annotate.api import admin, compression, dashboard, endpoints, exports, labeling, models, rounds, runs
 
 urlpatterns = [
     # the labelers' hot path first
@@ -15,6 +15,7 @@ urlpatterns = [
     path("campaigns/<slug:slug>/dashboard/", dashboard.campaign_dashboard, name="api-campaign-dashboard"),
     path("tasks/<int:task_id>/skip/", labeling.skip_task, name="api-skip"),
     path("campaigns/<slug:slug>/runs/", runs.campaign_runs, name="api-campaign-runs"),
+    path("campaigns/<slug:slug>/rounds/", rounds.campaign_rounds, name="api-campaign-rounds"),
     path("runs/<int:run_id>/", runs.run_detail, name="api-run"),
     path("runs/<int:run_id>/cancel/", runs.run_cancel, name="api-run-cancel"),
     path("models/", models.model_collection, name="api-models"),  # GET: runs.models

@@ -46,7 +46,7 @@ def export_lines(campaign: Campaign, options: ExportOptions, filters: ExportFilt
 def stream_export(campaign: Campaign, options: ExportOptions, filters: ExportFilters, stats: ExportStats | None = None) -> Iterator[bytes]:
     """The export's bytes, for the streaming containers (jsonl, jsonl.gz, parquet)."""
     if options.format == "parquet":
-        return stream_parquet(export_rows(campaign, options, filters, stats), schema_for(options), ROW_GROUP)
+        return stream_parquet(export_rows(campaign, options, filters, stats), schema_for(options, has_context(campaign)), ROW_GROUP)
     chunks = stream_jsonl(export_lines(campaign, options, filters, stats), FLUSH_BYTES)
     return stream_gzip(chunks) if options.format == "jsonl.gz" else chunks
 
@@ -63,11 +63,11 @@ def write_export(campaign: Campaign, options: ExportOptions, filters: ExportFilt
     held_out = held_out_prompts(campaign, filters, options)
     rows = export_rows(campaign, options, filters, stats)
     if not zip_hf:
-        stats.splits = write_dataset_dict(rows, schema_for(options), lambda row: row["prompt_id"] in held_out, out, ROW_GROUP)
+        stats.splits = write_dataset_dict(rows, schema_for(options, has_context(campaign)), lambda row: row["prompt_id"] in held_out, out, ROW_GROUP)
         return stats
     with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
         folder = Path(tmp) / export_filename(campaign, options).removesuffix(".zip")
-        stats.splits = write_dataset_dict(rows, schema_for(options), lambda row: row["prompt_id"] in held_out, folder, ROW_GROUP)
+        stats.splits = write_dataset_dict(rows, schema_for(options, has_context(campaign)), lambda row: row["prompt_id"] in held_out, folder, ROW_GROUP)
         zip_folder(folder, out)
     return stats
 
@@ -76,6 +76,11 @@ def held_out_prompts(campaign: Campaign, filters: ExportFilters, options: Export
     """External ids of the prompts in the test split: training.preferences.split_prompts over the selected prompts."""
     prompt_ids = select_judgements(campaign, filters).order_by().values_list("task__prompt__external_id", flat=True).distinct()
     return split_prompts(list(prompt_ids), options.test_fraction, options.seed)
+
+
+def has_context(campaign: Campaign) -> bool:
+    """Whether any of the campaign's prompts has context passages (its Arrow exports then carry a `context` column)."""
+    return campaign.prompts.exclude(context=[]).exists()
 
 
 def export_filename(campaign: Campaign, options: ExportOptions) -> str:

@@ -52,8 +52,13 @@ SCHEMAS = {
 }
 
 
-def schema_for(options: ExportOptions) -> pa.Schema:
-    return SCHEMAS["pairs-text" if options.text else options.shape]
+PASSAGES = pa.list_(pa.struct([("title", pa.string()), ("text", pa.string())]))
+
+
+def schema_for(options: ExportOptions, with_context: bool = False) -> pa.Schema:
+    """The shape's Arrow schema; with_context (the campaign has prompts with passages) adds the `context` column."""
+    schema = SCHEMAS["pairs-text" if options.text else options.shape]
+    return schema.append(pa.field("context", PASSAGES)) if with_context else schema
 
 
 # ---------------------------------------------------------------- containers

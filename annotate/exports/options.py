@@ -76,6 +76,8 @@ class ExportFilters:
     """Keep judgements of gold tasks."""
     include_surplus: bool = True
     """Keep surplus judgements (submitted after the task was fully served)."""
+    include_evaluation: bool = True
+    """Keep judgements of the campaign's evaluation prompts (training leaves them out: `annotate.campaigns.evaluation`)."""
 
     def as_dict(self) -> dict[str, Any]:
         """The non-default values, JSON-ready; `parse_filters` reads it back."""
@@ -153,6 +155,7 @@ def parse_filters(params: Mapping[str, Any]) -> ExportFilters:
         include_paused=_bool(params, "include_paused", False),
         include_gold=_bool(params, "include_gold", False),
         include_surplus=_bool(params, "include_surplus", True),
+        include_evaluation=_bool(params, "include_evaluation", True),
     )
 
 

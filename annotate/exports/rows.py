@@ -5,7 +5,10 @@ Shapes (one row is a dict; the same keys in every container):
   default (`prompt` is the chat, `chosen`/`rejected` are one assistant message each) or plain
   text (`text=True`). A k-way ranking gives every ordered pair across its groups; ties give none
   (`training.preferences.ranking_to_pairs`). Provenance columns ride along; TRL ignores them.
-  There is no `margin` column: TRL's RewardTrainer would silently use one.
+  There is no `margin` column: TRL's RewardTrainer would silently use one. A prompt's context
+  passages are in its `prompt` (`training.preferences.chat_with_context`, the layout every model sees).
+- In every shape, a prompt with context passages adds a `context` column ([{title, text}]) at the
+  end of its rows; rows of prompts without passages are byte for byte what they were before.
 - `rankings`: one row per judgement with its detail: pseudonymous labeler, time spent, flags,
   rationale, ratings, surplus flag, and every response with its model version and round.
 - `tasks`: one row per task with at least one selected judgement: the aggregated ranking
@@ -33,11 +36,12 @@ from django.contrib.auth import get_user_model
 from django.db import connection, transaction
 from django.db.models import Exists, OuterRef, QuerySet
 
+from annotate.campaigns.evaluation import evaluation_prompt_ids
 from annotate.exports.agreement import aggregate_ranking, mean_ranks, pairwise_agreement
 from annotate.exports.options import ExportFilters, ExportOptions
 from annotate.labeling.gold import gold_accuracy, paused_labeler_ids
 from annotate.models import Campaign, Judgement, Membership, ModelVersion, Task, TaskResponse
-from training.preferences import ranking_to_pairs
+from training.preferences import chat_with_context, ranking_to_pairs
 
 CHUNK = 2000
 """Rows fetched per round trip, on each of an export's cursors."""
@@ -55,6 +59,8 @@ def select_tasks(campaign: Campaign, filters: ExportFilters) -> QuerySet[Task]:
         tasks = tasks.filter(Exists(TaskResponse.objects.filter(task_id=OuterRef("pk"), response__model_version__name__in=filters.models)))
     if filters.round:
         tasks = tasks.filter(Exists(TaskResponse.objects.filter(task_id=OuterRef("pk"), response__model_version__round__in=filters.round)))
+    if not filters.include_evaluation:
+        tasks = tasks.exclude(prompt_id__in=evaluation_prompt_ids(campaign))
     return tasks
 
 
@@ -130,6 +136,19 @@ class TaskInfo:
     responses: list[dict]
     """[{id, model, round, text}] in display order."""
     by_id: dict[int, dict] = field(default_factory=dict)
+    context: list[dict] = field(default_factory=list)
+    """The prompt's passages ([{title, text}]; empty for most prompts)."""
+
+    @property
+    def chat(self) -> list[dict]:
+        """The prompt as models see it: its passages in a system turn before the messages."""
+        return chat_with_context(self.messages, self.context)
+
+    def with_context(self, row: dict) -> dict:
+        """The row, plus a `context` column when the prompt has passages."""
+        if self.context:
+            row["context"] = self.context
+        return row
 
 
 @dataclass
@@ -200,7 +219,7 @@ def _groups_with_content(
     first = next(rows, None)  # judgements first: the content queries, started after, then see every task they name
     if first is None:
         return
-    prompts = TaskOrdered(tasks.order_by("id").values_list("id", "prompt__external_id", "prompt__messages", "is_gold"), chunk)
+    prompts = TaskOrdered(tasks.order_by("id").values_list("id", "prompt__external_id", "prompt__messages", "is_gold", "prompt__context"), chunk)
     slots = TaskOrdered(
         TaskResponse.objects.filter(task__in=tasks).order_by("task_id", "position")
         .values_list("task_id", "response_id", "response__model_version_id", "response__text"),
@@ -213,8 +232,8 @@ def _groups_with_content(
             agreement = pairwise_agreement([j[J_RANKING] for j in group])
             if agreement is None or agreement < min_agreement:
                 continue
-        [(_, prompt_id, messages, is_gold)] = prompts.take(task_id)
-        info = TaskInfo(prompt_id, messages, is_gold, responses=[])
+        [(_, prompt_id, messages, is_gold, context)] = prompts.take(task_id)
+        info = TaskInfo(prompt_id, messages, is_gold, responses=[], context=context or [])
         for _, rid, model_id, text in slots.take(task_id):
             name, round_ = models[model_id]
             info.by_id[rid] = response = {"id": rid, "model": name, "round": round_, "text": text}
@@ -252,8 +271,8 @@ def _pair_rows(info: TaskInfo, group: list[tuple], names: LabelerNames) -> Itera
         labeler = names(j[J_LABELER])
         for better, worse in ranking_to_pairs(j[J_RANKING]):
             chosen, rejected = info.by_id[better], info.by_id[worse]
-            yield {
-                "prompt": info.messages,
+            yield info.with_context({
+                "prompt": info.chat,
                 "chosen": [{"role": "assistant", "content": chosen["text"]}],
                 "rejected": [{"role": "assistant", "content": rejected["text"]}],
                 "prompt_id": info.prompt_id,
@@ -264,16 +283,17 @@ def _pair_rows(info: TaskInfo, group: list[tuple], names: LabelerNames) -> Itera
                 "task_id": j[J_TASK],
                 "judgement_id": j[J_ID],
                 "labeler": labeler,
-            }
+            })
 
 
 def _pair_lines(info: TaskInfo, group: list[tuple], names: LabelerNames) -> Iterator[str]:
     """`encode_json` of each `_pair_rows` row, from JSON encoded once per task."""
-    prompt, prompt_id = encode_json(info.messages), encode_string(info.prompt_id)
+    prompt, prompt_id = encode_json(info.chat), encode_string(info.prompt_id)
+    context = f',"context":{encode_json(info.context)}' if info.context else ""
     said = {rid: f'[{{"role":"assistant","content":{encode_string(r["text"])}}}]' for rid, r in info.by_id.items()}
     model = {rid: encode_string(r["model"]) for rid, r in info.by_id.items()}
     for j in group:
-        tail = f',"task_id":{j[J_TASK]},"judgement_id":{j[J_ID]},"labeler":{encode_string(names(j[J_LABELER]))}}}'
+        tail = f',"task_id":{j[J_TASK]},"judgement_id":{j[J_ID]},"labeler":{encode_string(names(j[J_LABELER]))}{context}}}'
         for better, worse in ranking_to_pairs(j[J_RANKING]):
             yield (
                 f'{{"prompt":{prompt},"chosen":{said[better]},"rejected":{said[worse]},"prompt_id":{prompt_id},'
@@ -282,7 +302,7 @@ def _pair_lines(info: TaskInfo, group: list[tuple], names: LabelerNames) -> Iter
 
 
 def _pair_rows_text(info: TaskInfo, group: list[tuple], names: LabelerNames) -> Iterator[dict]:
-    prompt = prompt_text(info.messages)
+    prompt = prompt_text(info.chat)
     for row in _pair_rows(info, group, names):
         yield row | {"prompt": prompt, "chosen": row["chosen"][0]["content"], "rejected": row["rejected"][0]["content"]}
 
@@ -296,7 +316,7 @@ def prompt_text(messages: list[dict]) -> str:
 
 def _ranking_rows(info: TaskInfo, group: list[tuple], names: LabelerNames) -> Iterator[dict]:
     for j in group:
-        yield {
+        yield info.with_context({
             "judgement_id": j[J_ID],
             "task_id": j[J_TASK],
             "prompt_id": info.prompt_id,
@@ -315,13 +335,13 @@ def _ranking_rows(info: TaskInfo, group: list[tuple], names: LabelerNames) -> It
             "is_surplus": j[J_SURPLUS],
             "is_gold": info.is_gold,
             "created_at": j[J_CREATED].isoformat(),
-        }
+        })
 
 
 def _task_rows(info: TaskInfo, group: list[tuple], names: LabelerNames) -> Iterator[dict]:
     rankings = [j[J_RANKING] for j in group]
     means = mean_ranks(rankings)
-    yield {
+    yield info.with_context({
         "task_id": group[0][J_TASK],
         "prompt_id": info.prompt_id,
         "prompt": info.messages,
@@ -333,4 +353,4 @@ def _task_rows(info: TaskInfo, group: list[tuple], names: LabelerNames) -> Itera
         "labelers": [names(j[J_LABELER]) for j in group],
         "flags": sorted({flag for j in group for flag in j[J_FLAGS]}),
         "is_gold": info.is_gold,
-    }
+    })

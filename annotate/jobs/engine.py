@@ -71,8 +71,11 @@ def register(kind: str, validate, handle, *, ml: bool = True) -> None:
     KINDS[kind] = JobKind(validate, handle, settings.ML_QUEUE if ml else "default")
 
 
-def start_run(kind: str, *, campaign: Campaign | None, params: dict, user=None) -> Run:
-    """Validate the params, create the run and enqueue it once the transaction commits."""
+def start_run(kind: str, *, campaign: Campaign | None, params: dict, user=None, here: bool = False) -> Run:
+    """Validate the params, create the run and enqueue it once the transaction commits.
+
+    here=True: no worker is told; the caller runs it in its own process with `execute_run.call(run.pk)`.
+    """
     spec = KINDS.get(kind)
     if spec is None:
         raise InvalidParams(f"unknown kind {kind!r}; allowed: {sorted(KINDS)}.", field="kind")
@@ -80,8 +83,9 @@ def start_run(kind: str, *, campaign: Campaign | None, params: dict, user=None) 
         raise InvalidParams("params must be an object.", field="params")
     clean = spec.validate(campaign, params)
     run = Run.objects.create(kind=kind, campaign=campaign, params=clean, created_by=user, queue_name=spec.queue)
-    # robust: a connection lost here must not fail the committed request; requeue_lost_runs retries
-    transaction.on_commit(lambda: _enqueue(run.pk, spec.queue), robust=True)
+    if not here:
+        # robust: a connection lost here must not fail the committed request; requeue_lost_runs retries
+        transaction.on_commit(lambda: _enqueue(run.pk, spec.queue), robust=True)
     return run
 
 

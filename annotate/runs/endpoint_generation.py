@@ -38,17 +38,6 @@ class EndpointCompletion:
         return self.finish_reason == "stop"
 
 
-def chat_with_context(messages: list[dict], context: list[dict]) -> list[dict]:
-    """The chat sent for a prompt: its context passages, if any, numbered in a system turn before it."""
-    if not context:
-        return messages
-    passages = "\n\n".join(f"[{i}] {p['title']}\n{p['text']}" if p.get("title") else f"[{i}] {p['text']}" for i, p in enumerate(context, 1))
-    note = f"Passages:\n\n{passages}"
-    if messages and messages[0].get("role") == "system":
-        return [{"role": "system", "content": f"{messages[0]['content']}\n\n{note}"}, *messages[1:]]
-    return [{"role": "system", "content": note}, *messages]
-
-
 class EndpointSource:
     """Completions for `version` (a model served by `endpoint`) to the run's prompts, with each prompt's failures kept."""
 
@@ -78,8 +67,7 @@ class EndpointSource:
                 yield completions
 
     def _chats(self) -> list[list[dict]]:
-        contexts = dict(Prompt.objects.filter(id__in=[pid for pid, _ in self.prompt_rows]).values_list("id", "context"))
-        return [chat_with_context(messages, contexts.get(pid) or []) for pid, messages in self.prompt_rows]
+        return [chat for _, chat in self.prompt_rows]  # rendered with their context passages (generation.prompt_rows_for)
 
     def report(self) -> dict:
         """How many prompts failed and why (the commonest reasons, a few examples); all of them go to an artifact."""

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from django.conf import settings
 
+from annotate.exports.training_data import evaluation_prompts, prompt_chats, training_prompts
 from annotate.jobs.engine import InvalidParams, RunCancelled, RunContext, RunFailed, register
 from annotate.jobs.params import integer, number
 from annotate.models import Campaign, ModelVersion, Run
@@ -20,7 +21,7 @@ from annotate.runs import registry
 from annotate.runs.registry import current_policy, latest_reward_model, policy_name, register_policy
 
 PPO_FIELDS = {"policy", "reward_model", "name", "iterations", "rollout_batch_size", "minibatch_size", "ppo_epochs", "kl_coef",
-              "target_kl", "learning_rate", "temperature", "max_new_tokens", "seed", "limit", "resume_run"}
+              "target_kl", "learning_rate", "temperature", "max_new_tokens", "max_prompt_tokens", "seed", "limit", "resume_run"}
 
 
 def validate_ppo(campaign: Campaign | None, params: dict) -> dict:
@@ -47,6 +48,7 @@ def validate_ppo(campaign: Campaign | None, params: dict) -> dict:
         "minibatch_size": integer(params, "minibatch_size", 4, 1, 4096),
         "ppo_epochs": integer(params, "ppo_epochs", 4, 1, 16),
         "max_new_tokens": integer(params, "max_new_tokens", 48, 1, 2048),
+        "max_prompt_tokens": integer(params, "max_prompt_tokens", None, 8, 32_768),
         "seed": integer(params, "seed", 0, 0, 2**31 - 1),
         "limit": integer(params, "limit", None, 1, 1_000_000),
         "kl_coef": number(params, "kl_coef", 0.05, low=0.0, high=10.0),
@@ -72,7 +74,7 @@ def optimise_with_ppo(ctx: RunContext, p: dict):
     run, campaign = ctx.run, ctx.campaign
     parent = ModelVersion.objects.get(name=p["policy"]) if p["policy"] else current_policy(campaign)
     reward = ModelVersion.objects.get(name=p["reward_model"])
-    prompts = list(campaign.prompts.order_by("id").values_list("messages", flat=True)[: p["limit"]])
+    prompts = prompt_chats(training_prompts(campaign)[: p["limit"]])
     if not prompts:
         raise RunFailed("the campaign has no prompts to train on.")
     out = Path(settings.ARTIFACTS_DIR) / "runs" / str(p["resume_run"] or run.pk) / "ppo"
@@ -81,7 +83,7 @@ def optimise_with_ppo(ctx: RunContext, p: dict):
         policy_path=str(registry.checkpoint_dir(parent)), output_dir=str(out), reward_model_path=reward_path,
         total_iterations=p["iterations"], rollout_batch_size=p["rollout_batch_size"], minibatch_size=p["minibatch_size"],
         ppo_epochs=p["ppo_epochs"], kl_coef=p["kl_coef"], target_kl=p["target_kl"], learning_rate=p["learning_rate"],
-        temperature=p["temperature"], max_new_tokens=p["max_new_tokens"], seed=p["seed"],
+        temperature=p["temperature"], max_new_tokens=p["max_new_tokens"], seed=p["seed"], max_prompt_tokens=p.get("max_prompt_tokens"),
     )
     _refuse_if_it_cannot_fit(config, prompts)
     ctx.log(f"PPO: {parent.name} against {reward.name} on {len(prompts)} prompts, {p['iterations']} iterations")
@@ -94,7 +96,11 @@ def optimise_with_ppo(ctx: RunContext, p: dict):
             raise RunFailed(f"NaN in the metrics at iteration {iteration} ({sorted(k for k, v in metrics.items() if isinstance(v, float) and math.isnan(v))}): "
                             "lower the learning rate or check the reward model's scores.")
 
-    result = train_ppo(config, prompts, reward_fn_from_checkpoint(reward_path), on_log=on_log, should_stop=ctx.should_stop)
+    held_out = prompt_chats(evaluation_prompts(campaign)) or None  # the reward offset is measured where nothing trains
+    result = train_ppo(config, prompts, reward_fn_from_checkpoint(reward_path), on_log=on_log, should_stop=ctx.should_stop,
+                       reference_prompts=held_out)
+    if result.alarm is not None:
+        raise RunFailed(f"PPO stopped by its alarms after {result.iterations} iterations: {result.alarm}")
     if result.stopped:
         ctx.log(f"stopped after {result.iterations} iterations; the checkpoint in {out} can be resumed (resume_run={p['resume_run'] or run.pk})")
         raise RunCancelled()

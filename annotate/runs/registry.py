@@ -201,13 +201,21 @@ def latest_reward_model(campaign: Campaign) -> ModelVersion | None:
     return ModelVersion.objects.filter(kind=ModelVersion.Kind.REWARD, metadata__campaign=campaign.slug).order_by("-created_at").first()
 
 
-def current_policy(campaign: Campaign) -> ModelVersion:
-    """The campaign's newest policy (highest round), or the default base model (round 0)."""
-    latest = (
+def _latest_policy(campaign: Campaign) -> ModelVersion | None:
+    return (
         ModelVersion.objects.filter(kind=ModelVersion.Kind.POLICY, metadata__campaign=campaign.slug)
         .exclude(checkpoint_path="").order_by("-round", "-created_at").first()
     )
-    return latest or resolve_for_generation(DEFAULT_BASE_NAME)
+
+
+def current_policy(campaign: Campaign) -> ModelVersion:
+    """The campaign's newest policy (highest round), or the default base model (round 0)."""
+    return _latest_policy(campaign) or resolve_for_generation(DEFAULT_BASE_NAME)
+
+
+def current_policy_name(campaign: Campaign) -> str:
+    """The name of `current_policy`, without converting the default base (for checking params)."""
+    return getattr(_latest_policy(campaign), "name", DEFAULT_BASE_NAME)
 
 
 def policy_name(campaign: Campaign, params: dict) -> str | None:

@@ -17,8 +17,9 @@ def _load(path: str, mtime: float):
     return load_reward_model(path)
 
 
-def score_responses(version: ModelVersion, prompt_messages: list[dict], responses: list[str]) -> list[float]:
-    """Rewards of `responses` to the prompt, in the format the reward model was trained on."""
+def score_responses(version: ModelVersion, prompt_messages: list[dict], responses: list[str], *, context: list[dict] | None = None) -> list[float]:
+    """Rewards of `responses` to the prompt (with its context passages, if given), in the format the reward model was trained on."""
+    from training.preferences import chat_with_context
     from training.reward_scoring import score
 
     if version.kind != ModelVersion.Kind.REWARD:
@@ -27,4 +28,4 @@ def score_responses(version: ModelVersion, prompt_messages: list[dict], response
     config = path / "config.json"
     with _lock:  # one forward pass at a time per process: the model is shared
         model, tokenizer = _load(str(path), config.stat().st_mtime if config.exists() else 0.0)
-        return score(model, tokenizer, prompt_messages, responses)
+        return score(model, tokenizer, chat_with_context(prompt_messages, context), responses)

@@ -20,7 +20,7 @@ from annotate.jobs.engine import InvalidParams, RunContext, RunFailed, register
 from annotate.models import Campaign, ModelVersion, Task, TaskResponse
 from annotate.runs.registry import latest_reward_model, reward_model_param
 from annotate.runs.scoring import score_responses
-from training.preferences import ranking_to_pairs
+from training.preferences import chat_with_context, ranking_to_pairs
 
 
 def validate_params(campaign: Campaign | None, params: dict) -> dict:
@@ -52,7 +52,8 @@ def run_prioritize(ctx: RunContext) -> dict:
     for task_id, text in TaskResponse.objects.filter(task__in=tasks).order_by("task_id", "position").values_list("task_id", "response__text"):
         texts.setdefault(task_id, []).append(text)
     for i, task in enumerate(tasks, 1):
-        task.priority = uncertainty_priority(score_responses(version, task.prompt.messages, texts[task.pk]))
+        chat = chat_with_context(task.prompt.messages, task.prompt.context)
+        task.priority = uncertainty_priority(score_responses(version, chat, texts[task.pk]))
         if i % 20 == 0 or i == len(tasks):
             ctx.progress(i / len(tasks), f"{i} of {len(tasks)} tasks scored")
             ctx.check_cancelled()
@@ -63,7 +64,8 @@ def run_prioritize(ctx: RunContext) -> dict:
 
 def run_drift(ctx: RunContext) -> dict:
     version = ModelVersion.objects.get(name=ctx.params["reward_model"])
-    judgements = ranked_judgements(ctx.campaign, since=version.created_at)
+    # the rule training uses: paused labelers' judgements are left out (as the snapshot's filters do)
+    judgements = [j for j in ranked_judgements(ctx.campaign, since=version.created_at) if not j.excluded]
     agree = total = 0
     for i, judgement in enumerate(judgements, 1):
         ids = list(judgement.responses)

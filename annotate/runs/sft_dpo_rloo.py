@@ -13,7 +13,14 @@ from pathlib import Path
 
 from django.conf import settings
 
-from annotate.exports.training_data import snapshot_judgements, snapshot_param, snapshot_record, training_snapshot
+from annotate.exports.training_data import (
+    prompt_chats,
+    snapshot_judgements,
+    snapshot_param,
+    snapshot_record,
+    training_prompts,
+    training_snapshot,
+)
 from annotate.jobs.engine import InvalidParams, RunCancelled, RunContext, RunFailed, register
 from annotate.jobs.params import flag, integer, number
 from annotate.models import Campaign, ModelVersion
@@ -142,7 +149,7 @@ def _train(kind: str, ctx: RunContext, p: dict, campaign: Campaign, config: dict
     from training.rloo import RLOOConfig, reward_fn_from_reward_model, train_rloo
 
     reward = ModelVersion.objects.get(name=p["reward_model"])
-    prompts = list(campaign.prompts.order_by("id").values_list("messages", flat=True)[: p["limit"]])
+    prompts = prompt_chats(training_prompts(campaign)[: p["limit"]])
     rloo = RLOOConfig(**config, beta=p["beta"], num_generations=p["num_generations"], max_completion_length=p["max_completion_length"])
     reward_fn = reward_fn_from_reward_model(str(registry.checkpoint_dir(reward)))
     return train_rloo(rloo, prompts, reward_fn, on_log=on_log, should_stop=ctx.should_stop), reward.metadata.get("snapshot")

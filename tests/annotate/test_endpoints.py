@@ -135,7 +135,7 @@ def test_failed_prompts_are_recorded_and_the_rest_kept(chat, artifacts):
     register_endpoint("served", chat.url, "tiny-served", max_concurrency=2)
     campaign = make_campaign("partial", prompts=4)
     chat.faults["Question 1?"] = ["malformed"]
-    run = engine.start_run("generate", campaign=campaign, params={"models": ["served"], "max_new_tokens": 4})
+    run = engine.start_run("generate", campaign=campaign, params={"models": ["served"], "max_new_tokens": 4, "n_per_prompt": 1})
     work_off_queue()
     run.refresh_from_db()
     assert run.status == "succeeded", run.error
@@ -178,7 +178,7 @@ def test_cancelling_stops_the_requests_in_flight_and_keeps_what_was_stored(chat,
             connection.close()  # this is the server's thread
 
     chat.on_request = cancel_on_the_third_prompt
-    run = engine.start_run("generate", campaign=campaign, params={"models": ["served"], "max_new_tokens": 4})
+    run = engine.start_run("generate", campaign=campaign, params={"models": ["served"], "max_new_tokens": 4, "n_per_prompt": 1})
     work_off_queue()
     run.refresh_from_db()
     assert run.status == "cancelled"
@@ -203,7 +203,7 @@ def test_a_policy_served_by_an_endpoint_generates_through_it(chat, artifacts, st
     policy = ModelVersion.objects.create(name="policy-r1", kind="policy", checkpoint_path=str(tiny_checkpoint))
     response = api_client(staff).post(f"/api/v1/models/{policy.pk}/served-by/", {"endpoint": "policy-server"}, format="json")
     assert response.status_code == 200 and response.json()["metadata"]["served_by"] == "policy-server"
-    run = engine.start_run("generate", campaign=make_campaign("served", prompts=2), params={"models": ["policy-r1"], "max_new_tokens": 4})
+    run = engine.start_run("generate", campaign=make_campaign("served", prompts=2), params={"models": ["policy-r1"], "max_new_tokens": 4, "n_per_prompt": 1})
     work_off_queue()
     run.refresh_from_db()
     assert run.status == "succeeded", run.error

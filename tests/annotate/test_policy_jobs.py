@@ -15,7 +15,7 @@ pytestmark = pytest.mark.django_db(transaction=True)
 @pytest.mark.parametrize("kind", ["sft", "dpo"])
 def test_a_policy_run_trains_from_judgements_and_registers_the_next_round(kind, tiny_checkpoint, artifacts):
     base = ModelVersion.objects.create(name="tiny-base", kind="base", checkpoint_path=str(tiny_checkpoint), round=0)
-    campaign = banana_campaign(prompts=24)
+    campaign = banana_campaign(prompts=40)  # 16 of them the evaluation split, which nothing trains on
     label_all(campaign, join(make_user("alice"), campaign, "labeler"))
     run = engine.start_run(kind, campaign=campaign, params={"policy": "tiny-base", "max_steps": 2, "batch_size": 4})
     work_off_queue()
@@ -54,7 +54,7 @@ def test_human_win_rate_counts_head_to_head_judgements_with_ties_as_half():
     from annotate.campaigns.imports.batches import import_prompts, import_responses
     from annotate.labeling import assignment, judgements
     from annotate.models import Campaign
-    from annotate.runs.rounds import human_win_rate
+    from annotate.runs.round_report import human_win_rate
 
     campaign = Campaign.objects.create(name="H", slug="h2h", task_type="pairwise", responses_per_task=2, overlap=1)
     import_prompts(campaign, [{"external_id": f"p{i}", "text": "?"} for i in range(4)])

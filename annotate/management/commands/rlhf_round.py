@@ -16,9 +16,10 @@ class Command(BaseCommand):
         parser.add_argument("slug")
         parser.add_argument("--method", default="ppo")
         parser.add_argument("--params", default="{}", help='JSON: {"reward": {...}, "policy": {...}, "generate": {...}}')
+        parser.add_argument("--preset", default=None, help="cpu: phase defaults a CPU machine can afford (the params still win).")
         parser.add_argument("--now", action="store_true", help="Run it in this process instead of leaving it to a worker.")
 
-    def handle(self, slug, method, params, now=False, **options):
+    def handle(self, slug, method, params, now=False, preset=None, **options):
         campaign = Campaign.objects.filter(slug=slug).first()
         if campaign is None:
             raise CommandError(f"No campaign with slug {slug!r}.")
@@ -27,10 +28,11 @@ class Command(BaseCommand):
         except json.JSONDecodeError as exc:
             raise CommandError(f"--params is not valid JSON: {exc}") from exc
         try:
-            run = engine.start_run("round", campaign=campaign, params={**parsed, "method": method})
+            # --now: never enqueued, so no worker can claim the run before this process does
+            run = engine.start_run("round", campaign=campaign, params={**parsed, "method": method, **({"preset": preset} if preset else {})}, here=now)
         except engine.InvalidParams as exc:
             raise CommandError(f"{exc.field}: {exc.message}") from exc
-        self.stdout.write(f"run {run.pk} queued")
+        self.stdout.write(f"run {run.pk} {'running here' if now else 'queued'}")
         if now:
             engine.execute_run.call(run.pk)
             run = Run.objects.get(pk=run.pk)

@@ -1,0 +1,92 @@
+"""Held-out evaluation of a policy against the one it came from, on fixed prompts with a fixed seed.
+
+Both policies answer every evaluation prompt once (the same seed, the same sampling); the reward
+model scores both answers in its training format. Figures (Stiennon et al. 2020; Gao et al. 2022):
+
+- reward_mean / previous_reward_mean: mean reward-model score of the new / previous policy's answers;
+- rm_win_rate: share of prompts where the reward model scores the new answer higher (ties half);
+- kl: mean over prompts of sum_t log π_new(y_t) − log π_ref(y_t) on the new policy's answers, the
+  previous policy being the reference (a Monte Carlo estimate of KL(π_new ‖ π_ref));
+- mean_length: mean answer length in tokens; eos_share: share of answers that ended with EOS.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from training.generate import GenerationConfig, generate
+from training.models import load_causal_lm, load_tokenizer
+from training.policy_io import response_logprobs
+from training.reward_scoring import load_reward_model, score
+
+Message = dict[str, str]
+
+
+@dataclass(frozen=True)
+class EvaluationConfig:
+    """How the evaluation samples (fixed, so two rounds' figures compare)."""
+
+    temperature: float = 0.7
+    """Sampling temperature of both policies."""
+    max_new_tokens: int = 64
+    """Answer length cap."""
+    seed: int = 1234
+    """Sampling seed: the same prompts get the same random draws in every evaluation."""
+    batch_size: int | None = None
+    """Generation batch size (None: the generator's default)."""
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    prompts: int
+    reward_mean: float
+    previous_reward_mean: float
+    kl: float
+    mean_length: float
+    eos_share: float
+    rm_win_rate: float
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def sample_once(model_dir: Path | str, prompts: Sequence[Sequence[Message]], config: EvaluationConfig) -> list:
+    """One completion per prompt, in prompt order."""
+    settings = GenerationConfig(temperature=config.temperature, max_new_tokens=config.max_new_tokens, n_per_prompt=1,
+                                seed=config.seed, batch_size=config.batch_size)
+    completions = [c for batch in generate(model_dir, [list(p) for p in prompts], settings) for c in batch]
+    return sorted(completions, key=lambda c: c.prompt_index)
+
+
+def evaluate_policy(policy_dir: Path | str, previous_dir: Path | str, reward_dir: Path | str, prompts: Sequence[Sequence[Message]],
+                    config: EvaluationConfig | None = None) -> Evaluation:
+    """The new policy against the previous one on `prompts` (see the module docstring)."""
+    config = config or EvaluationConfig()
+    new, old = sample_once(policy_dir, prompts, config), sample_once(previous_dir, prompts, config)
+    reward_model, reward_tokenizer = load_reward_model(reward_dir, device="cpu")
+    new_scores = [score(reward_model, reward_tokenizer, p, [c.text])[0] for p, c in zip(prompts, new)]
+    old_scores = [score(reward_model, reward_tokenizer, p, [c.text])[0] for p, c in zip(prompts, old)]
+    n = len(prompts)
+    return Evaluation(
+        prompts=n,
+        reward_mean=sum(new_scores) / n,
+        previous_reward_mean=sum(old_scores) / n,
+        kl=sequence_kl(policy_dir, previous_dir, prompts, [c.text for c in new]),
+        mean_length=sum(c.num_tokens for c in new) / n,
+        eos_share=sum(c.finished_with_eos for c in new) / n,
+        rm_win_rate=sum(1.0 if a > b else 0.5 if a == b else 0.0 for a, b in zip(new_scores, old_scores)) / n,
+    )
+
+
+@torch.no_grad()
+def sequence_kl(policy_dir: Path | str, reference_dir: Path | str, prompts: Sequence[Sequence[Message]], answers: Sequence[str]) -> float:
+    """Mean over prompts of log π(answer) − log π_ref(answer), the answers sampled from π."""
+    total = 0.0
+    for path, sign in ((policy_dir, 1.0), (reference_dir, -1.0)):
+        model, tokenizer = load_causal_lm(path, device=torch.device("cpu")).eval(), load_tokenizer(path)
+        total += sign * sum(float(response_logprobs(model, tokenizer, p, a).sum()) for p, a in zip(prompts, answers))
+    return total / len(prompts)
