@@ -45,7 +45,11 @@ demo: install
 	  trap 'kill $$worker $$reclaimer 2>/dev/null' EXIT INT TERM; \
 	  $(VENV)/bin/daphne -b $(HOST) -p $(PORT) config.asgi:application
 
+# The gates first (lint and import order, layer contracts, types), then the suite.
 test: install-test chromium
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
+	$(VENV)/bin/mypy
 	$(PY) -m pytest
 
 clean:

@@ -43,6 +43,10 @@ class Campaign(models.Model):
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
     created_at = models.DateTimeField(auto_now_add=True)
 
+    # Set by access.campaign_for on the instance it returns (no database column): the caller's role and pause flag.
+    user_role: str
+    user_paused: bool
+
     class Meta:
         constraints = [
             models.CheckConstraint(condition=Q(gold_rate__gte=0, gold_rate__lte=1), name="campaign_gold_rate_0_to_1"),
@@ -141,6 +145,9 @@ class Task(models.Model):
     # Slots not taken by an open lease or a counted judgement; a task is servable while > 0.
     remaining = models.IntegerField()
     created_at = models.DateTimeField(auto_now_add=True)
+
+    # Set by access.task_for_labeler on the instance it returns (no database column): the caller's role.
+    user_role: str
 
     class Meta:
         indexes = [

@@ -218,7 +218,7 @@ SECURE_PROXY_SSL_HEADER = ("HTTP_" + _proxy_header.upper().replace("-", "_"), "h
 # Content-Security-Policy (django-csp): scripts, styles, images and connections from this site only.
 # Inline styles stay allowed: matplotlib's inline SVG figures and the progress bars carry style attributes.
 # The two inline scripts (a select's onchange, a "Back" link) are allowed by their hashes.
-_CSP = {
+_CSP: dict[str, list[str] | bool] = {
     "default-src": ["'self'"],
     "script-src": [
         "'self'",

@@ -31,6 +31,7 @@ from training.policy_io import (
     trl_common_args,
 )
 from training.preferences import Row
+from training.trl_common import dataset_rows
 
 __all__ = ["DPOConfig", "build_trainer", "train_dpo"]
 
@@ -115,7 +116,7 @@ def train_dpo(
     """
     stream = StreamAndStop(on_log, should_stop)
     trainer = build_trainer(config, train_rows, eval_rows, callbacks=[stream])
-    kept = len(trainer.train_dataset)
+    kept = dataset_rows(trainer.train_dataset)
     if kept == 0:
         raise PolicyTrainingError(f"no pairs left: all {len(train_rows)} prompts fill max_length={config.max_length}")
     output = run_trainer(trainer, stream, "DPO")

@@ -24,8 +24,12 @@ import queue
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, cast
 
 import openai
+
+if TYPE_CHECKING:
+    from openai.types.chat import ChatCompletionMessageParam
 
 Messages = list[dict[str, str]]
 N_REFUSED = "n refused"  # a 400 to a request with n > 1: asked again one sample at a time
@@ -238,13 +242,14 @@ class _Runner:
     async def _request(self, index: int, first_sample: int, n: int) -> tuple[list[tuple[str, str | None]], str | None]:
         """One chat-completions call: ([(text, finish reason)], None), or ([], why it failed)."""
         c, endpoint = self.config, self.endpoint
-        extra = {"seed": request_seed(c.seed, index, first_sample)} if c.seed is not None else {}
+        seed = request_seed(c.seed, index, first_sample) if c.seed is not None else openai.omit  # omit: not sent
+        messages = cast("list[ChatCompletionMessageParam]", self.prompts[index])  # role/content dicts, as the SDK's TypedDicts
         async with self._semaphore:
             await self._pacer.wait()
             try:
                 completion = await self._client.chat.completions.create(
-                    model=endpoint.model, messages=self.prompts[index], n=n, temperature=c.temperature, top_p=c.top_p,
-                    max_tokens=c.max_tokens, **extra,
+                    model=endpoint.model, messages=messages, n=n, temperature=c.temperature, top_p=c.top_p,
+                    max_tokens=c.max_tokens, seed=seed,
                 )
                 return _choices(completion), None
             except openai.BadRequestError as exc:

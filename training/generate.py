@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import Tensor
-from transformers import DynamicCache, PreTrainedTokenizerBase
+from transformers import BatchEncoding, DynamicCache, PreTrainedTokenizerBase
 
 from training.models import default_device, load_causal_lm, load_tokenizer
 
@@ -113,10 +113,12 @@ def generate(
 
 
 def _encode(tokenizer: PreTrainedTokenizerBase, prompts: list[Messages]) -> list[list[int]]:
-    return [
-        list(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)["input_ids"])
-        for messages in prompts
-    ]
+    ids = []
+    for messages in prompts:
+        encoded = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+        assert isinstance(encoded, BatchEncoding)  # return_dict defaults to True
+        ids.append(list(encoded["input_ids"]))
+    return ids
 
 
 def _jobs(prompt_ids: list[list[int]], n_per_prompt: int) -> list[tuple[int, int, list[int]]]:

@@ -101,6 +101,7 @@ def check_checkpoint(path: Path, kind: str, chat_template: str | None = None) ->
     path = Path(path)
     config = _load_config(path)
     reward_head = None
+    model_class: type[AutoModelForSequenceClassification] | type[AutoModelForCausalLM]
     if kind == "reward":
         reward_head = _reward_head(config)
         model_class = AutoModelForSequenceClassification
@@ -443,6 +444,7 @@ def write_registered_dir(checked: CheckedModel, out_dir: Path, *, copy: bool = F
             (tmp / "adapter_config.json").write_text(json.dumps(checked.adapter_config, indent=2))
             _place(checked.source / "adapter_model.safetensors", tmp, copy)
         else:
+            assert checked.config is not None  # only an adapter has none, and it took the branch above
             checked.config.save_pretrained(tmp)
             for file in _weight_and_generation_files(checked.source):
                 _place(file, tmp, copy)

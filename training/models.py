@@ -214,7 +214,7 @@ def _gguf_state_dict(reader, config: LlamaConfig) -> dict[str, torch.Tensor]:
         if ".q_proj." in name:
             weight = _unpermute_rope(weight, config.num_attention_heads)
         elif ".k_proj." in name:
-            weight = _unpermute_rope(weight, config.num_key_value_heads)
+            weight = _unpermute_rope(weight, config.num_key_value_heads or config.num_attention_heads)  # None means no GQA
         state_dict[name] = torch.from_numpy(np.ascontiguousarray(weight))
     return state_dict
 
@@ -290,4 +290,4 @@ def load_causal_lm(
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
     except Exception as exc:  # safetensors, json and config errors share no base class
         raise CheckpointError(f"cannot load model from {path}: {exc}") from exc
-    return model.to(device).eval()
+    return model.to(device).eval()  # type: ignore[arg-type]  # transformers' wrapper around .to hides its signature from mypy

@@ -39,7 +39,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -49,7 +49,7 @@ import transformers
 from safetensors.torch import save_file
 from torch import nn
 from torch.nn.utils import prune as torch_prune
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import AutoModelForCausalLM, AutoTokenizer, BatchEncoding, PreTrainedModel, PreTrainedTokenizerBase
 
 from training.checkpoints import QUANTIZED_MARKER, atomic_dir
 from training.generate import GenerationConfig, generate
@@ -110,6 +110,7 @@ def optimize(source_dir: Path | str, out_dir: Path | str, config: OptimizeConfig
     source_dir, out_dir = Path(source_dir), Path(out_dir)
     with atomic_dir(out_dir) as tmp:
         if config.method == "merge":
+            assert config.adapter_dir  # config.validate() refuses a merge without one
             details = merge_lora(Path(config.adapter_dir), tmp)
         elif config.method == "int8":
             details = quantize_int8(source_dir, tmp)
@@ -157,6 +158,8 @@ def int8_targets(model: nn.Module) -> list[str]:
 
 def quantize_int8(source_dir: Path, out_dir: Path) -> dict[str, Any]:
     """Quantise the source's linear layers to int8 and store integers, scales and the float rest."""
+    from torch.ao.nn.quantized.dynamic import Linear as DynamicInt8Linear
+
     model = load_causal_lm(source_dir, device="cpu", dtype=torch.float32)
     dense = {k: v for k, v in model.state_dict().items() if not (model.config.tie_word_embeddings and k == "lm_head.weight")}
     targets = int8_targets(model)
@@ -164,7 +167,9 @@ def quantize_int8(source_dir: Path, out_dir: Path) -> dict[str, Any]:
     quantized = {f"{name}.weight" for name in targets}
     tensors = {k: v for k, v in dense.items() if k not in quantized}
     for name in targets:
-        weight = model.get_submodule(name).weight()
+        layer = model.get_submodule(name)
+        assert isinstance(layer, DynamicInt8Linear)  # quantize_dynamic_int8 just swapped it in
+        weight = layer.weight()
         tensors[f"{name}.weight_int8"] = weight.int_repr()
         tensors[f"{name}.weight_scale"] = weight.q_per_channel_scales()
         tensors[f"{name}.weight_zero_point"] = weight.q_per_channel_zero_points()
@@ -257,6 +262,8 @@ def prune_mlp_channels(model: PreTrainedModel, sparsity: float) -> int:
         mlp.gate_proj, mlp.up_proj = _take(mlp.gate_proj, keep, dim=0), _take(mlp.up_proj, keep, dim=0)
         mlp.down_proj = _take(mlp.down_proj, keep, dim=1)
         kept = len(keep)
+    if kept is None:
+        raise OptimizationError("the model has no layers to prune")
     model.config.intermediate_size = kept
     return kept
 
@@ -304,7 +311,7 @@ class Measurement:
 
 def compare(
     source_dir: Path | str,
-    candidates: dict[str, Path | str],
+    candidates: Mapping[str, Path | str],
     prompts: Sequence[Messages],
     pairs: Sequence[tuple[Messages, str, str]],
     config: MeasureConfig,
@@ -375,6 +382,7 @@ def decode_speed(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, pro
     """
     encoded = tokenizer.apply_chat_template(list(prompts), add_generation_prompt=True, tokenize=True, padding=True,
                                             return_dict=True, return_tensors="pt")
+    assert isinstance(encoded, BatchEncoding)  # what return_dict=True returns
     ids, mask = encoded["input_ids"].to(model.device), encoded["attention_mask"].to(model.device)
     model(input_ids=ids, attention_mask=mask, logits_to_keep=1).logits.tolist()  # warm-up: kernels, allocator
     start, start_cpu = time.perf_counter(), time.process_time()

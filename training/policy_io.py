@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +26,7 @@ from accelerate.utils import is_peft_model
 from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
+    BatchEncoding,
     PreTrainedModel,
     PreTrainedTokenizerBase,
     Trainer,
@@ -199,7 +200,7 @@ def run_trainer(trainer: Trainer, stream: StreamAndStop, name: str) -> Any:
 _TRAINER_SUMMARY = {"train_runtime", "train_samples_per_second", "train_steps_per_second", "total_flos", "train_loss"}
 
 
-def summary_metrics(output: Any, stream: StreamAndStop, data: dict[str, float] | None = None) -> dict[str, float]:
+def summary_metrics(output: Any, stream: StreamAndStop, data: Mapping[str, float] | None = None) -> dict[str, float]:
     """The last value of each logged figure, the Trainer's loss and throughput, and data/* counts."""
     last: dict[str, float] = {}
     for entry in stream.history:
@@ -222,7 +223,7 @@ def save_policy(
     name: str,
     output: Any,
     stream: StreamAndStop,
-    data: dict[str, float] | None = None,
+    data: Mapping[str, float] | None = None,
 ) -> PolicyResult:
     """Write adapter/, merged/, <name>_config.json and metrics.json (rank 0); return the result on every rank.
 
@@ -239,7 +240,9 @@ def save_policy(
     if trainer.is_world_process_zero():
         model = trainer.accelerator.unwrap_model(trainer.model, keep_fp32_wrapper=False)
         tokenizer = trainer.processing_class
+        assert isinstance(tokenizer, PreTrainedTokenizerBase)  # these trainers are given a tokenizer
         if is_peft_model(model):
+            assert result.adapter_dir is not None  # set when config.use_lora, which is what made the model a PEFT one
             model.save_pretrained(result.adapter_dir)
             tokenizer.save_pretrained(result.adapter_dir)
             if config.quantize:  # the base is in 4/8 bits: fold the adapter into the base reloaded in bf16
@@ -281,10 +284,11 @@ def response_logprobs(
     prompt + response; the response tokens are those after the common prefix. Their sum is
     log p(response | prompt).
     """
-    prompt_ids = tokenizer.apply_chat_template(list(prompt), add_generation_prompt=True, tokenize=True,
-                                               return_dict=True)["input_ids"]
+    prompt_encoded = tokenizer.apply_chat_template(list(prompt), add_generation_prompt=True, tokenize=True, return_dict=True)
     full = [*prompt, {"role": "assistant", "content": response}]
-    ids = tokenizer.apply_chat_template(full, tokenize=True, return_dict=True)["input_ids"]
+    full_encoded = tokenizer.apply_chat_template(full, tokenize=True, return_dict=True)
+    assert isinstance(prompt_encoded, BatchEncoding) and isinstance(full_encoded, BatchEncoding)  # what return_dict=True returns
+    prompt_ids, ids = prompt_encoded["input_ids"], full_encoded["input_ids"]
     start = _common_prefix(prompt_ids, ids)
     input_ids = torch.tensor([ids], device=next(model.parameters()).device)
     logprobs = model(input_ids=input_ids, use_cache=False).logits[0, :-1].float().log_softmax(-1)

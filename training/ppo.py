@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import numpy as np
 import torch
@@ -29,6 +29,7 @@ from torch import Tensor, nn
 from transformers import (
     AutoModelForCausalLM,
     AutoModelForSequenceClassification,
+    BatchEncoding,
     GenerationConfig,
     PreTrainedModel,
     PreTrainedTokenizerBase,
@@ -49,6 +50,7 @@ from training.losses import (
 from training.models import default_device, load_tokenizer
 from training.ppo_alarms import Alarms
 from training.ppo_checkpoints import (
+    TrainerState,
     append_jsonl,
     load_checkpoint,
     resumable_checkpoint,
@@ -60,6 +62,7 @@ from training.ppo_checkpoints import (
 from training.reward_scoring import encode, forward_scores, load_reward_model
 
 Messages = list[dict]
+M = TypeVar("M", bound=nn.Module)
 
 
 @dataclass
@@ -185,7 +188,7 @@ def reward_fn_from_checkpoint(path: str | Path, device: str | None = None, batch
 # ---------------------------------------------------------------- models
 
 
-def _without_dropout(model: nn.Module) -> nn.Module:
+def _without_dropout(model: M) -> M:
     """Dropout off for good: config probabilities, Dropout modules and eval mode."""
     config = getattr(model, "config", None)
     for name, value in vars(config).items() if config is not None else []:
@@ -247,8 +250,10 @@ def _response_logits(
     small model.
     """
     causal_lm = policy.get_base_model()  # its LoRA layers active unless disable_adapter() is on
+    assert isinstance(causal_lm, PreTrainedModel)
     hidden = _response_hidden(causal_lm, query_responses, attention_mask, context_length)
     lm_head = causal_lm.get_output_embeddings()
+    assert isinstance(lm_head, nn.Module)
     if getattr(lm_head, "bias", None) is None and getattr(causal_lm.config, "final_logit_softcapping", None) is None:
         return lm_head(hidden / temperature)
     return lm_head(hidden) / temperature
@@ -263,7 +268,8 @@ def _logprobs_and_logp(logits: Tensor, tokens: Tensor) -> tuple[Tensor, Tensor]:
 def _response_values(critic: PeftModel, query_responses: Tensor, attention_mask: Tensor, context_length: int) -> Tensor:
     """V(state before each response token), from the critic's head on every position. Shapes: (B, P+T) -> (B, T)."""
     inner = critic.get_base_model()  # the sequence classifier, its LoRA layers active
-    return inner.score(_response_hidden(inner, query_responses, attention_mask, context_length)).squeeze(-1).float()
+    assert isinstance(inner, PreTrainedModel)
+    return inner.get_submodule("score")(_response_hidden(inner, query_responses, attention_mask, context_length)).squeeze(-1).float()
 
 
 # ---------------------------------------------------------------- training
@@ -318,7 +324,7 @@ def train_ppo(
     )
     B, temperature = config.rollout_batch_size, config.temperature
 
-    state = {"iteration": 0, "kl_coef": config.kl_coef, "score_offset": 0.0, "score_offset_samples": 0, "history": []}
+    state: TrainerState = {"iteration": 0, "kl_coef": config.kl_coef, "score_offset": 0.0, "score_offset_samples": 0, "history": []}
     checkpoint_dir = output_dir / "checkpoint"
     if resume and (saved := resumable_checkpoint(checkpoint_dir)) is not None:
         state = load_checkpoint(saved, policy, critic, optimizer)
@@ -474,12 +480,18 @@ def _prompt_indices(n_prompts: int, batch_size: int, iteration: int, seed: int) 
     return indices
 
 
+def _prompt_ids(tokenizer: PreTrainedTokenizerBase, prompt: Messages) -> list[int]:
+    encoded = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True, return_dict=True)
+    assert isinstance(encoded, BatchEncoding)  # what return_dict=True returns
+    return encoded["input_ids"]
+
+
 def _encode_prompts(
     tokenizer: PreTrainedTokenizerBase, prompts: list[Messages], device: torch.device, max_tokens: int | None = None
 ) -> dict[str, Tensor]:
     """Chat-formatted, left-padded prompts ending with the assistant header; those over max_tokens lose their
     leftmost tokens (the end of the chat and the assistant header stay). Shapes: (B, P)."""
-    rows = [tokenizer.apply_chat_template(p, add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"] for p in prompts]
+    rows = [_prompt_ids(tokenizer, p) for p in prompts]
     if max_tokens is not None:
         rows = [ids[-max_tokens:] for ids in rows]
     encoded = tokenizer.pad({"input_ids": rows}, padding=True, return_tensors="pt")  # the tokenizer pads on the left

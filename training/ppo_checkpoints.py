@@ -6,12 +6,23 @@ import json
 import random
 import shutil
 from pathlib import Path
+from typing import NotRequired, TypedDict
 
 import numpy as np
 import torch
 from peft import PeftModel, load_peft_weights, set_peft_model_state_dict
 from torch import Tensor
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+
+class TrainerState(TypedDict):
+    """PPO's progress, saved with every checkpoint."""
+
+    iteration: int
+    kl_coef: float
+    score_offset: float
+    score_offset_samples: NotRequired[int]  # absent from checkpoints written before it was kept
+    history: list[dict[str, float]]
 
 Messages = list[dict]
 
@@ -38,7 +49,7 @@ def append_jsonl(path: Path, row: dict) -> None:
 
 
 def save_checkpoint(
-    checkpoint_dir: Path, policy: PeftModel, critic: PeftModel, optimizer: torch.optim.Optimizer, state: dict
+    checkpoint_dir: Path, policy: PeftModel, critic: PeftModel, optimizer: torch.optim.Optimizer, state: TrainerState
 ) -> None:
     """Adapters, critic head, optimizer, RNG and progress; written beside the old one, then swapped in.
 
@@ -48,8 +59,8 @@ def save_checkpoint(
     """
     tmp = checkpoint_dir.with_name(checkpoint_dir.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    policy.save_pretrained(tmp / "policy_adapter")
-    critic.save_pretrained(tmp / "critic_adapter")
+    policy.save_pretrained(str(tmp / "policy_adapter"))
+    critic.save_pretrained(str(tmp / "critic_adapter"))
     rng = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
     if torch.cuda.is_available():
         rng["cuda"] = torch.cuda.get_rng_state_all()
@@ -72,7 +83,7 @@ def resumable_checkpoint(checkpoint_dir: Path) -> Path | None:
 
 def load_checkpoint(
     checkpoint_dir: Path, policy: PeftModel, critic: PeftModel, optimizer: torch.optim.Optimizer
-) -> dict:
+) -> TrainerState:
     """Restore what save_checkpoint wrote into freshly built models; returns the progress state."""
     device = policy.device
     set_peft_model_state_dict(policy, load_peft_weights(str(checkpoint_dir / "policy_adapter"), device=str(device)))
@@ -91,7 +102,7 @@ def load_checkpoint(
 def save_final_policy(policy: PeftModel, tokenizer: PreTrainedTokenizerBase, output_dir: Path) -> tuple[Path, Path]:
     """Write the LoRA adapter to output_dir/adapter and the merged model to output_dir/policy."""
     adapter_dir, policy_dir = output_dir / "adapter", output_dir / "policy"
-    policy.save_pretrained(adapter_dir)
+    policy.save_pretrained(str(adapter_dir))
     tokenizer.save_pretrained(adapter_dir)
     merged: PreTrainedModel = policy.merge_and_unload()  # folds the adapters into the base weights, in place
     merged.save_pretrained(policy_dir, safe_serialization=True)

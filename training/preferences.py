@@ -39,10 +39,11 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 ResponseId = str | int
 PromptId = str | int
+Id = TypeVar("Id", bound=ResponseId)  # the ids a ranking is given in come back in its pairs
 Message = dict[str, str]
 Row = dict[str, Any]
 Weighting = Literal["uniform", "per_judgement", "rank_distance"]
@@ -177,7 +178,7 @@ def chat_with_context(messages: list[Message], context: Sequence[dict] | None) -
 # ---------------------------------------------------------------- rankings -> pairs
 
 
-def ranking_to_pairs(ranking: Sequence[Sequence[ResponseId]]) -> list[tuple[ResponseId, ResponseId]]:
+def ranking_to_pairs(ranking: Sequence[Sequence[Id]]) -> list[tuple[Id, Id]]:
     """Every (better, worse) pair of ids from different groups, best group first; ties give none.
 
     [[a], [b, c], [d]] -> [(a, b), (a, c), (a, d), (b, d), (c, d)].
@@ -185,10 +186,10 @@ def ranking_to_pairs(ranking: Sequence[Sequence[ResponseId]]) -> list[tuple[Resp
     return [(better, worse) for _, better, worse, _ in _ranked_pairs(ranking)]
 
 
-def _ranked_pairs(ranking: Sequence[Sequence[ResponseId]]) -> list[tuple[int, ResponseId, ResponseId, int]]:
+def _ranked_pairs(ranking: Sequence[Sequence[Id]]) -> list[tuple[int, Id, Id, int]]:
     """(better group index, better id, worse id, groups apart) for every pair across groups."""
     _check_ranking(ranking)
-    pairs = []
+    pairs: list[tuple[int, Id, Id, int]] = []
     for i, better_group in enumerate(ranking):
         for better in better_group:
             for j in range(i + 1, len(ranking)):

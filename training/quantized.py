@@ -89,6 +89,7 @@ def _set_dynamic_int8(model: nn.Module, name: str, qweight: torch.Tensor) -> Non
 
     parent, _, child = name.rpartition(".")
     layer = model.get_submodule(name)
+    assert isinstance(layer, nn.Linear)  # the int8 targets are linear layers (training.optimize.int8_targets)
     quantized = DynamicInt8Linear(layer.in_features, layer.out_features, bias_=layer.bias is not None, dtype=torch.qint8)
     quantized.set_weight_bias(qweight, layer.bias.detach() if layer.bias is not None else None)
     setattr(model.get_submodule(parent) if parent else model, child, quantized)

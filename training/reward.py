@@ -47,7 +47,7 @@ from training.preferences import Row, content_hash, read_jsonl
 from training.reward_config import RewardConfig, RewardResult, RewardTrainingError
 from training.reward_metrics import calibration, eval_scores, pairwise_accuracy
 from training.reward_trainer import WeightedRewardTrainer, build_trainer
-from training.trl_common import TrainingCancelled, resolved_settings
+from training.trl_common import TrainingCancelled, dataset_rows, resolved_settings
 
 # ---------------------------------------------------------------- training
 
@@ -118,15 +118,15 @@ def _evaluate(model: PreTrainedModel, trainer: WeightedRewardTrainer, output, co
         calibration=bins,
         chosen_scores=chosen,
         rejected_scores=rejected,
-        train_pairs=len(trainer.train_dataset),
-        eval_pairs=len(trainer.eval_dataset),
+        train_pairs=dataset_rows(trainer.train_dataset),
+        eval_pairs=dataset_rows(trainer.eval_dataset),
         global_step=output.global_step,
     )
 
 
 def _check_lengths(trainer: WeightedRewardTrainer, config: RewardConfig, n_train: int, n_eval: int) -> tuple[int, int]:
     """Pairs TRL dropped for exceeding max_length, per split; raises if a split lost them all."""
-    kept_train, kept_eval = len(trainer.train_dataset), len(trainer.eval_dataset)
+    kept_train, kept_eval = dataset_rows(trainer.train_dataset), dataset_rows(trainer.eval_dataset)
     for split, kept, total in (("training", kept_train, n_train), ("eval", kept_eval, n_eval)):
         if kept == 0:
             raise RewardTrainingError(
@@ -150,7 +150,9 @@ def _final_model(trainer: WeightedRewardTrainer, config: RewardConfig) -> PreTra
 def _save(model: PreTrainedModel, trainer: WeightedRewardTrainer, config: RewardConfig, result: RewardResult) -> None:
     out = Path(config.output_dir)
     model.save_pretrained(out)
-    trainer.processing_class.save_pretrained(out)
+    tokenizer = trainer.processing_class
+    assert tokenizer is not None  # the reward trainer is given a tokenizer
+    tokenizer.save_pretrained(out)
     _write_json(out / "reward_config.json", {**asdict(config), "resolved": resolved_settings(trainer.args)})
     summary = {k: v for k, v in asdict(result).items() if k not in ("chosen_scores", "rejected_scores")}
     _write_json(out / "metrics.json", {**summary, "output_dir": str(out)})

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 from peft import PeftModel
-from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import AutoModelForSequenceClassification, AutoTokenizer, BatchEncoding, PreTrainedModel, PreTrainedTokenizerBase
 
 from training.reward_config import RewardTrainingError
 
@@ -22,7 +22,9 @@ def encode(tokenizer: PreTrainedTokenizerBase, prompt_messages: Sequence[Message
     end-of-turn token (EOS for chat models) is in the sequence.
     """
     messages = [*prompt_messages, {"role": "assistant", "content": response}]
-    return list(tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True)["input_ids"])
+    encoded = tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True)
+    assert isinstance(encoded, BatchEncoding)  # what return_dict=True returns
+    return list(encoded["input_ids"])
 
 
 @torch.no_grad()

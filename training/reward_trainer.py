@@ -52,7 +52,7 @@ class WeightedRewardTrainer(RewardTrainer):
     def _set_signature_columns_if_needed(self):
         # keep `weight` when the Trainer drops the columns the collator does not need
         if self._signature_columns is None:
-            self._signature_columns = ["chosen_ids", "rejected_ids", "margin", "weight"]
+            self._signature_columns = ["chosen_ids", "rejected_ids", "margin", "weight"]  # type: ignore[assignment]  # transformers declares it by its None initial value
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         weight = inputs.pop("weight", None)
@@ -60,8 +60,10 @@ class WeightedRewardTrainer(RewardTrainer):
         if weight is not None:
             chosen, rejected = outputs.logits.squeeze(-1).chunk(2)
             loss = pairwise_loss(chosen, rejected, weight, inputs.get("margin"))
-            if self.args.center_rewards_coefficient is not None:
-                loss = loss + self.args.center_rewards_coefficient * torch.mean((chosen + rejected) ** 2)
+            args = self.args
+            assert isinstance(args, TRLRewardConfig)  # build_trainer passes TRL's RewardConfig
+            if args.center_rewards_coefficient is not None:
+                loss = loss + args.center_rewards_coefficient * torch.mean((chosen + rejected) ** 2)
         return (loss, outputs) if return_outputs else loss
 
 

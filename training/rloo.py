@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 from datasets import Dataset
-from transformers import PreTrainedTokenizerBase, TrainerCallback
+from transformers import BatchEncoding, PreTrainedTokenizerBase, TrainerCallback
 from trl import RLOOConfig as TRLRLOOConfig
 from trl import RLOOTrainer
 from trl.trainer.utils import get_callable_name
@@ -47,7 +47,7 @@ from training.reward_scoring import load_reward_model, score
 __all__ = ["RLOOConfig", "RewardFn", "build_trainer", "reward_fn_from_reward_model", "train_rloo"]
 
 Messages = list[dict]
-RewardFn = Callable[..., Sequence[float]]
+RewardFn = Callable[..., Sequence[float | None]]  # None: unscorable, TRL leaves it out
 
 
 @dataclass
@@ -93,7 +93,7 @@ def reward_fn_from_reward_model(
     """
     model, tokenizer = load_reward_model(path, device)
 
-    def reward_model(prompts: Sequence[Messages], completions: Sequence[str], **kwargs) -> list[float]:
+    def reward_model(prompts: Sequence[Messages], completions: Sequence[str], **kwargs) -> list[float | None]:
         scores: list[float | None] = [None] * len(completions)
         for prompt, indices in _group_by_prompt(prompts).items():  # RLOO's k completions share a prompt
             values = score(model, tokenizer, json.loads(prompt), [completions[i] for i in indices], batch_size)
@@ -118,10 +118,10 @@ def eos_ids(model, tokenizer: PreTrainedTokenizerBase) -> set[int]:
     return {tokenizer.eos_token_id, *ids}
 
 
-def with_eos_penalty(reward_fn: RewardFn, stop_ids: set[int], penalty: float | None) -> RewardFn:
+def with_eos_penalty(reward_fn: RewardFn, stop_ids: set[int], penalty: float | None) -> Callable[..., list[float | None]]:
     """TRL's reward-function interface around reward_fn: plain-text completions, minus penalty when no EOS."""
 
-    def reward(prompts, completions, completion_ids, **kwargs):
+    def reward(prompts, completions, completion_ids, **kwargs) -> list[float | None]:
         texts = [c[-1]["content"] if isinstance(c, list) else c for c in completions]
         rewards = [None if r is None else float(r)  # None: unscorable, TRL leaves it out
                    for r in reward_fn(prompts, texts, completion_ids=completion_ids, **kwargs)]
@@ -150,8 +150,9 @@ def prompts_to_dataset(
 
 
 def _prompt_length(tokenizer: PreTrainedTokenizerBase, prompt: Messages) -> int:
-    return len(tokenizer.apply_chat_template(list(prompt), add_generation_prompt=True, tokenize=True,
-                                             return_dict=True)["input_ids"])
+    encoded = tokenizer.apply_chat_template(list(prompt), add_generation_prompt=True, tokenize=True, return_dict=True)
+    assert isinstance(encoded, BatchEncoding)  # what return_dict=True returns
+    return len(encoded["input_ids"])
 
 
 def build_trainer(

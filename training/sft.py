@@ -30,6 +30,7 @@ from training.policy_io import (
     trl_common_args,
 )
 from training.preferences import Row
+from training.trl_common import dataset_rows
 
 __all__ = ["SFTConfig", "build_trainer", "chosen_to_sft_rows", "train_sft"]
 
@@ -124,7 +125,7 @@ def train_sft(
     """
     stream = StreamAndStop(on_log, should_stop)
     trainer = build_trainer(config, rows, callbacks=[stream])
-    kept = len(trainer.train_dataset)
+    kept = dataset_rows(trainer.train_dataset)
     if kept == 0:
         raise PolicyTrainingError(f"no SFT rows left: all {len(rows)} lose every response token to max_length")
     output = run_trainer(trainer, stream, "SFT")

@@ -3,6 +3,7 @@ all of them, the cancellation error, and the record of what the arguments resolv
 
 from __future__ import annotations
 
+from collections.abc import Sized
 from typing import Any, Protocol
 
 import peft
@@ -79,3 +80,9 @@ def resolved_settings(args) -> dict[str, Any]:
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
                      "trl": trl.__version__, "peft": peft.__version__},
     }
+
+
+def dataset_rows(dataset: object) -> int:
+    """Rows of a split given to a Trainer (a datasets.Dataset; the Trainer types its datasets loosely)."""
+    assert isinstance(dataset, Sized), type(dataset)
+    return len(dataset)

@@ -47,7 +47,7 @@ class ImportSummarySerializer(serializers.Serializer):
     skipped_count = serializers.IntegerField()
     responses_skipped = serializers.IntegerField()
     warnings = serializers.ListField(child=serializers.CharField())
-    errors = serializers.ListField(child=serializers.DictField())
+    errors = serializers.ListField(child=serializers.DictField())  # type: ignore[assignment]  # a declared field; the stubs see the base class's attribute of that name
 
 
 IMPORT_DOC = """Multipart `file` plus `kind`:
@@ -125,7 +125,7 @@ def tasks(request, slug):
     if request.query_params.get("gold") in ("1", "true"):
         rows = rows.filter(is_gold=True)
     paginator = PageNumberPagination()
-    page = paginator.paginate_queryset(rows.only("id"), request)
+    page = paginator.paginate_queryset(rows.only("id"), request) or []  # None only without a PAGE_SIZE setting
     slots = TaskResponse.objects.select_related("response__model_version").order_by("position")
     full = Task.objects.filter(pk__in=[t.pk for t in page]).select_related("prompt").prefetch_related(Prefetch("slots", queryset=slots)).order_by("-id")
     return paginator.get_paginated_response([_task_body(t) for t in full])
@@ -218,7 +218,7 @@ def labeler_list(request, slug):
     if request.query_params.get("role") in Membership.Role.values:
         memberships = memberships.filter(role=request.query_params["role"])
     paginator = PageNumberPagination()
-    page = paginator.paginate_queryset(memberships, request)
+    page = paginator.paginate_queryset(memberships, request) or []  # None only without a PAGE_SIZE setting
     agreement = agreement_by_labeler(campaign)
     stats = labeler_stats(campaign, [m.user_id for m in page], agreement)
     return paginator.get_paginated_response([_labeler_body(m, stats[m.user_id], agreement is not None) for m in page])

@@ -13,7 +13,7 @@ from annotate.runs.compression import FIGURES, comparisons, runs_comparing
 
 class ComparisonSerializer(serializers.Serializer):
     model = serializers.CharField()
-    source = serializers.CharField(allow_null=True)
+    source = serializers.CharField(allow_null=True)  # type: ignore[assignment]  # a declared field; the stubs see the base class's attribute of that name
     figures = serializers.ListField(child=serializers.CharField(), help_text="The figure columns of each row, in order.")
     comparisons = serializers.ListField(
         child=serializers.DictField(),

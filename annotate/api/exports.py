@@ -20,7 +20,8 @@ from pathlib import Path
 
 import django_filters
 from asgiref.sync import sync_to_async
-from django.db.models import F, Prefetch, Q
+from django.contrib.auth.models import User
+from django.db.models import F, Prefetch, Q, QuerySet
 from django.http import FileResponse, Http404, StreamingHttpResponse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, extend_schema_view
@@ -60,7 +61,7 @@ def check_identities(campaign: Campaign, identities: str) -> None:
 # ---------------------------------------------------------------- streaming responses
 
 
-class _PullEachChunk:
+class _PullEachChunk(StreamingHttpResponse):
     """Stream a sync iterator under ASGI one chunk at a time.
 
     Django's ASGI handler would read a sync iterator whole before sending it
@@ -69,10 +70,15 @@ class _PullEachChunk:
     """
 
     async def __aiter__(self):
-        chunks = iter(self.streaming_content)
-        pull = sync_to_async(next, thread_sensitive=True)
+        chunks = self.streaming_content
+        assert isinstance(chunks, Iterator)  # from a sync iterator (StreamingHttpResponse maps it to bytes)
+        pull = sync_to_async(_next_or_none, thread_sensitive=True)
         while (chunk := await pull(chunks, None)) is not None:
             yield chunk
+
+
+def _next_or_none(chunks: Iterator[bytes], default: None) -> bytes | None:
+    return next(chunks, default)
 
 
 class ExportResponse(_PullEachChunk, StreamingHttpResponse):
@@ -97,7 +103,7 @@ ERRORS = {
     403: OpenApiResponse(description="A labeler, or a researcher asking for real identities."),
     404: OpenApiResponse(description="Not a member of this campaign."),
 }
-_FILTER_HELP = {
+_FILTER_HELP: dict[str, tuple[type | OpenApiTypes, str]] = {
     "since": (OpenApiTypes.DATETIME, "Judgements created at or after this ISO date or datetime."),
     "until": (OpenApiTypes.DATETIME, "Judgements created before this ISO date or datetime (exclusive)."),
     "models": (str, "Comma-separated model version names: tasks with a response from one of them."),
@@ -145,6 +151,7 @@ def export(request, slug):
     options, filters = parse_export(params)
     check_identities(campaign, options.identities)
     filename = export_filename(campaign, options)
+    response: StreamingHttpResponse
     if options.format == "hf":
         response = DownloadResponse(_before_any_byte(_built_zip, campaign, options, filters), as_attachment=True, filename=filename)
     else:
@@ -209,7 +216,7 @@ class SnapshotInSerializer(serializers.Serializer):
 
 
 class SnapshotSerializer(serializers.ModelSerializer):
-    created_by = serializers.SlugRelatedField(slug_field="username", read_only=True)
+    created_by: serializers.SlugRelatedField[User] = serializers.SlugRelatedField(slug_field="username", read_only=True)
     download_url = serializers.SerializerMethodField()
 
     class Meta:
@@ -329,7 +336,7 @@ class PromptFilter(CreatedRange):
 
     class Meta:
         model = Prompt
-        fields = []
+        fields: list[str] = []
 
 
 class ResponseFilter(CreatedRange):
@@ -339,7 +346,7 @@ class ResponseFilter(CreatedRange):
 
     class Meta:
         model = Response
-        fields = []
+        fields: list[str] = []
 
 
 class TaskFilter(CreatedRange):
@@ -352,7 +359,7 @@ class TaskFilter(CreatedRange):
 
     class Meta:
         model = Task
-        fields = []
+        fields: list[str] = []
 
     def filter_complete(self, queryset, name, value):
         complete = Q(judgements_received__gte=F("judgements_needed"))
@@ -371,7 +378,7 @@ class JudgementFilter(CreatedRange):
 
     class Meta:
         model = Judgement
-        fields = []
+        fields: list[str] = []
 
     def filter_labeler(self, queryset, name, value):
         names = self.request.parser_context["view"].names
@@ -400,8 +407,12 @@ class CampaignData(viewsets.ReadOnlyModelViewSet):
 
     def get_queryset(self):
         if getattr(self, "swagger_fake_view", False):  # schema generation: no campaign
-            return self.queryset.none()
+            return super().get_queryset().none()
         return self.campaign_rows(self.campaign)
+
+    def campaign_rows(self, campaign: Campaign) -> QuerySet:
+        """The campaign's rows of this view's model."""
+        raise NotImplementedError
 
 
 @extend_schema_view(list=extend_schema(description="The campaign's prompts."), retrieve=extend_schema(description="One prompt."))
@@ -458,7 +469,7 @@ class JudgementDataView(CampaignData):
         return Judgement.objects.filter(task__campaign=campaign)
 
     def get_serializer_context(self):
-        return super().get_serializer_context() | {"names": getattr(self, "names", None)}
+        return {**super().get_serializer_context(), "names": getattr(self, "names", None)}
 
 
 data_router = SimpleRouter()

@@ -1,7 +1,7 @@
 """REST API v1 for runs (background jobs) and the model registry."""
 from __future__ import annotations
 
-from django.contrib.auth.models import AnonymousUser
+from django.contrib.auth.models import AnonymousUser, User
 from drf_spectacular.utils import extend_schema
 from rest_framework import serializers, status
 from rest_framework.decorators import api_view
@@ -11,7 +11,7 @@ from annotate import access
 from annotate.campaigns.imports.batches import normalise_context, normalise_messages
 from annotate.core.redact import hide_paths
 from annotate.jobs import engine
-from annotate.models import ModelVersion, Run
+from annotate.models import Campaign, ModelVersion, Run
 from annotate.runs.registry import RegistryError
 from annotate.runs.scoring import score_responses
 
@@ -22,8 +22,8 @@ class RunInSerializer(serializers.Serializer):
 
 
 class RunSerializer(serializers.ModelSerializer):
-    campaign = serializers.SlugRelatedField(slug_field="slug", read_only=True)
-    created_by = serializers.SlugRelatedField(slug_field="username", read_only=True)
+    campaign: serializers.SlugRelatedField[Campaign] = serializers.SlugRelatedField(slug_field="slug", read_only=True)
+    created_by: serializers.SlugRelatedField[User] = serializers.SlugRelatedField(slug_field="username", read_only=True)
     metrics = serializers.SerializerMethodField()
 
     class Meta:
@@ -41,7 +41,7 @@ class RunSerializer(serializers.ModelSerializer):
 
 
 class ModelVersionSerializer(serializers.ModelSerializer):
-    parent = serializers.SlugRelatedField(slug_field="name", read_only=True)
+    parent: serializers.SlugRelatedField[ModelVersion] = serializers.SlugRelatedField(slug_field="name", read_only=True)  # type: ignore[assignment]  # a declared field; the stubs see the base class's attribute of that name
     checkpoint_path = serializers.CharField(read_only=True, required=False, help_text="Staff only: where the checkpoint lies on the server.")
 
     class Meta:
@@ -93,7 +93,7 @@ def run_cancel(request, run_id):
 class ScoreInSerializer(serializers.Serializer):
     prompt = serializers.JSONField(help_text="The prompt: a string (one user turn) or a list of chat messages.")
     responses = serializers.ListField(child=serializers.CharField(allow_blank=True, trim_whitespace=False), min_length=1, max_length=64)
-    context = serializers.JSONField(required=False, default=list, help_text="The prompt's context passages: strings or {title?, text}.")
+    context = serializers.JSONField(required=False, default=list, help_text="The prompt's context passages: strings or {title?, text}.")  # type: ignore[assignment, arg-type]  # a declared field named like a base attribute; the stubs allow only mapping defaults for JSON
 
 
 class ScoreOutSerializer(serializers.Serializer):

@@ -27,7 +27,7 @@ class ResponseOutSerializer(serializers.Serializer):
 
 class PromptOutSerializer(serializers.Serializer):
     messages = serializers.JSONField()
-    context = serializers.JSONField()
+    context = serializers.JSONField()  # type: ignore[assignment]  # a declared field; the stubs see the base class's attribute of that name
 
 
 class NextTaskSerializer(serializers.Serializer):
@@ -69,7 +69,7 @@ class JudgementOutSerializer(serializers.Serializer):
 class ImportResultSerializer(serializers.Serializer):
     created = serializers.IntegerField()
     tasks_built = serializers.IntegerField(required=False)
-    errors = serializers.ListField(child=serializers.DictField())
+    errors = serializers.ListField(child=serializers.DictField())  # type: ignore[assignment]  # a declared field; the stubs see the base class's attribute of that name
 
 
 class ProgressSerializer(serializers.Serializer):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import re
+from typing import TypeGuard
 
 from django.db import transaction
 
@@ -32,12 +33,16 @@ def validate_criteria(criteria) -> list[dict]:
         if c["name"] in names:
             raise InvalidSettings(f"criterion {c['name']!r} is named twice.", field="criteria")
         low, high = c.get("min"), c.get("max")
-        if not all(isinstance(v, int) and not isinstance(v, bool) for v in (low, high)) or not SCALE[0] <= low < high <= SCALE[1]:
+        if not (_is_int(low) and _is_int(high)) or not SCALE[0] <= low < high <= SCALE[1]:
             raise InvalidSettings(f"criterion {c['name']!r} needs integers min < max within {SCALE[0]}..{SCALE[1]}.", field="criteria")
         label = str(c.get("label") or c["name"])[:100]
         names.add(c["name"])
         clean.append({"name": c["name"], "label": label, "min": low, "max": high})
     return clean
+
+
+def _is_int(value: object) -> TypeGuard[int]:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def check_settings(fields: dict) -> None:

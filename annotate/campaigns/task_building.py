@@ -11,6 +11,7 @@ from __future__ import annotations
 import random
 from collections import defaultdict
 from itertools import zip_longest
+from typing import Protocol, TypeVar
 
 from django.db import transaction
 
@@ -19,16 +20,29 @@ from annotate.models import Campaign, Response, Task, TaskResponse
 shuffle = random.SystemRandom().shuffle
 
 
-def interleave_by_model(responses: list[Response]) -> list[Response]:
+class _Candidate(Protocol):
+    """What tasks are cut from: a response, or a row written by an import (pk and model_version_id)."""
+
+    @property
+    def pk(self) -> int: ...
+
+    @property
+    def model_version_id(self) -> int: ...
+
+
+R = TypeVar("R", bound=_Candidate)
+
+
+def interleave_by_model(responses: list[R]) -> list[R]:
     """One response from each model version in turn, each model's oldest first."""
-    by_model: dict[int, list[Response]] = defaultdict(list)
+    by_model: dict[int, list[R]] = defaultdict(list)
     for response in sorted(responses, key=lambda r: (r.model_version_id, r.pk)):
         by_model[response.model_version_id].append(response)
     rounds = zip_longest(*by_model.values())
     return [r for round_ in rounds for r in round_ if r is not None]
 
 
-def task_groups(responses: list[Response], k: int, *, shuffle=shuffle) -> list[list[Response]]:
+def task_groups(responses: list[R], k: int, *, shuffle=shuffle) -> list[list[R]]:
     """One prompt's unused responses (anything with pk and model_version_id) cut into tasks of k,
     interleaved across models, each in a shuffled display order; fewer than k left over wait."""
     if len(responses) == k:  # one task of them all, shuffled: the interleaving would not change it (a pair import's case)
@@ -70,7 +84,7 @@ def build_tasks(campaign: Campaign, prompt_ids, *, priority: int = 0) -> int:
             )
             for prompt_id, _ in groups
         )
-        slots = []
+        slots: list[TaskResponse] = []
         for task, (_, members) in zip(tasks, groups):
             slots.extend(TaskResponse(task=task, response=r, position=i) for i, r in enumerate(members))
         TaskResponse.objects.bulk_create(slots, batch_size=5000)

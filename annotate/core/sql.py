@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from functools import cache, wraps
 from types import SimpleNamespace
+from typing import TypeVar
 
 from django.contrib.auth import get_user_model
 from django.db import connection
@@ -20,6 +21,8 @@ from django.db.models import Model
 from django.db.models.expressions import Col
 
 from annotate.models import ApiToken, Assignment, Campaign, Judgement, Membership, Prompt, Response, Task, TaskResponse
+
+M = TypeVar("M", bound=Model)
 
 
 def select_list(model: type[Model], alias: str) -> str:
@@ -30,7 +33,13 @@ def select_list(model: type[Model], alias: str) -> str:
 @cache
 def _select_list(model: type[Model], alias: str, vendor: str) -> str:
     quote = connection.ops.quote_name
-    return ", ".join(f"{alias}.{quote(field.column)}" for field in model._meta.concrete_fields)
+    return ", ".join(f"{alias}.{quote(_column(field))}" for field in model._meta.concrete_fields)
+
+
+def _column(field) -> str:
+    """A concrete field's column name (only non-concrete fields have none)."""
+    assert field.column is not None, f"{field} has no column"
+    return field.column
 
 
 def width(model: type[Model]) -> int:
@@ -38,7 +47,7 @@ def width(model: type[Model]) -> int:
     return len(model._meta.concrete_fields)
 
 
-def instance(model: type[Model], values) -> Model:
+def instance(model: type[M], values) -> M:
     """A model instance from the values of `select_list(model, ...)`, converted as the ORM would."""
     converters = _converters(model, connection.vendor)
     converted = [value if value is None else _convert(value, field_converters) for value, field_converters in zip(values, converters)]
@@ -68,19 +77,19 @@ def _converters(model: type[Model], vendor: str) -> list[list]:
     return result
 
 
-def insert(obj: Model) -> Model:
+def insert(obj: M) -> M:
     """INSERT the unsaved `obj` in one statement (defaults and auto_now_add applied as `save()` would); sets its pk."""
     meta = obj._meta
     fields = [f for f in meta.concrete_fields if f is not meta.auto_field]
     values = [f.get_db_prep_save(f.pre_save(obj, add=True), connection) for f in fields]
     quote = connection.ops.quote_name
     sql = (
-        f"INSERT INTO {quote(meta.db_table)} ({', '.join(quote(f.column) for f in fields)})"
+        f"INSERT INTO {quote(meta.db_table)} ({', '.join(quote(_column(f)) for f in fields)})"
         f" VALUES ({', '.join(['%s'] * len(fields))})"
     )
     with connection.cursor() as cursor:
         if connection.features.can_return_columns_from_insert:
-            cursor.execute(sql + f" RETURNING {quote(meta.pk.column)}", values)
+            cursor.execute(sql + f" RETURNING {quote(_column(meta.pk))}", values)
             obj.pk = cursor.fetchone()[0]
         else:
             cursor.execute(sql, values)
@@ -115,9 +124,9 @@ def _per_vendor(build: Callable[[], str]) -> Callable[[], str]:
 def _names(model: type[Model]) -> SimpleNamespace:
     """Quoted names of `model`'s table (`.table`) and columns (by field name and attname: `.campaign`, `.campaign_id`; `.pk`)."""
     quote = connection.ops.quote_name
-    columns = {"pk": quote(model._meta.pk.column)}
+    columns = {"pk": quote(_column(model._meta.pk))}
     for field in model._meta.concrete_fields:
-        columns[field.name] = columns[field.attname] = quote(field.column)
+        columns[field.name] = columns[field.attname] = quote(_column(field))
     return SimpleNamespace(table=quote(model._meta.db_table), **columns)
 
 
@@ -246,7 +255,10 @@ def _task_remaining_locked() -> str:
 
 def task_remaining_locked(task_id: int) -> int:
     """The task's free slots, its row locked (where the database has row locks) until the transaction ends."""
-    return _fetchone(_task_remaining_locked(), [task_id])[0]
+    row = _fetchone(_task_remaining_locked(), [task_id])
+    if row is None:
+        raise Task.DoesNotExist(f"Task {task_id} does not exist.")
+    return row[0]
 
 
 @_per_vendor

@@ -25,7 +25,7 @@ from annotate.exports.formats import (
 from annotate.exports.options import EXTENSIONS, ExportFilters, ExportOptions
 from annotate.exports.rows import CHUNK, ExportStats, build_lines, build_rows, select_judgements
 from annotate.models import Campaign
-from training.preferences import split_prompts
+from training.preferences import PromptId, split_prompts
 
 __all__ = ["CHUNK", "FLUSH_BYTES", "ROW_GROUP"]  # read at each export's start; a caller may set them here
 
@@ -72,7 +72,7 @@ def write_export(campaign: Campaign, options: ExportOptions, filters: ExportFilt
     return stats
 
 
-def held_out_prompts(campaign: Campaign, filters: ExportFilters, options: ExportOptions) -> set[str]:
+def held_out_prompts(campaign: Campaign, filters: ExportFilters, options: ExportOptions) -> set[PromptId]:
     """External ids of the prompts in the test split: training.preferences.split_prompts over the selected prompts."""
     prompt_ids = select_judgements(campaign, filters).order_by().values_list("task__prompt__external_id", flat=True).distinct()
     return split_prompts(list(prompt_ids), options.test_fraction, options.seed)

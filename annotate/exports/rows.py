@@ -226,8 +226,8 @@ def _groups_with_content(
         chunk,
     )
     models = ModelNames()
-    for task_id, group in groupby(chain([first], rows), key=itemgetter(J_TASK)):
-        group = list(group)
+    for task_id, task_judgements in groupby(chain([first], rows), key=itemgetter(J_TASK)):
+        group = list(task_judgements)
         if min_agreement is not None:
             agreement = pairwise_agreement([j[J_RANKING] for j in group])
             if agreement is None or agreement < min_agreement:

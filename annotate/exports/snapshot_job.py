@@ -40,7 +40,7 @@ def validate_params(campaign: Campaign | None, params: dict) -> dict:
 def run_snapshot(ctx: RunContext) -> dict:
     options, filters = parse(ctx.params)
     ctx.progress(0.0, "exporting")
-    snapshot = snapshots.create_snapshot(ctx.run.campaign, ctx.params["name"], options, filters, user=ctx.run.created_by)
+    snapshot = snapshots.create_snapshot(ctx.campaign, ctx.params["name"], options, filters, user=ctx.run.created_by)
     ctx.log(f"snapshot {snapshot.name} v{snapshot.version}: {snapshot.row_counts} ({snapshot.content_hash[:12]})")
     return {"snapshot": snapshot.name, "version": snapshot.version, "content_hash": snapshot.content_hash, "row_counts": snapshot.row_counts}
 

@@ -25,10 +25,10 @@ READABLE_FORMATS = ("jsonl", "jsonl.gz", "parquet")
 def ranked_judgements(campaign: Campaign, *, since=None) -> list[RankedJudgement]:
     """Every judgement of the campaign's non-gold tasks; paused labelers' marked `excluded`."""
     paused = paused_labeler_ids(campaign)
-    rows = Judgement.objects.filter(task__campaign=campaign, task__is_gold=False).order_by("id")
+    judgements = Judgement.objects.filter(task__campaign=campaign, task__is_gold=False).order_by("id")
     if since is not None:
-        rows = rows.filter(created_at__gt=since)
-    rows = list(rows.values_list("task__prompt_id", "task__prompt__messages", "task__prompt__context", "ranking", "labeler_id"))
+        judgements = judgements.filter(created_at__gt=since)
+    rows = list(judgements.values_list("task__prompt_id", "task__prompt__messages", "task__prompt__context", "ranking", "labeler_id"))
     ids = {rid for *_, ranking, _ in rows for group in ranking for rid in group}
     texts = dict(Response.objects.filter(pk__in=ids).values_list("id", "text"))
     return [
@@ -82,6 +82,8 @@ def training_snapshot(run: Run, what: str, name: str | None, *, include_paused: 
     """
     if name is not None:
         return Snapshot.objects.get(campaign=run.campaign, name=name)
+    if run.campaign is None:
+        raise ValueError(f"run {run.pk} ({run.kind}) has no campaign to snapshot")
     filters = ExportFilters(include_paused=include_paused, include_evaluation=False)
     return create_snapshot(run.campaign, f"run-{run.pk}-{what}", TRAINING_EXPORT, filters, user=run.created_by)
 

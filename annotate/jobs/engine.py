@@ -173,6 +173,13 @@ class RunContext:
         self.params = run.params
         self._checked_at = 0.0
 
+    @property
+    def campaign(self) -> Campaign:
+        """The run's campaign, for the kinds that work on one (a run of such a kind without one is a bug)."""
+        if self.run.campaign is None:
+            raise ValueError(f"run {self.run.pk} ({self.run.kind}) has no campaign")
+        return self.run.campaign
+
     def progress(self, fraction: float, message: str = "") -> None:
         fraction = min(max(float(fraction), 0.0), 1.0)
         retry_on_disconnect(lambda: Run.objects.filter(pk=self.run.pk).update(progress=fraction, progress_message=message[:300]))
@@ -194,7 +201,7 @@ class RunContext:
         # hour of training to one dropped connection would be worse.
         retry_on_disconnect(lambda: RunMetric.objects.bulk_create(rows))
 
-    def artifact(self, name: str, path: str) -> None:
+    def artifact(self, name: str, path: str | Path) -> None:
         self.run.artifacts[name] = str(path)
         retry_on_disconnect(lambda: Run.objects.filter(pk=self.run.pk).update(artifacts=self.run.artifacts))
 
@@ -202,8 +209,8 @@ class RunContext:
         """True once someone asked to cancel (read from the database at most once a second)."""
         if time.monotonic() - self._checked_at >= 1.0:
             self._checked_at = time.monotonic()
-            self.run.cancel_requested = retry_on_disconnect(
-                lambda: Run.objects.filter(pk=self.run.pk).values_list("cancel_requested", flat=True).first()
+            self.run.cancel_requested = bool(
+                retry_on_disconnect(lambda: Run.objects.filter(pk=self.run.pk).values_list("cancel_requested", flat=True).first())
             )
         return bool(self.run.cancel_requested)
 

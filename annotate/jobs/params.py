@@ -1,6 +1,8 @@
 """Checking job params: each helper returns the clean value or raises InvalidParams naming the field."""
 from __future__ import annotations
 
+from typing import Literal, overload
+
 from annotate.jobs.engine import InvalidParams
 from annotate.models import ModelVersion
 
@@ -15,11 +17,11 @@ def integer(params: dict, name: str, default, low: int, high: int):
     return value
 
 
-def number(params: dict, name: str, default: float, *, low: float, high: float, low_open: bool = False) -> float:
-    """A number in [low, high] (or (low, high] with low_open)."""
+def number(params: dict, name: str, default: float | None, *, low: float, high: float, low_open: bool = False) -> float:
+    """A number in [low, high] (or (low, high] with low_open); a None default makes the param required."""
     value = params.get(name, default)
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and (low < value if low_open else low <= value) and value <= high
-    if not ok:
+    in_range = isinstance(value, (int, float)) and not isinstance(value, bool) and (low < value if low_open else low <= value) and value <= high
+    if not in_range or not isinstance(value, (int, float)):  # the second test only tells mypy what the first checked
         raise InvalidParams(f"{name} must be a number in {'(' if low_open else '['}{low}, {high}].", field=name)
     return float(value)
 
@@ -48,6 +50,7 @@ def model_name(params: dict, name: str = "name") -> str | None:
     if value is None:
         return None
     limit = ModelVersion._meta.get_field("name").max_length
+    assert limit is not None  # a CharField has one
     if not isinstance(value, str) or not value.strip() or len(value) > limit:
         raise InvalidParams(f"{name} must be text of 1 to {limit} characters.", field=name)
     if ModelVersion.objects.filter(name=value).exists():
@@ -55,6 +58,10 @@ def model_name(params: dict, name: str = "name") -> str | None:
     return value
 
 
+@overload
+def text_list(params: dict, name: str, *, max_items: int, required: Literal[True], what: str = "names") -> list[str]: ...
+@overload
+def text_list(params: dict, name: str, *, max_items: int, required: bool = False, what: str = "names") -> list[str] | None: ...
 def text_list(params: dict, name: str, *, max_items: int, required: bool = False, what: str = "names") -> list[str] | None:
     """A list of at most `max_items` strings (None when absent and not required)."""
     value = params.get(name)

@@ -107,15 +107,16 @@ def _lease_free_task(labeler, campaign: Campaign, now) -> Lease | None:
         assignment = Assignment(pk=row[0], task=task, labeler=labeler, campaign=campaign, state=State.OPEN, leased_at=now, leased_until=until)
         return Lease(assignment, task, is_new=True)
     with transaction.atomic():
-        task = (
+        free_task = (
             Task.objects.filter(campaign=campaign, remaining__gt=0)
             .exclude(assignments__labeler=labeler)
             .order_by("-priority", "id")
             .select_for_update(skip_locked=True, of=("self",))
             .first()
         )
-        if task is None:
+        if free_task is None:
             return None
+        task = free_task
         assignment = Assignment.objects.create(
             task=task,
             labeler=labeler,

@@ -173,7 +173,7 @@ def measure_all(ctx: RunContext, source_dir: Path, candidates: dict[str, Path], 
 
     p = ctx.params
     ctx.check_cancelled()
-    prompts, pairs = measurement_data(ctx.run.campaign, p["limit"])
+    prompts, pairs = measurement_data(ctx.campaign, p["limit"])
     if not prompts:
         raise RunFailed("the campaign has no prompts to measure on.")
     reward = ModelVersion.objects.get(name=p["reward_model"]) if p["reward_model"] else None
@@ -210,7 +210,7 @@ def register_results(run: Run, source: ModelVersion, results: dict, figures: dic
         version = registry.register(
             _free_name(f"{source.name}-{name}", run), source.kind, path, parent=source, run=run, round=source.round,
             metadata={"method": method, "label": name, "optimization": {**details, "sparsity_asked": p["sparsity"] if method == "prune" else None},
-                      "figures": _rounded(figures[name]), "source_figures": _rounded(figures["source"]), "optimized_in": run.campaign.slug},
+                      "figures": _rounded(figures[name]), "source_figures": _rounded(figures["source"]), "optimized_in": run.campaign.slug if run.campaign else None},
         )
         rows.append({"model": version.name, "id": version.pk, "method": method, **_rounded(figures[name])})
     return {"source": source.name, "source_id": source.pk, "models": [r["model"] for r in rows[1:]], "rows": rows,

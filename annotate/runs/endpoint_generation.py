@@ -58,7 +58,7 @@ class EndpointSource:
 
         client = client_endpoint(self.endpoint, self.generation_params["served_model"])  # RegistryError: the key's variable is unset
         for batch in generate_from_endpoint(client, self._chats(), self.sampling, should_stop=self.ctx.should_stop):
-            completions = []
+            completions: list[EndpointCompletion] = []
             for result in batch:
                 if result.error:
                     self.failures[result.prompt_index] = result.error

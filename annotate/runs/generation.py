@@ -12,6 +12,8 @@ reward model's score (guidance without changing the model).
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 from django.db import transaction
 
@@ -19,7 +21,7 @@ from annotate.campaigns.task_building import build_tasks, shuffle
 from annotate.jobs.engine import InvalidParams, RunContext, RunFailed, register
 from annotate.jobs.params import integer, number, text_list
 from annotate.models import Campaign, ModelVersion, Response, Task, TaskResponse
-from annotate.runs.endpoint_generation import EndpointSource
+from annotate.runs.endpoint_generation import EndpointCompletion, EndpointSource
 from annotate.runs.endpoints import is_endpoint, sampling_defaults, serving_endpoint
 from annotate.runs.registry import (
     RegistryError,
@@ -30,6 +32,9 @@ from annotate.runs.registry import (
     resolve_for_generation,
     reward_model_param,
 )
+
+if TYPE_CHECKING:
+    from training.generate import Completion
 from training.preferences import chat_with_context
 
 MAX_MODELS, MAX_PROMPTS = 32, 100_000  # list params: a clear 400 rather than a body-sized loop
@@ -104,7 +109,7 @@ def generate_into_queue(ctx: RunContext, params: dict) -> dict:
     from training.endpoint_client import EndpointError
     from training.generate import GenerationConfig, generate
 
-    campaign = ctx.run.campaign
+    campaign = ctx.campaign
     prompt_rows = prompt_rows_for(campaign, params)
     if not prompt_rows:
         raise RunFailed("the campaign has no prompts to generate for.")
@@ -122,6 +127,7 @@ def generate_into_queue(ctx: RunContext, params: dict) -> dict:
         try:
             version = resolve_for_generation(name) if not is_endpoint(name) else ModelVersion.objects.get(name=name)
             endpoint = serving_endpoint(version)
+            batches: Iterator[list[EndpointCompletion]] | Iterator[list[Completion]]
             if endpoint is not None:  # an OpenAI-compatible server generates (annotate.runs.endpoint_generation)
                 source = EndpointSource(ctx, version, endpoint, prompt_rows, params, keep * best_of)
                 ctx.log(f"generating with {name} through endpoint {endpoint.name} ({source.generation_params['base_url']})")
@@ -178,7 +184,7 @@ def keep_best(batches, per_prompt: int, keep: int, score_fn):
         return
     pending: dict[int, list] = defaultdict(list)
     for batch in batches:
-        ready = []
+        ready: list[tuple[object, dict]] = []
         for completion in batch:
             candidates = pending[completion.prompt_index]
             candidates.append(completion)
@@ -212,7 +218,7 @@ def whole_prompts(batches, per_prompt: int):
     """Batches of (completion, extra) regrouped so each yielded batch holds all `per_prompt` samples of its prompts."""
     pending: dict[int, list] = defaultdict(list)
     for batch in batches:
-        ready = []
+        ready: list = []
         for item in batch:
             samples = pending[item[0].prompt_index]
             samples.append(item)
@@ -289,7 +295,7 @@ def build_head_to_head(campaign: Campaign, responses: list[Response], baseline: 
     tasks = Task.objects.bulk_create(
         Task(campaign=campaign, prompt_id=prompt_id, judgements_needed=campaign.overlap, remaining=campaign.overlap) for prompt_id, _ in groups
     )
-    slots = []
+    slots: list[TaskResponse] = []
     for task, (_, ids) in zip(tasks, groups):
         shuffle(ids)
         slots.extend(TaskResponse(task=task, response_id=rid, position=i) for i, rid in enumerate(ids))

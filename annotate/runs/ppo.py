@@ -71,15 +71,16 @@ def optimise_with_ppo(ctx: RunContext, p: dict):
     """PPO from the parent policy against the reward model; registers the new policy. Returns (ModelVersion, PPOResult)."""
     from training.ppo import PPOConfig, reward_fn_from_checkpoint, train_ppo
 
-    run, campaign = ctx.run, ctx.run.campaign
+    run, campaign = ctx.run, ctx.campaign
     parent = ModelVersion.objects.get(name=p["policy"]) if p["policy"] else current_policy(campaign)
     reward = ModelVersion.objects.get(name=p["reward_model"])
     prompts = prompt_chats(training_prompts(campaign)[: p["limit"]])
     if not prompts:
         raise RunFailed("the campaign has no prompts to train on.")
     out = Path(settings.ARTIFACTS_DIR) / "runs" / str(p["resume_run"] or run.pk) / "ppo"
+    reward_path = str(registry.checkpoint_dir(reward))
     config = PPOConfig(
-        policy_path=str(registry.checkpoint_dir(parent)), output_dir=str(out), reward_model_path=str(registry.checkpoint_dir(reward)),
+        policy_path=str(registry.checkpoint_dir(parent)), output_dir=str(out), reward_model_path=reward_path,
         total_iterations=p["iterations"], rollout_batch_size=p["rollout_batch_size"], minibatch_size=p["minibatch_size"],
         ppo_epochs=p["ppo_epochs"], kl_coef=p["kl_coef"], target_kl=p["target_kl"], learning_rate=p["learning_rate"],
         temperature=p["temperature"], max_new_tokens=p["max_new_tokens"], seed=p["seed"], max_prompt_tokens=p.get("max_prompt_tokens"),
@@ -96,7 +97,7 @@ def optimise_with_ppo(ctx: RunContext, p: dict):
                             "lower the learning rate or check the reward model's scores.")
 
     held_out = prompt_chats(evaluation_prompts(campaign)) or None  # the reward offset is measured where nothing trains
-    result = train_ppo(config, prompts, reward_fn_from_checkpoint(config.reward_model_path), on_log=on_log, should_stop=ctx.should_stop,
+    result = train_ppo(config, prompts, reward_fn_from_checkpoint(reward_path), on_log=on_log, should_stop=ctx.should_stop,
                        reference_prompts=held_out)
     if result.alarm is not None:
         raise RunFailed(f"PPO stopped by its alarms after {result.iterations} iterations: {result.alarm}")

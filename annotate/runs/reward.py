@@ -65,7 +65,7 @@ def train_and_register(ctx: RunContext, p: dict):
     from training.reward_config import RewardConfig, RewardTrainingError
     from training.trl_common import TrainingCancelled
 
-    run, campaign = ctx.run, ctx.run.campaign
+    run, campaign = ctx.run, ctx.campaign
     refuse_if_it_cannot_fit_here("reward", campaign, p)  # fail now, not out of memory an hour in
     options = PreferenceOptions(weighting=p["weighting"], aggregation=p["aggregation"], include_excluded=p["include_excluded"],
                                 eval_fraction=p["eval_fraction"], seed=p["seed"])

@@ -59,12 +59,14 @@ def _report(policy: ModelVersion) -> dict:
     reward_name = policy.metadata.get("reward_model") or ((policy.run.result or {}).get("reward_model") if policy.run else None)
     reward = ModelVersion.objects.filter(name=reward_name, kind=ModelVersion.Kind.REWARD).first() if reward_name else None
     evaluation = policy.metadata.get("evaluation")
-    rate, n = human_win_rate(policy, policy.parent)
-    low, high = wilson_interval(rate, n) if n else (None, None)
+    parent = policy.parent
+    assert parent is not None  # round_reports selects policies with a parent
+    rate, n = human_win_rate(policy, parent)
+    low, high = wilson_interval(rate, n) if rate is not None else (None, None)  # None: no judgements (n == 0)
     return {
         "round": policy.round,
         "policy": policy.name,
-        "previous_policy": policy.parent.name,
+        "previous_policy": parent.name,
         "reward_model": reward_name,
         "reward_model_accuracy": reward.metadata.get("metrics", {}).get("eval/accuracy") if reward else None,
         "evaluation": {key: evaluation.get(key) for key in EVALUATION_KEYS} if evaluation else None,

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from pathlib import Path
 
 from django.db import transaction
 
@@ -37,7 +38,7 @@ METHODS = ("ppo", "dpo", "rloo")
 PHASES = {"reward": (0.0, 0.3), "policy": (0.3, 0.8), "evaluate": (0.8, 0.85), "generate": (0.85, 1.0)}
 # `preset: "cpu"`: defaults a 2-core CPU machine can afford for a demo or a CI-sized check (the
 # params a round is given still win). Without a preset, each phase keeps its own (GPU-sized) defaults.
-PRESETS = {
+PRESETS: dict[str, dict[str, dict]] = {
     "cpu": {
         "reward": {"epochs": 1.0, "batch_size": 8, "max_length": 384},
         "ppo": {"iterations": 6, "rollout_batch_size": 8, "minibatch_size": 8, "ppo_epochs": 2, "max_new_tokens": 32,
@@ -49,10 +50,10 @@ PRESETS = {
 }
 
 
-class PhaseContext:
+class PhaseContext(RunContext):
     """A RunContext for one phase: progress scaled into the phase's part of the bar, metrics prefixed."""
 
-    def __init__(self, ctx: RunContext, phase: str):
+    def __init__(self, ctx: RunContext, phase: str):  # no super().__init__: all but progress and metrics go to `ctx`
         self._ctx, self._phase = ctx, phase
         self._low, self._high = PHASES[phase]
         self.run, self.params = ctx.run, ctx.params
@@ -70,8 +71,17 @@ class PhaseContext:
     def metrics(self, step: int, values: dict) -> None:
         self._ctx.metrics(step, {f"{self._phase}/{k}": v for k, v in values.items()})
 
-    def __getattr__(self, name):  # log, artifact, should_stop, check_cancelled
-        return getattr(self._ctx, name)
+    def log(self, line: str) -> None:
+        self._ctx.log(line)
+
+    def artifact(self, name: str, path: str | Path) -> None:
+        self._ctx.artifact(name, path)
+
+    def should_stop(self) -> bool:
+        return self._ctx.should_stop()
+
+    def check_cancelled(self) -> None:
+        self._ctx.check_cancelled()
 
 
 def validate_params(campaign: Campaign | None, params: dict) -> dict:
@@ -154,7 +164,7 @@ def _policy_overrides(method: str, previous: str, reward: str) -> dict:
 
 
 def run_round(ctx: RunContext) -> dict:
-    campaign, method = ctx.run.campaign, ctx.params["method"]
+    campaign, method = ctx.campaign, ctx.params["method"]
     previous = current_policy(campaign)
     ctx.log(f"round from {previous.name} (round {previous.round or 0}), policy optimisation: {method}")
     made: list[ModelVersion] = []

@@ -65,7 +65,7 @@ def run_prioritize(ctx: RunContext) -> dict:
 def run_drift(ctx: RunContext) -> dict:
     version = ModelVersion.objects.get(name=ctx.params["reward_model"])
     # the rule training uses: paused labelers' judgements are left out (as the snapshot's filters do)
-    judgements = [j for j in ranked_judgements(ctx.run.campaign, since=version.created_at) if not j.excluded]
+    judgements = [j for j in ranked_judgements(ctx.campaign, since=version.created_at) if not j.excluded]
     agree = total = 0
     for i, judgement in enumerate(judgements, 1):
         ids = list(judgement.responses)
@@ -83,7 +83,7 @@ def run_drift(ctx: RunContext) -> dict:
         locked = ModelVersion.objects.select_for_update().get(pk=version.pk)
         locked.metadata["drift"] = [*locked.metadata.get("drift", []), point]
         locked.save(update_fields=["metadata"])
-    ctx.metrics(len(locked.metadata["drift"]), {"drift/agreement": point["agreement"]})
+    ctx.metrics(len(locked.metadata["drift"]), {"drift/agreement": agree / total})
     return point
 
 

@@ -123,7 +123,7 @@ def train_and_register_policy(kind: str, ctx: RunContext, p: dict) -> ModelVersi
     from training.policy_io import PolicyTrainingError
     from training.trl_common import TrainingCancelled
 
-    campaign = ctx.run.campaign
+    campaign = ctx.campaign
     parent = ModelVersion.objects.get(name=p["policy"]) if p["policy"] else current_policy(campaign)
     refuse_if_it_cannot_fit_here(kind, campaign, {**p, "policy": parent.name})  # fail now, not out of memory an hour in
     out = Path(settings.ARTIFACTS_DIR) / "runs" / str(ctx.run.pk) / kind

@@ -17,7 +17,7 @@ grow with the number of judgements once they are counted.
 """
 from __future__ import annotations
 
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -84,9 +84,9 @@ def outcomes(rankings: Iterable[Sequence[Sequence[int]]], model_of: dict[int, in
     )
 
 
-def _cells(shape: tuple[tuple[int, ...], ...], m: int) -> Counter:
+def _cells(shape: tuple[tuple[int, ...], ...], m: int) -> dict[int, float]:
     """Wins (flat cell winner * m + loser -> count) of one ranking given as groups of model indices."""
-    cells: Counter = Counter()
+    cells: defaultdict[int, float] = defaultdict(float)
     for g, group in enumerate(shape):
         for x, i in enumerate(group):
             for j in group[x + 1 :]:  # tied: half a win each

@@ -210,6 +210,8 @@ def _criteria(campaign: Campaign, data: CampaignRankings) -> list[dict]:
     for j in data.counted():
         for rid, values in (j.ratings or {}).items():
             model_id = data.model_of.get(int(rid))
+            if model_id is None:  # a rating of a response not among the campaign's (none is written; kept out of the means)
+                continue
             for name, value in values.items():
                 total = sums.setdefault((name, model_id), [0.0, 0])
                 total[0] += value

@@ -58,9 +58,9 @@ def _judgements_and_median_seconds(campaign: Campaign, ids: list[int]) -> dict[i
         rows = sql.judgements_and_median_seconds(campaign.pk, ids)
         return {uid: (count, float(median) if median is not None else None) for uid, count, median in rows}
     times: dict[int, list[float]] = defaultdict(list)
-    rows = Judgement.objects.filter(task__campaign=campaign, labeler_id__in=ids).values_list(
+    judgements = Judgement.objects.filter(task__campaign=campaign, labeler_id__in=ids).values_list(
         "labeler_id", "time_spent_ms", "created_at", "assignment__leased_at"
     )
-    for uid, ms, created, leased in rows:
+    for uid, ms, created, leased in judgements:
         times[uid].append(ms / 1000 if ms is not None else max((created - leased).total_seconds(), 0.0))
     return {uid: (len(seconds), statistics.median(seconds)) for uid, seconds in times.items()}

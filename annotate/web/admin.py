@@ -166,10 +166,10 @@ def _ranking_from_places(post, slots) -> list[list[int]]:
     """Fields place-<response id> = 1, 2, ... (equal places tie) into groups of response ids, best first."""
     by_place: dict[int, list[int]] = {}
     for slot in slots:
-        value = post.get(f"place-{slot.response_id}", "")
-        if ascii_int(value) is None:
+        place = ascii_int(post.get(f"place-{slot.response_id}", ""))
+        if place is None:
             raise InvalidRanking("give every response a place (1 is best; equal places are a tie).", field="gold_ranking")
-        by_place.setdefault(ascii_int(value), []).append(slot.response_id)
+        by_place.setdefault(place, []).append(slot.response_id)
     return [by_place[p] for p in sorted(by_place)]
 
 

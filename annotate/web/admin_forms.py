@@ -80,6 +80,7 @@ class CampaignForm(forms.Form):
 
     def clean(self):
         data = super().clean()
+        assert data is not None  # Form.clean returns cleaned_data
         if data.get("task_type") == Campaign.TaskType.PAIRWISE and data.get("responses_per_task") not in (None, 2):
             self.add_error("responses_per_task", "a pairwise campaign has exactly 2 responses per task.")
         return data

@@ -1,6 +1,8 @@
 """Campaign pages for admins and researchers: progress, runs, starting a generation, a run's page."""
 from __future__ import annotations
 
+from typing import Any
+
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.shortcuts import redirect, render
@@ -71,7 +73,7 @@ def start_run(request, slug, kind):
     # reward and round take the reward form's choices (the round's under its own prefix); the others none
     form = RewardForm(request.POST, prefix="round" if kind == "round" else None, campaign=campaign) if kind in ("reward", "round") else None
     if form is not None and not form.is_valid():
-        messages.error(request, "; ".join(f"{field}: {' '.join(errors)}" for field, errors in form.errors.items()))
+        messages.error(request, "; ".join(f"{field}: {' '.join(str(e) for e in errors)}" for field, errors in form.errors.items()))
         return redirect("campaign", slug=slug)
     params = form.params() if form else {}
     if kind == "round":
@@ -88,7 +90,7 @@ def start_run(request, slug, kind):
 @require_GET
 def run_page(request, run_id):
     run = access.run_as_seen_by(request.user, access.run_for(request.user, run_id))
-    context = {"run": run, "plots": metric_panels(engine.metric_series(run)), "can_cancel": access.may_manage_run(request.user, run)}
+    context: dict[str, Any] = {"run": run, "plots": metric_panels(engine.metric_series(run)), "can_cancel": access.may_manage_run(request.user, run)}
     # the commands name server paths: for staff, who run the serving machines
     serving = access.sees_server_detail(request.user) and run.kind in ("ppo", "sft", "dpo", "rloo", "round") and run.status == "succeeded"
     context["serving"] = serving_of_run(run) if serving else []

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from typing import Any
 
 from django.contrib.auth.decorators import login_required
 from django.db.models import Count, Q
@@ -36,7 +37,7 @@ def home(request):
 def label(request, slug):
     """The labeling page: guidelines, then the current task (leased on the way in)."""
     campaign = access.campaign_for(request.user, slug, access.LABELING_ROLES)
-    context = {"campaign": campaign, "instructions_html": render_markdown(campaign.instructions)}
+    context: dict[str, Any] = {"campaign": campaign, "instructions_html": render_markdown(campaign.instructions)}
     context.update(_next_task_context(request, campaign))
     return render(request, "annotate/label.html", context, status=context.get("status", 200))
 
@@ -61,8 +62,8 @@ def submit(request, task_id):
     except (DomainError, ValueError) as exc:
         message = exc.message if isinstance(exc, DomainError) else "The ranking could not be read; please rank again."
         if not access.holds_lease(request.user, task):  # only the lease holder sees the task again
-            refused = isinstance(exc, DomainError) and exc.status in (403, 409)  # not leased, already submitted
-            return _notice(request, task.campaign, message if refused else NotLeased.default_message, exc.status if refused else 403)
+            refused = exc.status if isinstance(exc, DomainError) and exc.status in (403, 409) else None  # not leased, already submitted
+            return _notice(request, task.campaign, message if refused else NotLeased.default_message, refused or 403)
         context = _task_context(request, task.campaign, task, error=message)
         return render(request, "annotate/_task.html", context, status=422)
     _count_in_session(request, task.campaign)

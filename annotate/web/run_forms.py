@@ -28,11 +28,11 @@ class GenerationForm(forms.Form):
     def __init__(self, *args, campaign, **kwargs):
         super().__init__(*args, **kwargs)
         names = generatable_models(campaign)
-        self.fields["models"].choices = [(n, n) for n in names]
+        _choice_field(self, "models").choices = [(n, n) for n in names]
         policy = current_policy(campaign).name
         self.fields["models"].initial = [policy if policy in names else names[0]]  # defaults that work: one click generates
         baselines = Response.objects.filter(prompt__campaign=campaign).values_list("model_version__name", flat=True).distinct()
-        self.fields["head_to_head_with"].choices = [("", "— build tasks from new responses only —")] + [(n, n) for n in sorted(baselines)]
+        _choice_field(self, "head_to_head_with").choices = [("", "— build tasks from new responses only —")] + [(n, n) for n in sorted(baselines)]
 
     def params(self) -> dict:
         data = {k: v for k, v in self.cleaned_data.items() if v not in (None, "")}
@@ -49,12 +49,19 @@ class RewardForm(forms.Form):
     def __init__(self, *args, campaign, **kwargs):
         super().__init__(*args, **kwargs)
         self.campaign = campaign
-        self.fields["base_model"].choices = [(n, n) for n in generatable_models(campaign)]
+        _choice_field(self, "base_model").choices = [(n, n) for n in generatable_models(campaign)]
 
     def params(self) -> dict:
         return dict(self.cleaned_data)
 
     def memory_line(self, kind: str = "reward") -> str:
         """The memory estimate of a run with this form's first choices, against the live workers (annotate.runs.fit)."""
-        reward = {"base_model": self.fields["base_model"].choices[0][0], "use_lora": True}
+        reward = {"base_model": _choice_field(self, "base_model").choices[0][0], "use_lora": True}
         return fit_summary(kind, self.campaign, reward if kind == "reward" else {"method": "ppo", "reward": reward, "policy": {}})
+
+
+def _choice_field(form: forms.Form, name: str) -> forms.ChoiceField:
+    """The form's choice field `name`, typed as one (the choices are filled in per campaign)."""
+    field = form.fields[name]
+    assert isinstance(field, forms.ChoiceField)
+    return field

@@ -388,6 +388,15 @@ def test_a_label_studio_export_with_its_pairwise_choices(carol, campaign):
     assert dict(hamlet.responses.values_list("text", "model_version__name")) == {"A prince avenges his father.": "m1", "A play.": "m2"}
 
 
+def test_a_label_studio_choice_that_is_not_left_or_right_is_no_preference(carol, campaign):
+    # a list or object as the choice once raised TypeError (unhashable) and failed the whole import
+    task = json.loads(json.dumps(LABEL_STUDIO[0]))
+    task["annotations"][0]["result"][0]["value"]["selected"] = ["left"]
+    response = upload(carol, "project-1-export.json", json.dumps([task]).encode(), kind="preferences")
+    assert response.status_code == 201, response.content
+    assert Prompt.objects.get(external_id="ls-11").metadata["label_studio"] == {"task_id": 11, "annotations": 1}
+
+
 def test_a_label_studio_task_without_a_prompt_is_a_row_error(carol, campaign):
     tasks = [LABEL_STUDIO[0], {"id": 13, "data": {"answer1": "x", "answer2": "y"}}]
     response = upload(carol, "export.json", json.dumps(tasks).encode(), kind="preferences", model="m1")

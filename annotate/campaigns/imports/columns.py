@@ -79,9 +79,10 @@ class PromptColumns:
     """Prompt rows from records: which column holds the prompt and which its id, decided once for the whole file."""
 
     def __init__(self, columns: set[str]):
-        self.content = first_of(columns, PROMPT_COLUMNS)
-        if self.content is None:
+        content = first_of(columns, PROMPT_COLUMNS)
+        if content is None:
             raise _missing("messages, text or prompt (the prompt)", columns)
+        self.content = content
         self.id_column = first_of(columns, ID_COLUMNS)
         self.used = {self.content, self.id_column, "context", "metadata", *RESPONSE_ONLY_COLUMNS}
 
@@ -160,12 +161,16 @@ class PreferenceColumns:
     def add(self, records: list[Record], batch: Batch) -> None:
         for number, record in records:
             try:
-                items = _pair(record, self.default_model) if self.pairs else _completions(record, self.list_column, self.default_model)
-                messages, items = _prompt_and_responses(record, items)
+                if self.pairs:
+                    items = _pair(record, self.default_model)
+                else:
+                    assert self.list_column is not None  # __init__ rejects files with neither pairs nor a list column
+                    items = _completions(record, self.list_column, self.default_model)
+                messages, responses = _prompt_and_responses(record, items)
                 context = _context(record.get("context"))
                 external_id = _id(record, self.id_column, messages, context)
                 batch.add_prompt(number, {"external_id": external_id, "messages": messages, "context": context, "metadata": _metadata(record, self.used)})
-                for label, text, model in items:
+                for label, text, model in responses:
                     params = {"imported_as": label} if label else {}
                     batch.add_response(number, {"prompt": external_id, "model": model, "text": text, "generation_params": params})
                 self.short += len(items) < self.k
@@ -371,7 +376,7 @@ def _label_studio_preference(task: dict, keys: list[str]) -> dict:
         for item in annotation.get("result") or []:
             if isinstance(item, dict) and item.get("type") == "pairwise" and len(keys) >= 2:
                 selected = (item.get("value") or {}).get("selected")
-                preferred = {"left": keys[0], "right": keys[1]}.get(selected)
+                preferred = {"left": keys[0], "right": keys[1]}.get(selected) if isinstance(selected, str) else None
                 if preferred:
                     return {"annotations": len(annotations), "preferred": preferred}
     return {"annotations": len(annotations)}

@@ -222,16 +222,22 @@ class _Chunks:
         self._copy(IDS, ("external_id", "row", "prompt_id"), ((ext, number, prompt_ids[ext]) for ext, (number, _) in prompts.items()))
         response_ids = self._next_ids(Response, len(responses))
         models = {name: self._model_id(name) for name in {r[2] for r in responses}}
+
+        def prompt_id(ext: str) -> int:
+            pid = prompt_ids.get(ext) or self.earlier[ext]
+            assert pid is not None, ext  # an earlier prompt has no id only once writing stopped, and then _write is not called
+            return pid
+
         self._copy(
             Response._meta.db_table,
             ("id", "prompt_id", "model_version_id", "text", "generation_params", "created_at"),
-            ((pk, prompt_ids.get(ext) or self.earlier[ext], models[name], text, params, self.now)
+            ((pk, prompt_id(ext), models[name], text, params, self.now)
              for pk, (_, ext, name, text, params) in zip(response_ids, responses)),
         )
         self._hold(Prompt, sorted({pid for pid in map(self.earlier.get, {r[1] for r in responses}) if pid}))
         by_prompt: dict[int, list[_Written]] = {}
         for pk, (_, ext, name, _, _) in zip(response_ids, responses):
-            by_prompt.setdefault(prompt_ids.get(ext) or self.earlier[ext], []).append(_Written(pk, models[name]))
+            by_prompt.setdefault(prompt_id(ext), []).append(_Written(pk, models[name]))
         new_ids = set(prompt_ids.values())
         self._copy(TOUCHED, ("prompt_id",), ((pid,) for pid in by_prompt if pid not in new_ids))
         self._write_tasks({pid: rs for pid, rs in by_prompt.items() if pid in new_ids})

@@ -95,6 +95,7 @@ def import_source(campaign: Campaign, source: Source, options: ImportOptions, *,
     warnings = []
     if options.kind == "prompts" and (source.fmt == "label_studio" or {"chosen", "completions"} & source.columns):
         warnings.append("the file also holds responses; they were not imported (import it as preferences to keep them).")
+    result: copying.Outcome | ImportResult
     if copying.available():
         result = copying.import_rows(
             campaign, source, mapper, on_duplicate=options.on_duplicate, create_models=options.create_models, progress=on_progress
@@ -173,7 +174,7 @@ def validate_import_params(campaign: Campaign | None, params: dict) -> dict:
 
 
 def run_import(ctx: RunContext) -> dict:
-    params, campaign = ctx.params, ctx.run.campaign
+    params, campaign = ctx.params, ctx.campaign
     path = Path(settings.ARTIFACTS_DIR) / params["path"]
     options = import_options(params)
     try:

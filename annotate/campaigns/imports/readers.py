@@ -25,10 +25,14 @@ import zipfile
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from django.conf import settings
 
 from annotate.core.errors import ImportRejected
+
+if TYPE_CHECKING:
+    from datasets import Dataset
 
 MB = 1024 * 1024
 FORMATS = ("csv", "jsonl", "json", "parquet", "hf", "label_studio")
@@ -111,7 +115,7 @@ class Source:
         self.rows = 0
         self.first: dict | None = None
         self.loaded: list | None = None  # a JSON list, read whole
-        self.dataset = None  # a datasets folder, unpacked for as long as the source is open
+        self.dataset: Dataset | None = None  # a datasets folder, unpacked for as long as the source is open
 
     def scan(self) -> None:
         max_rows = limit("IMPORT_MAX_ROWS")
@@ -123,12 +127,12 @@ class Source:
         elif self.fmt == "parquet":
             self._scan_parquet(max_rows)
         elif self.fmt == "hf":
-            self.dataset = self.stack.enter_context(open_dataset(self.stream, self.split))
-            self.columns, self.rows = set(self.dataset.column_names), len(self.dataset)
+            self.dataset = dataset = self.stack.enter_context(open_dataset(self.stream, self.split))
+            self.columns, self.rows = set(dataset.column_names), len(dataset)
             if self.rows > max_rows:
                 raise _too_many_rows(max_rows)
         if self.fmt in ("parquet", "hf"):
-            self.first = next((record for _, record in self._items()), None)
+            self.first = next((record for _, record in self._items() if isinstance(record, dict)), None)  # these readers yield only dicts
         else:
             self._scan_rows(max_rows)
         if not self.rows:
@@ -159,7 +163,9 @@ class Source:
 
     def convert(self, convert_record) -> None:
         """Rewrite every record of a file read whole (a Label Studio export); a ValueError makes its row an error."""
-        converted = []
+        if self.loaded is None:
+            raise ValueError("convert() rewrites a file read whole (JSON); scan() this source first.")
+        converted: list = []
         for _, item in _list_items(self.loaded):
             try:
                 converted.append(convert_record(item) if isinstance(item, dict) else item)
@@ -378,7 +384,7 @@ def read_parquet(stream) -> Iterator[tuple[int, dict]]:
 
 
 @contextlib.contextmanager
-def open_dataset(stream, split: str = ""):
+def open_dataset(stream, split: str = "") -> Iterator[Dataset]:
     """A zip of a folder written by Dataset.save_to_disk (or DatasetDict.save_to_disk: pick `split`),
     unpacked into a temporary folder for as long as the context lasts."""
     try:

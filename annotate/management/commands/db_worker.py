@@ -55,8 +55,9 @@ class ResilientWorker(upstream.Worker):
 
 class Command(upstream.Command):
     def handle(self, **options) -> None:
-        upstream.Worker, original = ResilientWorker, upstream.Worker
+        original = upstream.Worker
+        setattr(upstream, "Worker", ResilientWorker)  # noqa: B010 (mypy refuses assigning to a class name; this swaps it for the command's run)
         try:
             super().handle(**options)
         finally:
-            upstream.Worker = original
+            setattr(upstream, "Worker", original)  # noqa: B010
