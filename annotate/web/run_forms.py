@@ -49,14 +49,15 @@ class RewardForm(forms.Form):
     def __init__(self, *args, campaign, **kwargs):
         super().__init__(*args, **kwargs)
         self.campaign = campaign
-        _choice_field(self, "base_model").choices = [(n, n) for n in generatable_models(campaign)]
+        self.base_models = generatable_models(campaign)
+        _choice_field(self, "base_model").choices = [(n, n) for n in self.base_models]
 
     def params(self) -> dict:
         return dict(self.cleaned_data)
 
     def memory_line(self, kind: str = "reward") -> str:
         """The memory estimate of a run with this form's first choices, against the live workers (annotate.runs.fit)."""
-        reward = {"base_model": _choice_field(self, "base_model").choices[0][0], "use_lora": True}
+        reward = {"base_model": self.base_models[0], "use_lora": True}
         return fit_summary(kind, self.campaign, reward if kind == "reward" else {"method": "ppo", "reward": reward, "policy": {}})
 
 
