@@ -20,7 +20,7 @@ from django.db import connection
 from django.db.models import Model
 from django.db.models.expressions import Col
 
-from annotate.models import ApiToken, Assignment, Campaign, Judgement, Membership, Prompt, Response, Task, TaskResponse
+from annotate.models import ApiToken, Assignment, Campaign, Judgement, Membership, Prompt, Response, Run, Task, TaskResponse
 
 M = TypeVar("M", bound=Model)
 
@@ -356,3 +356,11 @@ GROUP BY j.{j.labeler}
 def judgements_and_median_seconds(campaign_id: int, labeler_ids: list[int]) -> list[tuple]:
     """PostgreSQL only: (labeler id, judgements, median seconds per judgement or None) per labeler with judgements."""
     return _fetchall(_judgements_and_median_seconds(), [campaign_id, labeler_ids])
+
+
+# RUN PROGRESS through a connection of its own (an import's transaction hides its own writes until the end)
+
+
+def set_run_progress(cursor, run_id: int, fraction: float, message: str) -> None:
+    r = _names(Run)
+    cursor.execute(f"UPDATE {r.table} SET {r.progress} = %s, {r.progress_message} = %s WHERE {r.pk} = %s", [fraction, message, run_id])

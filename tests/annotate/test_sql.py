@@ -1,4 +1,8 @@
-"""Every hand-written SQL statement of annotate/ lives in annotate/core/sql.py, named, with names from the models."""
+"""Every hand-written SQL statement of annotate/ lives in annotate/core/sql.py, named, with names from the models.
+
+One exception, named here: the PostgreSQL bulk import (campaigns/imports/copying.py) speaks the COPY
+protocol over its own temporary tables inside one transaction; its statements stay beside that code.
+"""
 from __future__ import annotations
 
 import re
@@ -17,7 +21,7 @@ def test_no_module_but_core_sql_writes_sql():
     found = [
         f"{path.relative_to(ANNOTATE)}:{number}"
         for path in ANNOTATE.rglob("*.py")
-        if path != ANNOTATE / "core" / "sql.py" and "migrations" not in path.parts
+        if path not in (ANNOTATE / "core" / "sql.py", ANNOTATE / "campaigns" / "imports" / "copying.py") and "migrations" not in path.parts
         for number, line in enumerate(path.read_text().splitlines(), 1)
         if RAW_SQL.search(line.split("#")[0])
     ]

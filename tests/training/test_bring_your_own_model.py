@@ -174,7 +174,8 @@ def share_of_low_ids(prompts, completions, completion_ids) -> torch.Tensor:
 @pytest.mark.parametrize("arch", ["gpt2", "llama"])
 def test_ppo_learns_on_a_registered_model_of_another_architecture(registered, arch, tmp_path):
     config = PPOConfig(policy_path=str(registered[arch]), output_dir=str(tmp_path / "run"), lora_r=8, lora_alpha=16, learning_rate=3e-2,
-                       total_iterations=25, rollout_batch_size=16, minibatch_size=8, max_new_tokens=8, save_every=100, missing_eos_penalty=None)
+                       total_iterations=25, rollout_batch_size=16, minibatch_size=8, max_new_tokens=8, save_every=100, missing_eos_penalty=None,
+                       alarm_patience=10_000)  # a large step on a tiny model trips the stability alarms (tested in test_ppo_robustness)
     scores = [m["objective/scores"] for m in train_ppo(config, PROMPTS, share_of_low_ids).history]
     assert sum(scores[-5:]) / 5 > sum(scores[:5]) / 5 + 0.1, scores
 

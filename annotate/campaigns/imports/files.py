@@ -29,6 +29,7 @@ from annotate.campaigns.imports import copying
 from annotate.campaigns.imports.batches import ON_DUPLICATE, ImportResult, import_batch
 from annotate.campaigns.imports.columns import Batch, PreferenceColumns, PromptColumns, ResponseColumns, label_studio_record
 from annotate.campaigns.imports.readers import FORMATS, MB, FileTooLarge, Source, limit, open_source, read_file
+from annotate.core import sql
 from annotate.core.errors import ImportRejected
 from annotate.jobs.engine import InvalidParams, RunContext, RunFailed, register, start_run
 from annotate.models import Campaign, Run
@@ -211,7 +212,7 @@ def _progress_reporter(ctx: RunContext):
             ctx.progress(fraction, message)
             return
         with side.cursor() as cursor:
-            cursor.execute(f"UPDATE {Run._meta.db_table} SET progress = %s, progress_message = %s WHERE id = %s", [fraction, message[:300], ctx.run.pk])
+            sql.set_run_progress(cursor, ctx.run.pk, fraction, message[:300])
 
     try:
         yield on_progress
