@@ -2,7 +2,7 @@
 
 A checkpoint `{name, path, kind, chat_template?, copy?, base?}`, or an OpenAI-compatible server
 `{name, kind: "endpoint", endpoint: {base_url, model, api_key_env?, ...}}` (annotate.api.endpoints).
-GET on the same URL (the registry's list) stays in `annotate.api.runs.models`; this view hands GETs to it.
+GET on the same URL lists the registry (`annotate.api.runs.registry_list`), in this same request.
 """
 from __future__ import annotations
 
@@ -37,7 +37,7 @@ class RegisterModelSerializer(serializers.Serializer):
 def model_collection(request):
     """The model registry (GET), or register a checkpoint (POST, staff only): checked first, nothing written on a 400."""
     if request.method == "GET":
-        return runs.models(request._request)
+        return runs.registry_list(request)
     access.require_staff(request.user)
     if isinstance(request.data, dict) and request.data.get("kind") == ModelVersion.Kind.ENDPOINT:
         endpoint = EndpointInSerializer(data=request.data)

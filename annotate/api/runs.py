@@ -122,9 +122,7 @@ def score(request, model_id):
     return Response({"scores": scores})
 
 
-@extend_schema(responses=ModelVersionSerializer(many=True))
-@api_view(["GET"])
-def models(request):
+def registry_list(request) -> Response:
     """The model registry: staff see every model; others the models of campaigns where they are admin or
     researcher, and checkpoints of no campaign (access.visible_models). Server paths are for staff."""
     versions = access.visible_models(request.user, ModelVersion.objects.select_related("parent").order_by("-created_at"))

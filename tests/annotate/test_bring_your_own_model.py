@@ -185,7 +185,7 @@ def test_large_model_options_checkpoint_activations_and_refuse_bf16_on_a_worker_
     import torch
 
     register("byo-llama", sources["llama"], "--kind", "policy")
-    campaign = banana_campaign(prompts=24)
+    campaign = banana_campaign(prompts=40)  # 16 of them are the held-out evaluation split
     label_all(campaign, join(make_user("alice"), campaign, "labeler"))
     common = {"policy": "byo-llama", "max_steps": 1, "batch_size": 4}
     checkpointed = engine.start_run("dpo", campaign=campaign, params={**common, "gradient_checkpointing": True})

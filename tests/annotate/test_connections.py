@@ -240,6 +240,9 @@ def test_killing_every_connection_under_load_costs_retries_not_500s_or_stuck_run
                 p.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 os.killpg(p.pid, signal.SIGKILL)
+        # this process's idle pooled connections were killed with the rest: later tests start on a fresh pool
+        connection.close()
+        connection.close_pool()
     assert sum(killed) > LABELERS, "the killer found too few connections to kill: the test proved nothing"
     assert alive == {"daphne": True, "db_worker": True, "housekeeping": True}, (tmp_path / "worker.log").read_text()[-3000:]
     assert not failures, failures[:10]  # no 500: every lost connection was a 503 and the retry went through
