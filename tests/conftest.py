@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import pytest
 from django.contrib.auth import get_user_model
+from django.db import connections
 from rest_framework.test import APIClient
 
 from annotate.api.tokens import issue_token
@@ -12,6 +13,18 @@ from annotate.models import Campaign, Membership
 
 def make_user(username: str, **extra):
     return get_user_model().objects.create_user(username=username, password="pw-" + username, **extra)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def close_connection_pools_at_the_end(django_db_setup, django_db_blocker):
+    """Close each alias's connection pool before pytest-django drops the test database: a pool keeps
+    idle connections open, and PostgreSQL refuses to drop a database that has sessions."""
+    yield
+    with django_db_blocker.unblock():
+        for conn in connections.all(initialized_only=True):
+            conn.close()
+            if hasattr(conn, "close_pool"):
+                conn.close_pool()
 
 
 def make_campaign(slug: str = "helpful", *, task_type="pairwise", k=2, overlap=2, prompts=5, lease_seconds=600, models=("m1", "m2")):
