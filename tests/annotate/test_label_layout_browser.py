@@ -81,3 +81,15 @@ def test_the_first_ranked_row_offers_no_move_up_or_tie(live_server, page):  # no
     expect(rows.nth(1).get_by_role("button", name="Move up")).to_be_visible()
     rows.nth(1).get_by_role("button", name="Move up").click()
     expect(rows.nth(0)).to_contain_text("Response A")
+
+
+@pytest.mark.parametrize(("viewport", "hint", "not_hint"), [(DESKTOP, "Press 1…3 in order of preference", "Tap"), (PHONE, "Tap the responses", "Press")],
+                         ids=["desktop", "phone"])
+def test_the_ranking_hint_speaks_of_keys_on_a_desktop_and_taps_on_a_phone(live_server, page, viewport, hint, not_hint):  # noqa: F811
+    page.set_viewport_size(viewport)
+    campaign = make_campaign("rank3", task_type="ranking", k=3, prompts=1, overlap=1, models=("a", "b", "c"))
+    join(make_user("alice"), campaign, "labeler")
+    log_in(page, live_server.url, "alice")
+    page.goto(f"{live_server.url}/c/rank3/label/")
+    expect(page.locator("p.hint")).to_contain_text(hint, use_inner_text=True)  # innerText: what is rendered, not hidden spans
+    expect(page.locator("p.hint")).not_to_contain_text(not_hint, use_inner_text=True)
