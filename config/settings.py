@@ -240,6 +240,22 @@ if TLS:
 CONTENT_SECURITY_POLICY = None if env_bool("CSP_REPORT_ONLY", False) else {"DIRECTIVES": _CSP}
 CONTENT_SECURITY_POLICY_REPORT_ONLY = {"DIRECTIVES": _CSP} if env_bool("CSP_REPORT_ONLY", False) else None
 
+# The cache holds failed logins (annotate/web/login.py) and dashboard statistics. With REDIS_URL set
+# every process shares it: per-process memory would give each API worker its own count of failures.
+# Short socket timeouts: a stalled Redis must not hold a login for long.
+CACHES = {
+    "default": (
+        {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": REDIS_URL,
+            "KEY_PREFIX": "arbiter",
+            "OPTIONS": {"socket_connect_timeout": 2, "socket_timeout": 2},
+        }
+        if REDIS_URL
+        else {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}
+    )
+}
+
 # Login throttling (annotate/web/login.py): the 6th failed password for one username within a minute is refused.
 LOGIN_FAILURES_ALLOWED = env_int("LOGIN_FAILURES_ALLOWED", 5)
 LOGIN_FAILURE_WINDOW_SECONDS = env_int("LOGIN_FAILURE_WINDOW_SECONDS", 60)

@@ -1,6 +1,8 @@
 """Shared people and campaigns: alice and bob label, carol administers, rita researches, mallory is in another campaign."""
 from __future__ import annotations
 
+import uuid
+
 import pytest
 from django.contrib.auth import get_user_model
 from django.db import connections
@@ -25,6 +27,13 @@ def close_connection_pools_at_the_end(django_db_setup, django_db_blocker):
             conn.close()
             if hasattr(conn, "close_pool"):
                 conn.close_pool()
+
+
+@pytest.fixture(autouse=True)
+def cache_of_its_own(settings, request):
+    """Each test sees an empty cache: a key prefix of its own (clearing a Redis cache would flush the
+    channel layer's database too). Login failures and dashboard statistics never cross tests."""
+    settings.CACHES = {"default": {**settings.CACHES["default"], "KEY_PREFIX": f"test-{uuid.uuid4().hex}"}}
 
 
 def make_campaign(slug: str = "helpful", *, task_type="pairwise", k=2, overlap=2, prompts=5, lease_seconds=600, models=("m1", "m2")):

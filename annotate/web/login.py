@@ -1,7 +1,8 @@
 """The login page, with a limit on failed passwords: a guessing client gets 429 after a few tries a minute.
 
-Counted per username (a proxy in front hides the clients' addresses) in Django's cache; the
-limit and window are settings (LOGIN_FAILURES_ALLOWED, LOGIN_FAILURE_WINDOW_SECONDS).
+Counted per username (a proxy in front hides the clients' addresses) in Django's cache, which every
+process shares when REDIS_URL is set (config/settings.py); the limit and window are settings
+(LOGIN_FAILURES_ALLOWED, LOGIN_FAILURE_WINDOW_SECONDS).
 """
 from __future__ import annotations
 
@@ -16,8 +17,8 @@ class ThrottledLoginView(auth_views.LoginView):
     template_name = "annotate/login.html"
 
     def post(self, request, *args, **kwargs):
-        key = _failures_key(request.POST.get("username", ""))
-        if cache.get(key, 0) >= settings.LOGIN_FAILURES_ALLOWED:
+        username = request.POST.get("username", "")
+        if recent_failures(username) >= settings.LOGIN_FAILURES_ALLOWED:
             # an unbound form: a bound one would check the password when the page shows its errors
             form = self.get_form_class()(request)
             response = self.render_to_response(self.get_context_data(form=form, throttled=True), status=429)
@@ -25,12 +26,22 @@ class ThrottledLoginView(auth_views.LoginView):
             return response
         response = super().post(request, *args, **kwargs)
         if not request.user.is_authenticated:
-            cache.add(key, 0, settings.LOGIN_FAILURE_WINDOW_SECONDS)
-            try:
-                cache.incr(key)
-            except ValueError:  # expired between add and incr
-                cache.set(key, 1, settings.LOGIN_FAILURE_WINDOW_SECONDS)
+            record_failure(username)
         return response
+
+
+def recent_failures(username: str) -> int:
+    """Failed passwords for this username within the window."""
+    return cache.get(_failures_key(username), 0)
+
+
+def record_failure(username: str) -> None:
+    key = _failures_key(username)
+    cache.add(key, 0, settings.LOGIN_FAILURE_WINDOW_SECONDS)
+    try:
+        cache.incr(key)
+    except ValueError:  # expired between add and incr
+        cache.set(key, 1, settings.LOGIN_FAILURE_WINDOW_SECONDS)
 
 
 def _failures_key(username: str) -> str:

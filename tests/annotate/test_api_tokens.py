@@ -6,8 +6,10 @@ import importlib
 from io import StringIO
 
 from django.apps import apps as global_apps
+from django.contrib.auth import get_user_model
 from django.core.management import call_command
 from django.db import connection
+from django.test import Client
 from django.test.utils import CaptureQueriesContext
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
@@ -67,3 +69,11 @@ def test_the_migration_hashes_existing_clear_tokens_and_they_keep_working(alice)
     migration.hash_existing_tokens(global_apps, None)
     assert not Token.objects.exists()
     assert client_with(clear).get(NEXT).status_code == 200
+
+
+def test_the_admin_offers_no_clear_text_drf_tokens(db):
+    staff = get_user_model().objects.create_superuser("root", password="pw-root")
+    client = Client()
+    client.force_login(staff)
+    assert client.get("/admin/authtoken/tokenproxy/").status_code == 404
+    assert b"authtoken" not in client.get("/admin/").content

@@ -1,18 +1,20 @@
 """Secrets and transport: login throttling, the CSP header, Swagger UI from local files, TLS settings."""
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
+import uuid
 
-from django.core.cache import cache
 from django.test import Client
 
 from tests.conftest import make_user
 
+REDIS_URL = os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/0"
+
 
 def test_the_sixth_bad_password_in_a_minute_is_refused_even_if_right(db):
-    cache.clear()
     make_user("alice")
     client = Client()
     for _ in range(5):
@@ -29,7 +31,6 @@ def test_the_sixth_bad_password_in_a_minute_is_refused_even_if_right(db):
 
 
 def test_a_good_password_within_the_limit_logs_in(db):
-    cache.clear()
     make_user("alice")
     client = Client()
     for _ in range(4):
@@ -70,3 +71,17 @@ def test_tls_turns_on_secure_cookies_hsts_and_the_proxy_header():
         ).stdout.strip()
     assert run({"TLS": "1"}) == "True True 31536000 ('HTTP_X_FORWARDED_PROTO', 'https')"
     assert run({"TLS": "0"}) == "False False 0 None"
+
+
+def test_with_redis_every_process_counts_the_same_failed_logins():
+    """Two processes (two API workers) see one count: per-process memory would allow 5 tries each."""
+    username = f"guess-{uuid.uuid4().hex}"
+    def run(code):
+        return subprocess.run(
+            [sys.executable, "-c", "import django, os, sys; os.environ.setdefault('DJANGO_SETTINGS_MODULE', 'config.settings'); "
+             f"django.setup(); from annotate.web.login import recent_failures, record_failure; {code}", username],
+            env={**os.environ, "REDIS_URL": REDIS_URL}, capture_output=True, text=True, check=True,
+        ).stdout.strip()
+    run("[record_failure(sys.argv[1]) for _ in range(3)]")
+    run("record_failure(sys.argv[1])")
+    assert run("print(recent_failures(sys.argv[1]))") == "4"
