@@ -42,6 +42,7 @@ __all__ = [
     "PolicyResult",
     "PolicyTrainingError",
     "load_policy",
+    "load_result",
     "response_logprobs",
 ]
 
@@ -254,6 +255,14 @@ def save_policy(
         _write_json(out / "metrics.json", {**asdict(result), "log_history": stream.history})
     trainer.accelerator.wait_for_everyone()
     return result
+
+
+def load_result(output_dir: Path | str) -> PolicyResult:
+    """The PolicyResult of a finished run, from the metrics.json it wrote in output_dir."""
+    saved = json.loads((Path(output_dir) / "metrics.json").read_text())
+    return PolicyResult(output_dir=Path(saved["output_dir"]), merged_dir=Path(saved["merged_dir"]),
+                        adapter_dir=Path(saved["adapter_dir"]) if saved["adapter_dir"] else None,
+                        metrics=saved["metrics"], global_step=saved["global_step"])
 
 
 def _save_merged(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, merged_dir: Path) -> None:

@@ -10,6 +10,7 @@ into the base reloaded in bf16 (folding into 4-bit weights would round the adapt
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -49,8 +50,10 @@ def load_kwargs(quantize: str | None, dtype: torch.dtype = torch.float32) -> dic
         return {"dtype": dtype}
     if reason := unavailable(quantize):
         raise QuantizeUnavailable(reason)
-    # bitsandbytes models are placed by device_map and never moved with .to(); one process, one GPU
-    return {"quantization_config": quantization_config(quantize), "device_map": {"": torch.cuda.current_device()}, "dtype": torch.bfloat16}
+    # bitsandbytes models are placed by device_map and never moved with .to(): each process on its own GPU
+    # (under accelerate launch LOCAL_RANK names it, before the Trainer has set the current device)
+    device = int(os.environ.get("LOCAL_RANK", torch.cuda.current_device()))
+    return {"quantization_config": quantization_config(quantize), "device_map": {"": device}, "dtype": torch.bfloat16}
 
 
 def prepare(model: Any, quantize: str | None, gradient_checkpointing: bool = False) -> Any:

@@ -18,6 +18,7 @@ from transformers import TrainerCallback
 from trl import SFTConfig as TRLSFTConfig
 from trl import SFTTrainer
 
+from training.launch import print_log, print_result, read_run_file
 from training.lora import lora_config
 from training.policy_io import (
     PolicyConfig,
@@ -29,7 +30,7 @@ from training.policy_io import (
     save_policy,
     trl_common_args,
 )
-from training.preferences import Row
+from training.preferences import Row, read_jsonl
 from training.trl_common import dataset_rows
 
 __all__ = ["SFTConfig", "build_trainer", "chosen_to_sft_rows", "train_sft"]
@@ -130,3 +131,16 @@ def train_sft(
         raise PolicyTrainingError(f"no SFT rows left: all {len(rows)} lose every response token to max_length")
     output = run_trainer(trainer, stream, "SFT")
     return save_policy(trainer, config, "sft", output, stream, data={"rows": len(rows), "dropped": len(rows) - kept})
+
+
+# ---------------------------------------------------------------- command line
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """`python -m training.sft --config run.json` (data: "rows", SFT rows as JSONL); under accelerate launch on every rank."""
+    run = read_run_file(argv, "python -m training.sft", __doc__.split("\n")[0])
+    print_result(train_sft(SFTConfig(**run.config), read_jsonl(run.data["rows"]), on_log=print_log))
+
+
+if __name__ == "__main__":
+    main()

@@ -54,7 +54,8 @@ def machine_figures() -> dict:
     import psutil
 
     return {"devices": devices, "host_total": psutil.virtual_memory().total, "host_available": available_bytes("cpu"),
-            "bitsandbytes": bool(devices) and importlib.util.find_spec("bitsandbytes") is not None}
+            "bitsandbytes": bool(devices) and importlib.util.find_spec("bitsandbytes") is not None,
+            "deepspeed": bool(devices) and importlib.util.find_spec("deepspeed") is not None}
 
 
 def beat(worker_id: str, queues: list[str], *, busy: bool = False) -> None:
