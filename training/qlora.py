@@ -65,9 +65,9 @@ def prepare(model: Any, quantize: str | None, gradient_checkpointing: bool = Fal
     return prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
 
 
-def merged_from_adapter(base_path: str | Path, adapter_dir: str | Path, auto_class: Any) -> Any:
-    """The adapter folded into its base reloaded in bf16 (a quantised base cannot hold the merged weights exactly)."""
+def merged_from_adapter(base_path: str | Path, adapter_dir: str | Path, auto_class: Any, dtype: torch.dtype = torch.bfloat16) -> Any:
+    """The adapter folded into its base reloaded in bf16 (a quantised base cannot hold the merged weights exactly), or in dtype."""
     from peft import PeftModel
 
-    base = auto_class.from_pretrained(base_path, dtype=torch.bfloat16, **({"num_labels": 1} if "Sequence" in auto_class.__name__ else {}))
+    base = auto_class.from_pretrained(base_path, dtype=dtype, **({"num_labels": 1} if "Sequence" in auto_class.__name__ else {}))
     return PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
@@ -48,8 +49,9 @@ from training.launch import print_log, print_result, read_run_file
 from training.preferences import Row, content_hash, read_jsonl
 from training.reward_config import RewardConfig, RewardResult, RewardTrainingError
 from training.reward_metrics import calibration, eval_scores, pairwise_accuracy
+from training.reward_scoring import load_reward_model
 from training.reward_trainer import WeightedRewardTrainer, build_trainer
-from training.trl_common import TrainingCancelled, dataset_rows, resolved_settings
+from training.trl_common import TrainingCancelled, dataset_rows, is_sharded, resolved_settings
 
 # ---------------------------------------------------------------- training
 
@@ -138,7 +140,19 @@ def _check_lengths(trainer: WeightedRewardTrainer, config: RewardConfig, n_train
 
 
 def _final_model(trainer: WeightedRewardTrainer, config: RewardConfig) -> PreTrainedModel:
-    """The trained model, unwrapped, LoRA merged when asked, in eval mode."""
+    """The trained model, unwrapped, LoRA merged when asked, in eval mode.
+
+    Under DeepSpeed ZeRO-3 each rank holds a shard of every weight: the shards are gathered to disk
+    (trainer.save_model, every rank) and each rank reads the whole model back, LoRA merged (one device
+    holds the model for scoring; what did not fit was its training).
+    """
+    if is_sharded(trainer):
+        gathered = Path(config.output_dir) / "gathered"
+        trainer.save_model(str(gathered))
+        trainer.accelerator.wait_for_everyone()
+        model = load_reward_model(gathered, trainer.args.device)[0]
+        trainer.accelerator.wait_for_everyone()  # every rank has read it before rank 0 removes it (_save)
+        return model
     # drop accelerate's autocast wrapper: we evaluate in fp32, as load_reward_model will
     model = trainer.accelerator.unwrap_model(trainer.model, keep_fp32_wrapper=False)
     if config.use_lora and config.merge_lora and config.quantize:  # fold the adapter into the base reloaded in bf16
@@ -159,6 +173,7 @@ def _save(model: PreTrainedModel, trainer: WeightedRewardTrainer, config: Reward
     summary = {k: v for k, v in asdict(result).items() if k not in ("chosen_scores", "rejected_scores")}
     _write_json(out / "metrics.json", {**summary, "output_dir": str(out)})
     _write_json(out / "eval_scores.json", {"chosen": result.chosen_scores, "rejected": result.rejected_scores})
+    shutil.rmtree(out / "gathered", ignore_errors=True)  # ZeRO-3's gathered weights, now saved whole above
 
 
 def _write_json(path: Path, data: Any) -> None:

@@ -219,7 +219,8 @@ def train_rloo(
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """`python -m training.rloo --config run.json` (data: "prompts", one chat per JSONL line; "reward_model", its directory).
+    """`python -m training.rloo --config run.json`; data: "reward_model" (its directory), and "prompts" ({"messages": chat}
+    per JSONL line) or "pairs" (preference pairs, e.g. a pairs snapshot: their distinct prompts).
 
     Every rank loads the reward model on its own device and scores its own completions.
     """
@@ -229,7 +230,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     config = RLOOConfig(**run.config)
     device = "cpu" if config.use_cpu else PartialState().device
     reward_fn = reward_fn_from_reward_model(run.data["reward_model"], device)
-    prompts = [row["messages"] for row in read_jsonl(run.data["prompts"])]
+    if "prompts" in run.data:
+        prompts = [row["messages"] for row in read_jsonl(run.data["prompts"])]
+    else:
+        distinct = {json.dumps(row["prompt"], sort_keys=True): row["prompt"] for row in read_jsonl(run.data["pairs"])}
+        prompts = list(distinct.values())
     print_result(train_rloo(config, prompts, reward_fn, on_log=print_log))
 
 

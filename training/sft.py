@@ -137,9 +137,13 @@ def train_sft(
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """`python -m training.sft --config run.json` (data: "rows", SFT rows as JSONL); under accelerate launch on every rank."""
+    """`python -m training.sft --config run.json`; under accelerate launch on every rank.
+
+    Data: "rows" (SFT rows as JSONL), or "pairs" (preference pairs, e.g. a pairs snapshot: their winners become the rows).
+    """
     run = read_run_file(argv, "python -m training.sft", __doc__.split("\n")[0])
-    print_result(train_sft(SFTConfig(**run.config), read_jsonl(run.data["rows"]), on_log=print_log))
+    rows = read_jsonl(run.data["rows"]) if "rows" in run.data else chosen_to_sft_rows(read_jsonl(run.data["pairs"]))
+    print_result(train_sft(SFTConfig(**run.config), rows, on_log=print_log))
 
 
 if __name__ == "__main__":

@@ -2,10 +2,12 @@
 processes (gloo), as a child process, learning asserted; the launch command itself (ports, DeepSpeed)."""
 from __future__ import annotations
 
+import importlib.util
 import json
 import socket
 
 import pytest
+import torch
 
 from tests.training.test_dpo import banana_judgements, implicit_rewards
 from tests.training.test_reward import marker_judgements
@@ -18,6 +20,9 @@ from training.rloo import RLOOConfig
 from training.sft import SFTConfig
 
 ENV = {"OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
+NO_DEEPSPEED = not torch.cuda.is_available() or importlib.util.find_spec("deepspeed") is None
+WHY = "DeepSpeed needs a CUDA GPU and the deepspeed package (requirements-gpu.txt); this machine lacks " + (
+    "CUDA" if not torch.cuda.is_available() else "deepspeed")
 
 
 @pytest.fixture(scope="module")
@@ -26,11 +31,11 @@ def marker_files(tmp_path_factory):
     return dataset.write(tmp_path_factory.mktemp("data"))
 
 
-def launched(module: str, config, data: dict, tmp_path) -> list[dict]:
-    """Run the entry point on 2 CPU processes from a run file; its JSON lines (log steps, then the result)."""
+def launched(module: str, config, data: dict, tmp_path, **launch) -> list[dict]:
+    """Run the entry point on 2 CPU processes (or as `launch` says) from a run file; its JSON lines (log steps, then the result)."""
     lines: list[str] = []
     run_file = write_run_file(tmp_path / "run.json", config, data)
-    command = launch_command(module, ["--config", str(run_file)], num_processes=2, cpu=True)
+    command = launch_command(module, ["--config", str(run_file)], **{"num_processes": 2, "cpu": True, **launch})
     assert run_launched(command, lines.append, env=ENV) == 0, "\n".join(lines[-40:])
     return [json.loads(line) for line in lines if line.startswith("{")]
 
@@ -84,6 +89,19 @@ def test_rloo_on_two_processes_scores_with_the_reward_model_on_every_rank(tiny_m
     assert [r["step"] for r in logged] == [1, 2] and all(r["rewards/reward_model/mean"] != 0 for r in logged)
     assert (tmp_path / "rloo" / "merged" / "config.json").is_file()
     assert json.loads((tmp_path / "rloo" / "rloo_config.json").read_text())["resolved"]["world_size"] == 2
+
+
+@pytest.mark.skipif(NO_DEEPSPEED, reason=WHY)
+@pytest.mark.parametrize("stage", ["zero2", "zero3"])
+def test_dpo_under_deepspeed_learns_and_saves_a_whole_policy_on_a_gpu(stage, tiny_model_dir, tmp_path):
+    dataset = build_preference_dataset(banana_judgements(32), PreferenceOptions(eval_fraction=0.25, seed=0))
+    train, held_out = dataset.write(tmp_path / "data")
+    config = DPOConfig(base_model=str(tiny_model_dir), output_dir=str(tmp_path / "dpo"), learning_rate=1e-2, max_steps=6,
+                       per_device_train_batch_size=8, logging_steps=3)
+    launched("training.dpo", config, {"train": train, "eval": held_out}, tmp_path, num_processes=torch.cuda.device_count(),
+             cpu=False, deepspeed=stage)
+    chosen, rejected = implicit_rewards(tmp_path / "dpo" / "merged", tiny_model_dir, dataset.train)  # ZeRO-3: the shards gathered
+    assert sum(c > r for c, r in zip(chosen, rejected)) / len(chosen) >= 0.9
 
 
 def test_stopping_ends_every_rank(tiny_model_dir, marker_files, tmp_path):
@@ -141,3 +159,14 @@ def test_the_run_file_carries_every_setting_to_the_entry_point(tmp_path):
     run = read_run_file(["--config", str(path)], "test", "")
     assert RewardConfig(**run.config) == config  # quantize too: a multi-process QLoRA run loads its base in 4 bits
     assert run.data == {"train": str(tmp_path / "train.jsonl")}
+
+
+def test_sft_reads_a_pairs_snapshot_and_trains_on_its_winners(tiny_model_dir, tmp_path, capsys):
+    from training.sft import main
+
+    pairs = build_preference_dataset(banana_judgements(16), PreferenceOptions(eval_fraction=0.25, seed=0)).train
+    config = SFTConfig(base_model=str(tiny_model_dir), output_dir=str(tmp_path / "sft"), max_steps=2, per_device_train_batch_size=2,
+                       logging_steps=1, use_cpu=True)
+    main(["--config", str(write_run_file(tmp_path / "run.json", config, {"pairs": write_jsonl(pairs, tmp_path / "pairs.jsonl")}))])
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["global_step"] == 2 and result["metrics"]["data/rows"] == len(pairs)  # one winner per two-response prompt
