@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 from collections import deque
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -28,6 +29,7 @@ from annotate.jobs.workers import live_workers
 
 LOGGED_LINES = 200  # of the child's plain output; the JSON log lines are metrics, not log
 DEEPSPEED = ("zero2", "zero3", "zero3_offload")
+ERROR_LINE = re.compile(r"^[A-Za-z_][\w.]*(?:Error|Exception|Unavailable|Cancelled): (.+)$")  # a traceback's last line: its message
 
 
 # ---------------------------------------------------------------- params
@@ -110,16 +112,18 @@ def train_launched(ctx: RunContext, module: str, config: Any, data: Mapping[str,
     command = launch_command(module, ["--config", str(run_file)], num_processes=processes, cpu=not torch.cuda.is_available(),
                              deepspeed=deepspeed)
     ctx.log(f"launching {processes} processes{f' with DeepSpeed {deepspeed}' if deepspeed else ''}: accelerate launch ... -m {module} --config {run_file}")
-    logged = 0
-    last: deque[str] = deque(maxlen=5)  # the last plain lines say why a child failed
+    logged, cause = 0, ""
+    last: deque[str] = deque(maxlen=5)  # the last plain lines, when no exception line says why a child failed
 
     def on_line(line: str) -> None:
-        nonlocal logged
+        nonlocal logged, cause
         record = _json(line)
         if record is not None and "step" in record:
             on_log(int(record.pop("step")), {k: v for k, v in record.items() if isinstance(v, (int, float))})
         elif record is None and line.strip():
             last.append(line[:500])
+            if (error := ERROR_LINE.match(line)) and "ChildFailedError" not in line:  # torchrun's own summary says nothing
+                cause = error.group(1)[:500]
             if logged < LOGGED_LINES:
                 logged += 1
                 ctx.log(line[:500])
@@ -129,7 +133,8 @@ def train_launched(ctx: RunContext, module: str, config: Any, data: Mapping[str,
     except LaunchCancelled as exc:
         raise RunCancelled() from exc
     if code != 0 or not (out / "metrics.json").exists():
-        raise RunFailed(f"the launched training exited with code {code}: " + " | ".join(last))
+        raise RunFailed(f"{cause} (the launched training exited with code {code})" if cause else
+                        f"the launched training exited with code {code}: " + " | ".join(last))
     return load_result(out)
 
 

@@ -137,3 +137,22 @@ def test_a_worker_reports_whether_it_can_run_deepspeed():
     import importlib.util
 
     assert figures["deepspeed"] == (bool(figures["devices"]) and importlib.util.find_spec("deepspeed") is not None)
+
+
+def test_quantize_reaches_every_process_of_a_launched_reward_run(tiny_checkpoint, artifacts):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA: the 4-bit load would succeed (see tests/training/test_qlora.py)")
+    ModelVersion.objects.create(name="tiny-base", kind="base", checkpoint_path=str(tiny_checkpoint))
+    campaign = banana_campaign(prompts=32)
+    label_all(campaign, join(make_user("alice"), campaign, "labeler"))
+    report("gpu-box:1", gpu_free=80 * GIB, bitsandbytes=True)  # accepted at submission; this CPU worker then runs it
+    run = engine.start_run("reward", campaign=campaign, params={"base_model": "tiny-base", "quantize": "4bit", "num_processes": 2,
+                                                                     "eval_fraction": 0.25})
+    work_off_queue()
+    run.refresh_from_db()
+    # the children were asked for a 4-bit base: without CUDA, each refuses with the QLoRA reason
+    assert run.status == "failed" and "needs a CUDA GPU" in run.error, run.error
+    run_file = json.loads((artifacts / "runs" / str(run.pk) / "model.run.json").read_text())
+    assert run_file["config"]["quantize"] == "4bit"
