@@ -112,30 +112,42 @@ def train_launched(ctx: RunContext, module: str, config: Any, data: Mapping[str,
     command = launch_command(module, ["--config", str(run_file)], num_processes=processes, cpu=not torch.cuda.is_available(),
                              deepspeed=deepspeed)
     ctx.log(f"launching {processes} processes{f' with DeepSpeed {deepspeed}' if deepspeed else ''}: accelerate launch ... -m {module} --config {run_file}")
-    logged, cause = 0, ""
-    last: deque[str] = deque(maxlen=5)  # the last plain lines, when no exception line says why a child failed
-
-    def on_line(line: str) -> None:
-        nonlocal logged, cause
-        record = _json(line)
-        if record is not None and "step" in record:
-            on_log(int(record.pop("step")), {k: v for k, v in record.items() if isinstance(v, (int, float))})
-        elif record is None and line.strip():
-            last.append(line[:500])
-            if (error := ERROR_LINE.match(line)) and "ChildFailedError" not in line:  # torchrun's own summary says nothing
-                cause = error.group(1)[:500]
-            if logged < LOGGED_LINES:
-                logged += 1
-                ctx.log(line[:500])
-
+    output = _ChildOutput(ctx, on_log)
     try:
-        code = run_launched(command, on_line, should_stop=ctx.should_stop, env={"TQDM_DISABLE": "1", "OMP_NUM_THREADS": "1"})
+        code = run_launched(command, output.take, should_stop=ctx.should_stop, env={"TQDM_DISABLE": "1", "OMP_NUM_THREADS": "1"})
     except LaunchCancelled as exc:
         raise RunCancelled() from exc
     if code != 0 or not (out / "metrics.json").exists():
-        raise RunFailed(f"{cause} (the launched training exited with code {code})" if cause else
-                        f"the launched training exited with code {code}: " + " | ".join(last))
+        raise RunFailed(output.failure(code))
     return load_result(out)
+
+
+class _ChildOutput:
+    """The child's lines: JSON log steps go to on_log, the first LOGGED_LINES others to the run's log; and why it failed."""
+
+    def __init__(self, ctx: RunContext, on_log: Callable[[int, dict], None]):
+        self.ctx, self.on_log = ctx, on_log
+        self.logged, self.cause = 0, ""
+        self.last: deque[str] = deque(maxlen=5)  # when no exception line says why a child failed
+
+    def take(self, line: str) -> None:
+        record = _json(line)
+        if record is not None and "step" in record:
+            self.on_log(int(record.pop("step")), {k: v for k, v in record.items() if isinstance(v, (int, float))})
+            return
+        if record is not None or not line.strip():
+            return
+        self.last.append(line[:500])
+        if (error := ERROR_LINE.match(line)) and "ChildFailedError" not in line:  # torchrun's own summary says nothing
+            self.cause = error.group(1)[:500]
+        if self.logged < LOGGED_LINES:
+            self.logged += 1
+            self.ctx.log(line[:500])
+
+    def failure(self, code: int) -> str:
+        if self.cause:
+            return f"{self.cause} (the launched training exited with code {code})"
+        return f"the launched training exited with code {code}: " + " | ".join(self.last)
 
 
 def _json(line: str) -> dict | None:

@@ -81,6 +81,19 @@ def test_an_rloo_run_on_two_processes_scores_with_the_campaigns_reward_model(tin
     assert version.metadata["reward_model"] == "fruit-rm" and (checkpoint_dir(version) / "config.json").is_file()
 
 
+def test_cancelling_a_launched_sft_run_ends_its_processes_and_registers_nothing(tiny_checkpoint, artifacts):
+    ModelVersion.objects.create(name="tiny-base", kind="base", checkpoint_path=str(tiny_checkpoint), round=0)
+    campaign = banana_campaign(prompts=40)
+    label_all(campaign, join(make_user("alice"), campaign, "labeler"))
+    run = engine.start_run("sft", campaign=campaign, params={"policy": "tiny-base", "max_steps": 50, "batch_size": 4, "num_processes": 2})
+    Run.objects.filter(pk=run.pk).update(cancel_requested=True)  # as if cancel came right after the start
+    work_off_queue()
+    run.refresh_from_db()
+    assert run.status == "cancelled" and "launching 2 processes" in run.log_tail
+    assert not ModelVersion.objects.filter(kind="policy", run=run).exists()
+    assert not (artifacts / "runs" / str(run.pk) / "sft" / "merged").exists()
+
+
 # ---------------------------------------------------------------- the params
 
 
