@@ -115,6 +115,26 @@ def test_stopping_ends_every_rank(tiny_model_dir, marker_files, tmp_path):
     assert not (tmp_path / "rm" / "reward_config.json").exists()
 
 
+def test_two_launches_at_once_on_one_machine_both_finish(tiny_model_dir, marker_files, tmp_path):
+    """Each takes its own rendezvous port. (accelerate 1.15 also moves to a free port when the one it is given is taken
+    when it checks, so this passes on a shared port too, unless both check before either binds: the race the own port closes.)"""
+    from concurrent.futures import ThreadPoolExecutor
+
+    train, held_out = marker_files
+    commands, outputs = [], []
+    for name in ("a", "b"):
+        config = RewardConfig(base_model=str(tiny_model_dir), output_dir=str(tmp_path / name), num_train_epochs=1,
+                              per_device_train_batch_size=8, use_cpu=True)
+        run_file = write_run_file(tmp_path / f"{name}.json", config, {"train": train, "eval": held_out})
+        commands.append(launch_command("training.reward", ["--config", str(run_file)], num_processes=2, cpu=True))
+        outputs.append([])
+    assert port_of(commands[0]) != port_of(commands[1])
+    with ThreadPoolExecutor(2) as pool:
+        codes = list(pool.map(lambda i: run_launched(commands[i], outputs[i].append, env=ENV), (0, 1)))
+    assert codes == [0, 0], "\n".join(outputs[0][-20:] + outputs[1][-20:])
+    assert all((tmp_path / name / "metrics.json").is_file() for name in ("a", "b"))
+
+
 # ---------------------------------------------------------------- the command
 
 
