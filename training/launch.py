@@ -15,8 +15,8 @@ with several GPUs, accelerate starts one process per GPU (NCCL); with cpu=True, 
 CPU talk over gloo. The same command runs outside the app, on several machines, with
 `--num_machines N --machine_rank R --main_process_ip HOST` added.
 
-Each launch gets a free rendezvous port (`free_port`): two runs on one machine must not both take
-accelerate's default 29500. `deepspeed="zero2" | "zero3" | "zero3_offload"` launches through accelerate's
+Each launch gets a free rendezvous port (`free_port`): two runs on one machine must not race for
+accelerate's default 29500 (it moves off a taken port, but two launches checking at once both find it free). `deepspeed="zero2" | "zero3" | "zero3_offload"` launches through accelerate's
 DeepSpeed plugin (ZeRO stage 2 or 3; the offload variant keeps parameters and optimizer states in host RAM),
 for models whose training does not fit one GPU; it needs the deepspeed package and CUDA.
 """
