@@ -36,6 +36,8 @@ class Capacity:
     where: str
     """What that memory is: "NVIDIA H100 80GB HBM3 (cuda:0)" or "host RAM (no GPU)"."""
     bitsandbytes: bool
+    gpus: int = 0
+    """Its CUDA devices: the processes a run there gets by default (DeepSpeed shards across them)."""
 
 
 def machine_figures() -> dict:
@@ -120,5 +122,5 @@ def capacity(worker: WorkerHeartbeat) -> Capacity:
     if worker.devices:
         device = max(worker.devices, key=lambda d: d["free"])
         return Capacity(worker.worker_id, int(device["free"]), f"{device['name']} (cuda:{device.get('index', 0)}) on {worker.worker_id}",
-                        worker.bitsandbytes)
+                        worker.bitsandbytes, len(worker.devices))
     return Capacity(worker.worker_id, int(worker.host_available), f"host RAM (no GPU) on {worker.worker_id}", False)

@@ -169,3 +169,22 @@ def test_quantize_reaches_every_process_of_a_launched_reward_run(tiny_checkpoint
     assert run.status == "failed" and "needs a CUDA GPU" in run.error, run.error
     run_file = json.loads((artifacts / "runs" / str(run.pk) / "model.run.json").read_text())
     assert run_file["config"]["quantize"] == "4bit"
+
+
+def test_deepspeed_counts_only_a_gpus_shard_when_checking_that_a_run_fits(tiny):
+    from annotate.runs.fit import estimate_run
+
+    campaign = make_campaign("fruit", prompts=2)
+    params = {"base_model": "tiny-base", "batch_size": 64, "max_length": 2048, "use_lora": False}
+    whole = estimate_run("reward", campaign, params)
+    # more than the whole state and weights over 8 GPUs need on each, less than the run on one GPU
+    free = whole.activations + (whole.weights + whole.trainable_state) // 2
+    report("gpu-box:1", gpu_free=free, deepspeed=True)
+    with pytest.raises(engine.InvalidParams, match="needs about"):
+        engine.start_run("reward", campaign=campaign, params=params)
+    run = engine.start_run("reward", campaign=campaign, params={**params, "deepspeed": "zero3", "num_processes": 8})
+    sharded = estimate_run("reward", campaign, run.params)
+    assert sharded.weights == whole.weights // 8 and sharded.trainable_state == whole.trainable_state // 8
+    assert sharded.activations == whole.activations  # each GPU holds its own batch's
+    zero2 = estimate_run("reward", campaign, {**run.params, "deepspeed": "zero2"}, gpus=4)
+    assert (zero2.weights, zero2.trainable_state) == (whole.weights, whole.trainable_state // 8)  # num_processes wins over gpus
