@@ -7,6 +7,10 @@ reference policy is the base checkpoint: with LoRA it is the same model with its
 -log sigmoid(beta * ((log pi - log ref)(chosen) - (log pi - log ref)(rejected))).
 The rows' `margin` and `weight` are not used (TRL's DPO has no per-pair weights).
 Artifact out: see `training.policy_io` (adapter/, merged/, dpo_config.json, metrics.json).
+
+Command line, one process or several (the batch size is per process; only rank 0 writes):
+`accelerate launch --multi_gpu --num_processes 8 -m training.dpo --config run.json`, the run file
+holding the config's fields and the data's paths (`training.launch.write_run_file`; see `main`).
 """
 
 from __future__ import annotations

@@ -15,6 +15,10 @@ ends without EOS (cut at max_completion_length) gets `missing_eos_penalty` subtr
 TRL's RLOO has no such penalty, and without it the policy drifts into run-on text (RLHF-NOTES).
 
 Artifact out: see `training.policy_io` (adapter/, merged/, rloo_config.json, metrics.json).
+
+Command line, one process or several (the batch size is per process; only rank 0 writes):
+`accelerate launch --multi_gpu --num_processes 8 -m training.rloo --config run.json`, the run file
+holding the config's fields and the data's paths (`training.launch.write_run_file`; see `main`).
 """
 
 from __future__ import annotations

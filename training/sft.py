@@ -5,6 +5,10 @@ for example the labelers' chosen responses appended to their prompts (`chosen_to
 imported demonstrations. By default the loss covers that last message only (its end-of-turn
 token included), not the prompt. Artifact out: see `training.policy_io` (adapter/, merged/,
 sft_config.json, metrics.json).
+
+Command line, one process or several (the batch size is per process; only rank 0 writes):
+`accelerate launch --multi_gpu --num_processes 8 -m training.sft --config run.json`, the run file
+holding the config's fields and the data's paths (`training.launch.write_run_file`; see `main`).
 """
 
 from __future__ import annotations
