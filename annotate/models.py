@@ -332,6 +332,7 @@ class WorkerHeartbeat(models.Model):
     host_total = models.BigIntegerField(default=0, help_text="Host RAM, bytes.")
     host_available = models.BigIntegerField(default=0, help_text="Host RAM available (MemAvailable), bytes.")
     bitsandbytes = models.BooleanField(default=False, help_text="bitsandbytes is installed and CUDA is there (4/8-bit loading).")
+    deepspeed = models.BooleanField(default=False, help_text="deepspeed is installed and CUDA is there (ZeRO-2/3 training).")
     seen_at = models.DateTimeField(db_index=True)
 
     def __str__(self) -> str:

@@ -7,6 +7,10 @@ reference policy is the base checkpoint: with LoRA it is the same model with its
 -log sigmoid(beta * ((log pi - log ref)(chosen) - (log pi - log ref)(rejected))).
 The rows' `margin` and `weight` are not used (TRL's DPO has no per-pair weights).
 Artifact out: see `training.policy_io` (adapter/, merged/, dpo_config.json, metrics.json).
+
+Command line, one process or several (the batch size is per process; only rank 0 writes):
+`accelerate launch --multi_gpu --num_processes 8 -m training.dpo --config run.json`, the run file
+holding the config's fields and the data's paths (`training.launch.write_run_file`; see `main`).
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from transformers import TrainerCallback
 from trl import DPOConfig as TRLDPOConfig
 from trl import DPOTrainer
 
+from training.launch import print_log, print_result, read_run_file
 from training.lora import lora_config
 from training.policy_io import (
     PolicyConfig,
@@ -30,7 +35,7 @@ from training.policy_io import (
     save_policy,
     trl_common_args,
 )
-from training.preferences import Row
+from training.preferences import Row, read_jsonl
 from training.trl_common import dataset_rows
 
 __all__ = ["DPOConfig", "build_trainer", "train_dpo"]
@@ -125,3 +130,17 @@ def train_dpo(
     data = {"train_pairs": len(train_rows), "dropped_train": len(train_rows) - kept,
             "eval_pairs": len(eval_rows or [])}
     return save_policy(trainer, config, "dpo", output, stream, data=data)
+
+
+# ---------------------------------------------------------------- command line
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """`python -m training.dpo --config run.json` (data: "train", optional "eval", preference rows as JSONL)."""
+    run = read_run_file(argv, "python -m training.dpo", __doc__.split("\n")[0])
+    eval_rows = read_jsonl(run.data["eval"]) if run.data.get("eval") else None
+    print_result(train_dpo(DPOConfig(**run.config), read_jsonl(run.data["train"]), eval_rows, on_log=print_log))
+
+
+if __name__ == "__main__":
+    main()

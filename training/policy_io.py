@@ -35,13 +35,14 @@ from transformers import (
 from transformers.trainer_callback import PrinterCallback
 
 from training import qlora
-from training.trl_common import TrainingCancelled, common_training_kwargs, resolved_settings
+from training.trl_common import TrainingCancelled, common_training_kwargs, is_sharded, resolved_settings
 
 __all__ = [
     "PolicyConfig",
     "PolicyResult",
     "PolicyTrainingError",
     "load_policy",
+    "load_result",
     "response_logprobs",
 ]
 
@@ -237,23 +238,45 @@ def save_policy(
         metrics=summary_metrics(output, stream, data),
         global_step=output.global_step,
     )
+    if is_sharded(trainer):  # ZeRO-3: every rank takes part in gathering the shards; rank 0 writes the adapter (or the whole)
+        trainer.save_model(str(result.adapter_dir or result.merged_dir))
     if trainer.is_world_process_zero():
-        model = trainer.accelerator.unwrap_model(trainer.model, keep_fp32_wrapper=False)
         tokenizer = trainer.processing_class
         assert isinstance(tokenizer, PreTrainedTokenizerBase)  # these trainers are given a tokenizer
-        if is_peft_model(model):
-            assert result.adapter_dir is not None  # set when config.use_lora, which is what made the model a PEFT one
-            model.save_pretrained(result.adapter_dir)
-            tokenizer.save_pretrained(result.adapter_dir)
-            if config.quantize:  # the base is in 4/8 bits: fold the adapter into the base reloaded in bf16
-                model = qlora.merged_from_adapter(config.base_model, result.adapter_dir, AutoModelForCausalLM)
-            else:
-                model = model.merge_and_unload()  # folds the adapters into the base weights, in place
+        model = _reloaded(config, result) if is_sharded(trainer) else _unwrapped(trainer, config, result, tokenizer)
         _save_merged(model, tokenizer, result.merged_dir)
         _write_json(out / f"{name}_config.json", {**asdict(config), "resolved": resolved_settings(trainer.args)})
         _write_json(out / "metrics.json", {**asdict(result), "log_history": stream.history})
     trainer.accelerator.wait_for_everyone()
     return result
+
+
+def _unwrapped(trainer: Trainer, config: PolicyConfig, result: PolicyResult, tokenizer: PreTrainedTokenizerBase) -> PreTrainedModel:
+    """The trained model off its wrappers, the adapter saved and folded in (LoRA)."""
+    model = trainer.accelerator.unwrap_model(trainer.model, keep_fp32_wrapper=False)
+    if not is_peft_model(model):
+        return model
+    assert result.adapter_dir is not None  # set when config.use_lora, which is what made the model a PEFT one
+    model.save_pretrained(result.adapter_dir)
+    tokenizer.save_pretrained(result.adapter_dir)
+    if config.quantize:  # the base is in 4/8 bits: fold the adapter into the base reloaded in bf16
+        return qlora.merged_from_adapter(config.base_model, result.adapter_dir, AutoModelForCausalLM)
+    return model.merge_and_unload()  # folds the adapters into the base weights, in place
+
+
+def _reloaded(config: PolicyConfig, result: PolicyResult) -> PreTrainedModel:
+    """After ZeRO-3: the gathered weights read back whole from disk (one device holds the model, not its training)."""
+    if result.adapter_dir is not None:
+        return qlora.merged_from_adapter(config.base_model, result.adapter_dir, AutoModelForCausalLM, dtype=torch.float32)
+    return AutoModelForCausalLM.from_pretrained(result.merged_dir)
+
+
+def load_result(output_dir: Path | str) -> PolicyResult:
+    """The PolicyResult of a finished run, from the metrics.json it wrote in output_dir."""
+    saved = json.loads((Path(output_dir) / "metrics.json").read_text())
+    return PolicyResult(output_dir=Path(saved["output_dir"]), merged_dir=Path(saved["merged_dir"]),
+                        adapter_dir=Path(saved["adapter_dir"]) if saved["adapter_dir"] else None,
+                        metrics=saved["metrics"], global_step=saved["global_step"])
 
 
 def _save_merged(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, merged_dir: Path) -> None:

@@ -10,6 +10,7 @@ into the base reloaded in bf16 (folding into 4-bit weights would round the adapt
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -49,8 +50,10 @@ def load_kwargs(quantize: str | None, dtype: torch.dtype = torch.float32) -> dic
         return {"dtype": dtype}
     if reason := unavailable(quantize):
         raise QuantizeUnavailable(reason)
-    # bitsandbytes models are placed by device_map and never moved with .to(); one process, one GPU
-    return {"quantization_config": quantization_config(quantize), "device_map": {"": torch.cuda.current_device()}, "dtype": torch.bfloat16}
+    # bitsandbytes models are placed by device_map and never moved with .to(): each process on its own GPU
+    # (under accelerate launch LOCAL_RANK names it, before the Trainer has set the current device)
+    device = int(os.environ.get("LOCAL_RANK", torch.cuda.current_device()))
+    return {"quantization_config": quantization_config(quantize), "device_map": {"": device}, "dtype": torch.bfloat16}
 
 
 def prepare(model: Any, quantize: str | None, gradient_checkpointing: bool = False) -> Any:
@@ -62,9 +65,9 @@ def prepare(model: Any, quantize: str | None, gradient_checkpointing: bool = Fal
     return prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
 
 
-def merged_from_adapter(base_path: str | Path, adapter_dir: str | Path, auto_class: Any) -> Any:
-    """The adapter folded into its base reloaded in bf16 (a quantised base cannot hold the merged weights exactly)."""
+def merged_from_adapter(base_path: str | Path, adapter_dir: str | Path, auto_class: Any, dtype: torch.dtype = torch.bfloat16) -> Any:
+    """The adapter folded into its base reloaded in bf16 (a quantised base cannot hold the merged weights exactly), or in dtype."""
     from peft import PeftModel
 
-    base = auto_class.from_pretrained(base_path, dtype=torch.bfloat16, **({"num_labels": 1} if "Sequence" in auto_class.__name__ else {}))
+    base = auto_class.from_pretrained(base_path, dtype=dtype, **({"num_labels": 1} if "Sequence" in auto_class.__name__ else {}))
     return PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()

@@ -17,11 +17,12 @@ nothing (for SmolLM2 every turn already ends with "<|im_end|>\\n"); the model re
 last non-pad token. `reward_scoring.score` renders prompt + response the same way (`encode`), so a response must
 be passed as plain text, without special tokens: the template adds the end of turn.
 
-One device: `python -m training.reward --data train.jsonl --eval eval.jsonl --base PATH --out PATH`.
-Several GPUs, the same entry point (the batch size is per device; only rank 0 writes):
+One device: `python -m training.reward --data train.jsonl --eval eval.jsonl --base PATH --out PATH`,
+or every setting from a run file (`training.launch.write_run_file`; data: "train", "eval"):
+`python -m training.reward --config run.json`. Several GPUs, the same entry point (the batch size is
+per device; only rank 0 writes):
 
-    accelerate launch --multi_gpu --num_processes 8 -m training.reward \\
-        --data train.jsonl --eval eval.jsonl --base PATH --out PATH
+    accelerate launch --multi_gpu --num_processes 8 -m training.reward --config run.json
 
 (`torchrun --nproc_per_node 2 -m training.reward ... --cpu` runs two processes over gloo on a CPU.)
 
@@ -34,20 +35,23 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from accelerate import PartialState
 from transformers import AutoModelForSequenceClassification, PreTrainedModel, TrainerCallback
 
 from training import qlora
+from training.launch import print_log, print_result, read_run_file
 from training.preferences import Row, content_hash, read_jsonl
 from training.reward_config import RewardConfig, RewardResult, RewardTrainingError
 from training.reward_metrics import calibration, eval_scores, pairwise_accuracy
+from training.reward_scoring import load_reward_model
 from training.reward_trainer import WeightedRewardTrainer, build_trainer
-from training.trl_common import TrainingCancelled, dataset_rows, resolved_settings
+from training.trl_common import TrainingCancelled, dataset_rows, is_sharded, resolved_settings
 
 # ---------------------------------------------------------------- training
 
@@ -136,7 +140,19 @@ def _check_lengths(trainer: WeightedRewardTrainer, config: RewardConfig, n_train
 
 
 def _final_model(trainer: WeightedRewardTrainer, config: RewardConfig) -> PreTrainedModel:
-    """The trained model, unwrapped, LoRA merged when asked, in eval mode."""
+    """The trained model, unwrapped, LoRA merged when asked, in eval mode.
+
+    Under DeepSpeed ZeRO-3 each rank holds a shard of every weight: the shards are gathered to disk
+    (trainer.save_model, every rank) and each rank reads the whole model back, LoRA merged (one device
+    holds the model for scoring; what did not fit was its training).
+    """
+    if is_sharded(trainer):
+        gathered = Path(config.output_dir) / "gathered"
+        trainer.save_model(str(gathered))
+        trainer.accelerator.wait_for_everyone()
+        model = load_reward_model(gathered, trainer.args.device)[0]
+        trainer.accelerator.wait_for_everyone()  # every rank has read it before rank 0 removes it (_save)
+        return model
     # drop accelerate's autocast wrapper: we evaluate in fp32, as load_reward_model will
     model = trainer.accelerator.unwrap_model(trainer.model, keep_fp32_wrapper=False)
     if config.use_lora and config.merge_lora and config.quantize:  # fold the adapter into the base reloaded in bf16
@@ -157,6 +173,7 @@ def _save(model: PreTrainedModel, trainer: WeightedRewardTrainer, config: Reward
     summary = {k: v for k, v in asdict(result).items() if k not in ("chosen_scores", "rejected_scores")}
     _write_json(out / "metrics.json", {**summary, "output_dir": str(out)})
     _write_json(out / "eval_scores.json", {"chosen": result.chosen_scores, "rejected": result.rejected_scores})
+    shutil.rmtree(out / "gathered", ignore_errors=True)  # ZeRO-3's gathered weights, now saved whole above
 
 
 def _write_json(path: Path, data: Any) -> None:
@@ -192,13 +209,25 @@ def _parse_args(argv: Sequence[str] | None = None) -> tuple[RewardConfig, Path, 
     return config, args.data, args.eval
 
 
+def load_result(output_dir: Path | str) -> RewardResult:
+    """The RewardResult of a finished run, from the files it wrote in output_dir (metrics.json, eval_scores.json)."""
+    out = Path(output_dir)
+    summary = json.loads((out / "metrics.json").read_text())
+    scores = json.loads((out / "eval_scores.json").read_text())
+    fields = RewardResult.__dataclass_fields__
+    result = RewardResult(**{k: v for k, v in summary.items() if k in fields}, chosen_scores=scores["chosen"], rejected_scores=scores["rejected"])
+    result.output_dir = out
+    return result
+
+
 def main(argv: Sequence[str] | None = None) -> None:
-    config, train_path, eval_path = _parse_args(argv)
-    result = train_reward_model(config, read_jsonl(train_path), read_jsonl(eval_path),
-                                on_log=lambda step, logs: print(json.dumps({"step": step, **logs}), flush=True))
-    if PartialState().is_main_process:
-        print(json.dumps({k: v for k, v in asdict(result).items() if k not in ("chosen_scores", "rejected_scores")},
-                     default=str))
+    if "--config" in (argv if argv is not None else sys.argv[1:]):
+        run = read_run_file(argv, "python -m training.reward", __doc__.split("\n")[0])
+        config, train_path, eval_path = RewardConfig(**run.config), Path(run.data["train"]), Path(run.data["eval"])
+    else:
+        config, train_path, eval_path = _parse_args(argv)
+    result = train_reward_model(config, read_jsonl(train_path), read_jsonl(eval_path), on_log=print_log)
+    print_result(result, leave_out=("chosen_scores", "rejected_scores"))
 
 
 if __name__ == "__main__":

@@ -15,6 +15,10 @@ ends without EOS (cut at max_completion_length) gets `missing_eos_penalty` subtr
 TRL's RLOO has no such penalty, and without it the policy drifts into run-on text (RLHF-NOTES).
 
 Artifact out: see `training.policy_io` (adapter/, merged/, rloo_config.json, metrics.json).
+
+Command line, one process or several (the batch size is per process; only rank 0 writes):
+`accelerate launch --multi_gpu --num_processes 8 -m training.rloo --config run.json`, the run file
+holding the config's fields and the data's paths (`training.launch.write_run_file`; see `main`).
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from trl import RLOOConfig as TRLRLOOConfig
 from trl import RLOOTrainer
 from trl.trainer.utils import get_callable_name
 
+from training.launch import print_log, print_result, read_run_file
 from training.lora import lora_config
 from training.policy_io import (
     PolicyConfig,
@@ -42,6 +47,7 @@ from training.policy_io import (
     save_policy,
     trl_common_args,
 )
+from training.preferences import read_jsonl
 from training.reward_scoring import load_reward_model, score
 
 __all__ = ["RLOOConfig", "RewardFn", "build_trainer", "reward_fn_from_reward_model", "train_rloo"]
@@ -211,3 +217,30 @@ def train_rloo(
     trainer, dropped = build_trainer(config, prompts, reward_fn, callbacks=[stream])
     output = run_trainer(trainer, stream, "RLOO")
     return save_policy(trainer, config, "rloo", output, stream, data={"prompts": len(prompts), "dropped": dropped})
+
+
+# ---------------------------------------------------------------- command line
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """`python -m training.rloo --config run.json`; data: "reward_model" (its directory), and "prompts" ({"messages": chat}
+    per JSONL line) or "pairs" (preference pairs, e.g. a pairs snapshot: their distinct prompts).
+
+    Every rank loads the reward model on its own device and scores its own completions.
+    """
+    from accelerate import PartialState
+
+    run = read_run_file(argv, "python -m training.rloo", __doc__.split("\n")[0])
+    config = RLOOConfig(**run.config)
+    device = "cpu" if config.use_cpu else PartialState().device
+    reward_fn = reward_fn_from_reward_model(run.data["reward_model"], device)
+    if "prompts" in run.data:
+        prompts = [row["messages"] for row in read_jsonl(run.data["prompts"])]
+    else:
+        distinct = {json.dumps(row["prompt"], sort_keys=True): row["prompt"] for row in read_jsonl(run.data["pairs"])}
+        prompts = list(distinct.values())
+    print_result(train_rloo(config, prompts, reward_fn, on_log=print_log))
+
+
+if __name__ == "__main__":
+    main()

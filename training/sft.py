@@ -5,6 +5,10 @@ for example the labelers' chosen responses appended to their prompts (`chosen_to
 imported demonstrations. By default the loss covers that last message only (its end-of-turn
 token included), not the prompt. Artifact out: see `training.policy_io` (adapter/, merged/,
 sft_config.json, metrics.json).
+
+Command line, one process or several (the batch size is per process; only rank 0 writes):
+`accelerate launch --multi_gpu --num_processes 8 -m training.sft --config run.json`, the run file
+holding the config's fields and the data's paths (`training.launch.write_run_file`; see `main`).
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from transformers import TrainerCallback
 from trl import SFTConfig as TRLSFTConfig
 from trl import SFTTrainer
 
+from training.launch import print_log, print_result, read_run_file
 from training.lora import lora_config
 from training.policy_io import (
     PolicyConfig,
@@ -29,7 +34,7 @@ from training.policy_io import (
     save_policy,
     trl_common_args,
 )
-from training.preferences import Row
+from training.preferences import Row, read_jsonl
 from training.trl_common import dataset_rows
 
 __all__ = ["SFTConfig", "build_trainer", "chosen_to_sft_rows", "train_sft"]
@@ -130,3 +135,20 @@ def train_sft(
         raise PolicyTrainingError(f"no SFT rows left: all {len(rows)} lose every response token to max_length")
     output = run_trainer(trainer, stream, "SFT")
     return save_policy(trainer, config, "sft", output, stream, data={"rows": len(rows), "dropped": len(rows) - kept})
+
+
+# ---------------------------------------------------------------- command line
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """`python -m training.sft --config run.json`; under accelerate launch on every rank.
+
+    Data: "rows" (SFT rows as JSONL), or "pairs" (preference pairs, e.g. a pairs snapshot: their winners become the rows).
+    """
+    run = read_run_file(argv, "python -m training.sft", __doc__.split("\n")[0])
+    rows = read_jsonl(run.data["rows"]) if "rows" in run.data else chosen_to_sft_rows(read_jsonl(run.data["pairs"]))
+    print_result(train_sft(SFTConfig(**run.config), rows, on_log=print_log))
+
+
+if __name__ == "__main__":
+    main()

@@ -82,6 +82,13 @@ def resolved_settings(args) -> dict[str, Any]:
     }
 
 
+def is_sharded(trainer) -> bool:
+    """Whether the trainer runs under DeepSpeed ZeRO-3: each rank holds a shard of every weight, so saving must gather
+    them (trainer.save_model, on every rank) rather than save the unwrapped model from rank 0."""
+    plugin = getattr(trainer.accelerator.state, "deepspeed_plugin", None)
+    return plugin is not None and plugin.zero_stage == 3
+
+
 def dataset_rows(dataset: object) -> int:
     """Rows of a split given to a Trainer (a datasets.Dataset; the Trainer types its datasets loosely)."""
     assert isinstance(dataset, Sized), type(dataset)

@@ -36,6 +36,8 @@ class Capacity:
     where: str
     """What that memory is: "NVIDIA H100 80GB HBM3 (cuda:0)" or "host RAM (no GPU)"."""
     bitsandbytes: bool
+    gpus: int = 0
+    """Its CUDA devices: the processes a run there gets by default (DeepSpeed shards across them)."""
 
 
 def machine_figures() -> dict:
@@ -54,7 +56,8 @@ def machine_figures() -> dict:
     import psutil
 
     return {"devices": devices, "host_total": psutil.virtual_memory().total, "host_available": available_bytes("cpu"),
-            "bitsandbytes": bool(devices) and importlib.util.find_spec("bitsandbytes") is not None}
+            "bitsandbytes": bool(devices) and importlib.util.find_spec("bitsandbytes") is not None,
+            "deepspeed": bool(devices) and importlib.util.find_spec("deepspeed") is not None}
 
 
 def beat(worker_id: str, queues: list[str], *, busy: bool = False) -> None:
@@ -119,5 +122,5 @@ def capacity(worker: WorkerHeartbeat) -> Capacity:
     if worker.devices:
         device = max(worker.devices, key=lambda d: d["free"])
         return Capacity(worker.worker_id, int(device["free"]), f"{device['name']} (cuda:{device.get('index', 0)}) on {worker.worker_id}",
-                        worker.bitsandbytes)
+                        worker.bitsandbytes, len(worker.devices))
     return Capacity(worker.worker_id, int(worker.host_available), f"host RAM (no GPU) on {worker.worker_id}", False)

@@ -40,17 +40,33 @@ BATCH_FIELD = {"ppo": "minibatch_size", "round": "policy"}
 # ---------------------------------------------------------------- the estimate
 
 
-def estimate_run(kind: str, campaign: Campaign | None, params: dict) -> MemoryEstimate | None:
-    """The MemoryEstimate of a training run from its (clean) params, or None where its model's shape cannot be read."""
+def estimate_run(kind: str, campaign: Campaign | None, params: dict, gpus: int = 1) -> MemoryEstimate | None:
+    """The MemoryEstimate of a training run from its (clean) params, per GPU, or None where its model's shape cannot be read.
+
+    gpus: the worker's GPU count, the processes a run with `deepspeed` but no `num_processes` shards across.
+    """
     if kind == "reward":
-        return _reward_estimate(campaign, params)
+        return _per_gpu(_reward_estimate(campaign, params), params, gpus)
     if kind in ("sft", "dpo", "rloo", "ppo"):
-        return _policy_estimate(kind, campaign, params)
+        return _per_gpu(_policy_estimate(kind, campaign, params), params, gpus)
     if kind == "round":  # its phases run one after the other: the larger one must fit
-        phases = [_reward_estimate(campaign, params.get("reward", {})), _policy_estimate(params.get("method", "ppo"), campaign, params.get("policy", {}))]
+        reward, policy = params.get("reward", {}), params.get("policy", {})
+        phases = [_per_gpu(_reward_estimate(campaign, reward), reward, gpus),
+                  _per_gpu(_policy_estimate(params.get("method", "ppo"), campaign, policy), policy, gpus)]
         known = [e for e in phases if e is not None]
         return max(known, key=lambda e: e.total) if known else None
     return None
+
+
+def _per_gpu(estimate: MemoryEstimate | None, p: dict, gpus: int) -> MemoryEstimate | None:
+    """Under DeepSpeed, what one GPU holds: ZeRO-2 shards gradients and optimizer moments across the processes, ZeRO-3
+    the weights too, and its offload variant keeps the moments in host RAM; activations stay whole on each GPU."""
+    stage = p.get("deepspeed")
+    if estimate is None or not stage:
+        return estimate
+    n = max(p.get("num_processes") or gpus, 1)
+    return dataclasses.replace(estimate, weights=estimate.weights // n if stage.startswith("zero3") else estimate.weights,
+                               trainable_state=0 if stage == "zero3_offload" else estimate.trainable_state // n)
 
 
 def _reward_estimate(campaign: Campaign | None, p: dict) -> MemoryEstimate | None:
@@ -153,7 +169,7 @@ def check_fits(kind: str, queue: str, campaign: Campaign | None, clean: dict) ->
     if best is None:
         logger.info("%s run: no worker of queue %r has reported its memory; accepted without checking that it fits", kind, queue)
         return
-    estimate = estimate_run(kind, campaign, clean)
+    estimate = estimate_run(kind, campaign, clean, gpus=best.gpus)
     if estimate is None:
         logger.info("%s run: its model's shape is not readable yet; accepted without a memory estimate", kind)
         return
@@ -171,13 +187,13 @@ def refuse_if_it_cannot_fit_here(kind: str, campaign: Campaign | None, params: d
 
     The submission check lets a run through when no worker had reported; this one owns the hardware and has the last word.
     """
-    estimate = estimate_run(kind, campaign, params)
-    if estimate is None:
-        return
     import torch
 
     from training.memory import refusal
 
+    estimate = estimate_run(kind, campaign, params, gpus=torch.cuda.device_count())
+    if estimate is None:
+        return
     if reason := refusal(estimate, "cuda" if torch.cuda.is_available() else "cpu"):
         raise RunFailed(reason)
 

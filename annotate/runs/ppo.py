@@ -27,6 +27,7 @@ PPO_FIELDS = {"policy", "reward_model", "name", "iterations", "rollout_batch_siz
 def validate_ppo(campaign: Campaign | None, params: dict) -> dict:
     if campaign is None:
         raise InvalidParams("a PPO run belongs to a campaign.", field="campaign")
+    params = single_process(params)
     if unknown := sorted(set(params) - PPO_FIELDS):
         raise InvalidParams(f"unknown params {unknown}; allowed: {sorted(PPO_FIELDS)}.", field=unknown[0])
     policy = params.get("policy")
@@ -59,6 +60,17 @@ def validate_ppo(campaign: Campaign | None, params: dict) -> dict:
     if clean["rollout_batch_size"] % clean["minibatch_size"]:
         raise InvalidParams("rollout_batch_size must be a multiple of minibatch_size.", field="minibatch_size")
     return clean
+
+
+def single_process(params: dict) -> dict:
+    """PPO is our own loop (training.ppo), not a TRL trainer: one process, no DeepSpeed; num_processes 1 is accepted and dropped."""
+    why = ("PPO trains on one process in the worker (training.ppo is our own loop, not data-parallel yet); "
+           "to train on several GPUs or with DeepSpeed, use RLOO (kind rloo)")
+    if params.get("num_processes", 1) != 1:
+        raise InvalidParams(f"num_processes must be 1 for PPO: {why}.", field="num_processes")
+    if params.get("deepspeed") is not None:
+        raise InvalidParams(f"deepspeed is not available for PPO: {why}.", field="deepspeed")
+    return {k: v for k, v in params.items() if k not in ("num_processes", "deepspeed")}
 
 
 def run_ppo(ctx: RunContext) -> dict:

@@ -12,10 +12,10 @@ from annotate.jobs.params import choice, flag, integer, model_name, number
 from annotate.models import Campaign, ModelVersion
 from annotate.runs import registry
 from annotate.runs.fit import quantize_param, refuse_if_it_cannot_fit_here
-from annotate.runs.launching import process_count, train_reward_launched
+from annotate.runs.launching import launch_params, launches, train_launched
 
-ALLOWED = {"base_model", "name", "use_lora", "learning_rate", "epochs", "batch_size", "max_length", "aggregation",
-           "weighting", "eval_fraction", "seed", "include_excluded", "center_rewards_coefficient", "use_margin", "snapshot", "num_processes", "quantize"}
+ALLOWED = {"base_model", "name", "use_lora", "learning_rate", "epochs", "batch_size", "max_length", "aggregation", "weighting",
+           "eval_fraction", "seed", "include_excluded", "center_rewards_coefficient", "use_margin", "snapshot", "num_processes", "quantize", "deepspeed"}
 
 
 def validate_params(campaign: Campaign | None, params: dict) -> dict:
@@ -47,9 +47,7 @@ def validate_params(campaign: Campaign | None, params: dict) -> dict:
     clean["seed"] = integer(params, "seed", 0, 0, 2**31 - 1)
     if quantize := quantize_param(params, use_lora=clean["use_lora"]):  # QLoRA: the base in 4/8 bits (annotate.runs.fit)
         clean["quantize"] = quantize
-    if "num_processes" in params:  # absent: the worker's GPU count (annotate.runs.launching)
-        clean["num_processes"] = integer(params, "num_processes", 1, 1, 64)
-    return clean
+    return {**clean, **launch_params(params)}  # num_processes, deepspeed (annotate.runs.launching)
 
 
 def run_reward_training(ctx: RunContext) -> dict:
@@ -61,7 +59,7 @@ def run_reward_training(ctx: RunContext) -> dict:
 def train_and_register(ctx: RunContext, p: dict):
     """Build the dataset from a snapshot of the campaign's judgements, train, register; returns (ModelVersion, RewardResult)."""
     from training.preferences import PreferenceDatasetError, PreferenceOptions, build_preference_dataset
-    from training.reward import train_reward_model
+    from training.reward import load_result, train_reward_model
     from training.reward_config import RewardConfig, RewardTrainingError
     from training.trl_common import TrainingCancelled
 
@@ -95,10 +93,10 @@ def train_and_register(ctx: RunContext, p: dict):
         ctx.metrics(step, {k: v for k, v in metrics.items() if k in ("loss", "accuracy", "margin", "mean_reward", "grad_norm", "learning_rate")})
         ctx.progress(min(step / total_steps, 0.99), f"step {step} of about {total_steps}")
 
-    processes = process_count(p)
     try:
-        if processes > 1:
-            result = train_reward_launched(ctx, config, out / "data", processes, on_log)
+        if launches(p):  # several processes, or DeepSpeed: the same entry point under accelerate launch
+            data = {"train": out / "data" / "train.jsonl", "eval": out / "data" / "eval.jsonl"}
+            result = train_launched(ctx, "training.reward", config, data, p, on_log, load_result)
         else:
             result = train_reward_model(config, dataset.train, dataset.eval, on_log=on_log, should_stop=ctx.should_stop)
     except TrainingCancelled as exc:

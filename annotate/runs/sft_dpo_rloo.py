@@ -3,7 +3,8 @@
 - `sft`: supervised fine-tuning on the labelers' winning responses (each prompt's ranking winners).
 - `dpo`: DPO straight from the preference pairs (no reward model needed).
 - `rloo`: RLOO with the campaign's reward model as the reward function.
-Each registers the merged policy as a new ModelVersion (round = parent's + 1) with its adapter
+On several processes (`num_processes`, by default the worker's GPU count) or with `deepspeed`, the job runs
+the same training through `accelerate launch` (annotate.runs.launching). Each registers the merged policy as a new ModelVersion (round = parent's + 1) with its adapter
 path and the snapshot it learnt from in metadata (SFT and DPO train on a snapshot of the
 judgements, RLOO records its reward model's). A cancel registers nothing.
 """
@@ -26,10 +27,11 @@ from annotate.jobs.params import flag, integer, number
 from annotate.models import Campaign, ModelVersion
 from annotate.runs import registry
 from annotate.runs.fit import quantize_param, refuse_if_it_cannot_fit_here
+from annotate.runs.launching import launch_params, launches, train_launched
 from annotate.runs.registry import current_policy, latest_reward_model, policy_name, register_policy
 
 COMMON = {"policy", "name", "learning_rate", "epochs", "max_steps", "batch_size", "use_lora", "seed", "limit",
-          "gradient_checkpointing", "bf16", "quantize"}
+          "gradient_checkpointing", "bf16", "quantize", "num_processes", "deepspeed"}
 EXTRA = {"sft": {"snapshot"}, "dpo": {"beta", "snapshot"}, "rloo": {"reward_model", "beta", "num_generations", "max_completion_length"}}
 DEFAULT_LR = {"sft": 2e-4, "dpo": 5e-5, "rloo": 3e-5}
 
@@ -72,7 +74,7 @@ def validate_params(kind: str):
             clean["reward_model"] = reward
             clean["num_generations"] = integer(params, "num_generations", 4, 2, 64)
             clean["max_completion_length"] = integer(params, "max_completion_length", 128, 1, 4096)
-        return clean
+        return {**clean, **launch_params(params)}  # num_processes, deepspeed
 
     return validate
 
@@ -140,24 +142,38 @@ def train_and_register_policy(kind: str, ctx: RunContext, p: dict) -> ModelVersi
 
 def _train(kind: str, ctx: RunContext, p: dict, campaign: Campaign, config: dict):
     """(the training result, the snapshot the policy learnt from: its own, or for RLOO its reward model's)."""
-    on_log = _streaming(ctx, p["epochs"])
+    from training import dpo, rloo, sft
+    from training.preferences import write_jsonl
+
+    on_log, data_dir = _streaming(ctx, p["epochs"]), Path(config["output_dir"]).parent / "data"
     if kind == "sft":
-        from training.sft import SFTConfig, chosen_to_sft_rows, train_sft
-
         data, snapshot = _preference_rows(ctx, kind, p)
-        return train_sft(SFTConfig(**config), chosen_to_sft_rows(data.train), on_log=on_log, should_stop=ctx.should_stop), snapshot
+        sft_config, rows = sft.SFTConfig(**config), sft.chosen_to_sft_rows(data.train)
+        if launches(p):
+            return _launched(ctx, "training.sft", sft_config, {"rows": write_jsonl(rows, data_dir / "sft.jsonl")}, p, on_log), snapshot
+        return sft.train_sft(sft_config, rows, on_log=on_log, should_stop=ctx.should_stop), snapshot
     if kind == "dpo":
-        from training.dpo import DPOConfig, train_dpo
-
         data, snapshot = _preference_rows(ctx, kind, p)
-        return train_dpo(DPOConfig(**config, beta=p["beta"]), data.train, data.eval, on_log=on_log, should_stop=ctx.should_stop), snapshot
-    from training.rloo import RLOOConfig, reward_fn_from_reward_model, train_rloo
-
+        dpo_config = dpo.DPOConfig(**config, beta=p["beta"])
+        if launches(p):
+            train, held_out = data.write(data_dir)
+            return _launched(ctx, "training.dpo", dpo_config, {"train": train, "eval": held_out}, p, on_log), snapshot
+        return dpo.train_dpo(dpo_config, data.train, data.eval, on_log=on_log, should_stop=ctx.should_stop), snapshot
     reward = ModelVersion.objects.get(name=p["reward_model"])
     prompts = prompt_chats(training_prompts(campaign)[: p["limit"]])
-    rloo = RLOOConfig(**config, beta=p["beta"], num_generations=p["num_generations"], max_completion_length=p["max_completion_length"])
-    reward_fn = reward_fn_from_reward_model(str(registry.checkpoint_dir(reward)))
-    return train_rloo(rloo, prompts, reward_fn, on_log=on_log, should_stop=ctx.should_stop), reward.metadata.get("snapshot")
+    rloo_config = rloo.RLOOConfig(**config, beta=p["beta"], num_generations=p["num_generations"], max_completion_length=p["max_completion_length"])
+    reward_dir = str(registry.checkpoint_dir(reward))
+    if launches(p):
+        data = {"prompts": write_jsonl([{"messages": prompt} for prompt in prompts], data_dir / "prompts.jsonl"), "reward_model": reward_dir}
+        return _launched(ctx, "training.rloo", rloo_config, data, p, on_log), reward.metadata.get("snapshot")
+    reward_fn = rloo.reward_fn_from_reward_model(reward_dir)
+    return rloo.train_rloo(rloo_config, prompts, reward_fn, on_log=on_log, should_stop=ctx.should_stop), reward.metadata.get("snapshot")
+
+
+def _launched(ctx: RunContext, module: str, config, data: dict, p: dict, on_log):
+    from training.policy_io import load_result
+
+    return train_launched(ctx, module, config, data, p, on_log, load_result)
 
 
 for _kind in ("sft", "dpo", "rloo"):

@@ -32,11 +32,11 @@ def fruit(db):
 
 
 def report(worker_id: str, *, gpu_free: int | None = None, host_available: int = 0, queues=("default",), seen_ago: float = 0.0,
-           bitsandbytes: bool = False) -> WorkerHeartbeat:
+           bitsandbytes: bool = False, deepspeed: bool = False) -> WorkerHeartbeat:
     """A worker's heartbeat as db_worker writes it: one GPU with `gpu_free` bytes free, or none (host RAM only)."""
     devices = [] if gpu_free is None else [{"name": "NVIDIA Test GPU", "index": 0, "total": gpu_free * 2, "free": gpu_free}]
     return WorkerHeartbeat.objects.create(worker_id=worker_id, queues=list(queues), devices=devices, host_total=host_available * 2,
-                                          host_available=host_available, bitsandbytes=bitsandbytes,
+                                          host_available=host_available, bitsandbytes=bitsandbytes, deepspeed=deepspeed,
                                           seen_at=timezone.now() - timedelta(seconds=seen_ago))
 
 
