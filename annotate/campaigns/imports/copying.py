@@ -359,8 +359,9 @@ class _Chunks:
 
     def _copy(self, table: str, columns: tuple[str, ...], lines) -> None:
         """Queue a COPY of rows given as lines of COPY's text format (tab-separated, text through _text), written
-        in one piece (psycopg's write_row, a row at a time, cost more than checking the row)."""
-        self.writer.queue(f"COPY {table} ({', '.join(columns)}) FROM STDIN", "".join(lines))
+        in one piece (psycopg's write_row, a row at a time, cost more than checking the row) of bytes (encoded
+        here: the writing thread only waits on the socket, and seldom needs the interpreter lock)."""
+        self.writer.queue(f"COPY {table} ({', '.join(columns)}) FROM STDIN", "".join(lines).encode())
 
 
 class _Writer:
@@ -372,22 +373,22 @@ class _Writer:
 
     def __init__(self, cursor):
         self.cursor = cursor
-        self.queued: list[tuple[str, str]] = []
+        self.queued: list[tuple[str, bytes]] = []
         self.pending: Future | None = None
         self.thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="import-copy")
 
-    def queue(self, statement: str, text: str) -> None:
-        self.queued.append((statement, text))
+    def queue(self, statement: str, data: bytes) -> None:
+        self.queued.append((statement, data))
 
     def send(self) -> None:
         if self.queued:
             copies, self.queued = self.queued, []
             self.pending = self.thread.submit(self._copy_all, copies)
 
-    def _copy_all(self, copies: list[tuple[str, str]]) -> None:
-        for statement, text in copies:
+    def _copy_all(self, copies: list[tuple[str, bytes]]) -> None:
+        for statement, data in copies:
             with self.cursor.copy(statement) as copy:
-                copy.write(text)
+                copy.write(data)
 
     def wait(self) -> None:
         """Until the COPYs sent are done; their error, if any, is raised here."""
