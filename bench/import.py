@@ -18,6 +18,8 @@ as it does the wall time):
   were in the commit before copying.py was added (git show), loaded under another package name:
   read_file (every row into memory), then import_records (every row checked, then bulk_create and
   build_tasks in one transaction)
+- earlier: the copy path as of --earlier-commit (its annotate/campaigns/imports/, loaded the same way), for a
+  before/after comparison in the same conditions (e.g. --paths earlier,copy,earlier,copy)
 - baseline: a subprocess that only sets Django up and imports the import code (the floor of every RSS)
 
 Between paths the imported rows are truncated, so each path starts from the same empty campaign.
@@ -131,18 +133,18 @@ def child(path: str, file: str, old_folder: str) -> dict:
     from annotate.campaigns.imports import files
     from annotate.models import Campaign, Prompt, Response, Task
 
-    if path == "whole":
+    if path in ("whole", "earlier"):
         sys.path.insert(0, old_folder)
         from bench_old_imports import files as old_files  # re-registers the "import" kind, in this process only
     baseline = peak_rss_mb()
     if path == "baseline":
         return {"path": path, "peak_rss_mb": baseline}
     campaign = Campaign.objects.create(name="Import bench", slug=f"import-bench-{path}", task_type="pairwise", responses_per_task=2, overlap=1)
-    options = files.import_options({"kind": "preferences", "create_models": True})
     started, cpu, server_cpu = time.perf_counter(), time.process_time(), backend_cpu_s()
-    if path == "copy":
-        with files.open_source(Path(file), "bench.jsonl") as source:
-            summary = files.import_source(campaign, source, options)
+    if path in ("copy", "earlier"):
+        module = files if path == "copy" else old_files
+        with module.open_source(Path(file), "bench.jsonl") as source:
+            summary = module.import_source(campaign, source, module.import_options({"kind": "preferences", "create_models": True}))
     else:
         fmt, records, errors = old_files.read_file(Path(file), "bench.jsonl")
         summary = old_files.import_records(campaign, fmt, records, errors, old_files.import_options({"kind": "preferences", "create_models": True}))
@@ -155,8 +157,9 @@ def child(path: str, file: str, old_folder: str) -> dict:
             "baseline_rss_mb": round(baseline), "peak_rss_mb": round(peak_rss_mb())}
 
 
-def run_child(args, path: str, file: Path, old_folder: Path | None) -> dict:
-    command = [sys.executable, __file__, "--database", args.database, "--child", path, "--file", str(file), "--old-folder", str(old_folder or "")]
+def run_child(args, path: str, file: Path, old_folders: dict[str, Path]) -> dict:
+    old_folder = old_folders.get(path, "")
+    command = [sys.executable, __file__, "--database", args.database, "--child", path, "--file", str(file), "--old-folder", str(old_folder)]
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode:
         print(done.stdout, done.stderr, file=sys.stderr)
@@ -168,8 +171,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--database", default="arbiter_import_bench")
     parser.add_argument("--rows", type=int, default=1_000_000)
-    parser.add_argument("--paths", default="baseline,copy", help="baseline, copy (streaming, COPY), whole (today's path)")
+    parser.add_argument("--paths", default="baseline,copy", help="baseline, copy (streaming, COPY), whole (today's path), earlier (copy as of --earlier-commit)")
     parser.add_argument("--old-commit", help="the commit whose imports/ is today's path (default: the one before copying.py)")
+    parser.add_argument("--earlier-commit", default="HEAD", help="the commit whose copy path is 'earlier' (default: HEAD, against the working tree)")
     parser.add_argument("--json", help="also write the figures here")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--file", help=argparse.SUPPRESS)
@@ -185,7 +189,11 @@ def main() -> None:
 
     call_command("migrate", verbosity=0)
     paths = args.paths.split(",")
-    old_folder = old_package(args.old_commit or before_streaming()) if "whole" in paths else None
+    old_folders = {}
+    if "whole" in paths:
+        old_folders["whole"] = old_package(args.old_commit or before_streaming())
+    if "earlier" in paths:
+        old_folders["earlier"] = old_package(args.earlier_commit)
     with tempfile.TemporaryDirectory(prefix="bench-import-") as tmp:
         file = Path(tmp) / "preferences.jsonl"
         write_jsonl(file, args.rows)
@@ -194,7 +202,7 @@ def main() -> None:
         figures = []
         for path in paths:
             clear_imports()
-            figure = run_child(args, path, file, old_folder)
+            figure = run_child(args, path, file, old_folders)
             figures.append(figure)
             print(json.dumps(figure))
         clear_imports()

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 
-from annotate.campaigns.imports import batches
+from annotate.campaigns.imports import batches, readers
 from annotate.jobs import engine
 from annotate.models import Campaign, ModelVersion, Prompt, Response, Run, Task
 from tests.conftest import api_client, join, make_campaign, make_user
@@ -300,6 +300,52 @@ def test_a_broken_jsonl_line_is_an_error_on_its_line(carol, campaign):
     assert response.status_code == 400
     assert [(e["row"], e["error"].split(":")[0]) for e in response.json()["errors"]] == [(3, "not valid JSON"), (4, "each line must be a JSON object")]
     assert not new_prompts().exists()
+
+
+def test_tabs_newlines_and_backslashes_are_stored_as_written(carol, campaign):
+    prompt = 'Path C:\\temp\\new?\tTab "quoted"\r\nnext line \\N'
+    rows = [{"prompt": prompt, "chosen": "a\tb\nc\\d", "rejected": "\\.\n\\N", "model": "m1", "note": "back\\slash\ttab"}]
+    response = upload(carol, "escapes.jsonl", jsonl_bytes(rows), kind="preferences", create_models="true")
+    assert response.status_code == 201, response.content
+    stored = new_prompts().get()
+    assert stored.messages == [{"role": "user", "content": prompt}] and stored.metadata == {"note": "back\\slash\ttab"}
+    assert sorted(stored.responses.values_list("text", flat=True)) == sorted(["a\tb\nc\\d", "\\.\n\\N"])
+
+
+# JSONL: columns past the first pass (it parses only the first HEAD_ROWS lines)
+
+
+@pytest.fixture
+def two_head_rows(monkeypatch):
+    monkeypatch.setattr(readers, "HEAD_ROWS", 2)
+
+
+def test_a_late_column_that_changes_the_reading_starts_the_import_again(carol, campaign, two_head_rows):
+    # an id column on row 4 only: every row is read by it (as a first pass over every row would), so rows 1-3 have no id
+    rows = [{"text": "one"}, {"text": "two"}, {"text": "three"}, {"external_id": "q4", "text": "four"}]
+    response = upload(carol, "late.jsonl", jsonl_bytes(rows), kind="prompts")
+    assert response.status_code == 400, response.content
+    assert [(e["row"], e["error"]) for e in response.json()["errors"]] == [(n, "external_id is empty") for n in (1, 2, 3)]
+    assert not new_prompts().exists()
+
+
+def test_a_late_extra_column_goes_into_metadata_in_one_pass(carol, campaign, two_head_rows, monkeypatch):
+    settles = []
+    monkeypatch.setattr(readers.Source, "settle", lambda source: settles.append(source))
+    rows = [{"id": f"q{n}", "text": f"prompt {n}"} for n in range(1, 5)]
+    rows[3]["topic"] = "late"
+    response = upload(carol, "extra.jsonl", jsonl_bytes(rows), kind="prompts")
+    assert response.status_code == 201, response.content
+    assert (response.json()["rows"], response.json()["prompts_created"]) == (4, 4)
+    assert Prompt.objects.get(external_id="q4").metadata == {"topic": "late"} and not settles
+
+
+def test_first_rows_without_a_needed_column_are_read_with_every_rows_columns(carol, campaign, two_head_rows):
+    rows = [{"prompt": f"p{n}", "text": f"answer {n}"} for n in range(4)]  # the campaign's prompts p0-p3
+    rows[2]["model"] = "m1"  # the model column appears on row 3: the first rows alone would be missing it
+    response = upload(carol, "responses.jsonl", jsonl_bytes(rows), kind="responses", create_models="true")
+    assert response.status_code == 400, response.content
+    assert [(e["row"], e["error"]) for e in response.json()["errors"]] == [(n, "model must be a non-empty model name") for n in (1, 2, 4)]
 
 
 # Parquet

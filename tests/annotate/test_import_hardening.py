@@ -272,3 +272,16 @@ def test_without_the_right_to_skip_foreign_key_checks_the_import_still_works(car
         cursor.execute("RESET ROLE")
     assert response.status_code == 201, response.content
     assert response.json()["tasks_built"] == 3
+
+
+def test_a_copy_that_fails_in_the_writing_thread_rejects_the_whole_file(carol, campaign, monkeypatch):
+    """COPYs run in a thread of their own: a prompt another import added meanwhile still rolls everything back."""
+    if not copying.available():
+        pytest.skip("the COPY path is PostgreSQL's")
+    monkeypatch.setattr(copying, "CHUNK_ROWS", 2)
+    monkeypatch.setattr(copying._Chunks, "_taken", lambda self, ids: {})  # as if p3 arrived after the check
+    rows = [{"id": f"new{i}", "text": f"Q{i}?"} for i in range(4)] + [{"id": "p3", "text": "taken"}]
+    response = upload(carol, "p.jsonl", jsonl(*rows), kind="prompts")
+    assert response.status_code == 400, response.content
+    assert "added by another import meanwhile" in response.json()["detail"]
+    assert not new_prompts().exists()

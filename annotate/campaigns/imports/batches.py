@@ -10,6 +10,7 @@ with them) and listed in `ImportResult.skipped`.
 """
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -110,6 +111,19 @@ def storable_json(value, what: str) -> str:
     text and jsonb refuse, or a lone surrogate, which is not UTF-8 (json.loads lets both through)."""
     if not value and isinstance(value, (dict, list)):  # most contexts and metadata: nothing to check
         return "{}" if isinstance(value, dict) else "[]"
+    if value.__class__ is dict and len(value) == 1:
+        ((key, item),) = value.items()
+        if key.__class__ is str and item.__class__ is str:  # {"imported_as": "chosen"} on every response of a file
+            return _one_pair_json(key, item, what)
+    return _storable_json(value, what)
+
+
+@functools.lru_cache(maxsize=256)
+def _one_pair_json(key: str, item: str, what: str) -> str:
+    return _storable_json({key: item}, what)
+
+
+def _storable_json(value, what: str) -> str:
     try:
         text = _to_json(value)
     except RecursionError:

@@ -86,6 +86,10 @@ class PromptColumns:
         self.id_column = first_of(columns, ID_COLUMNS)
         self.used = {self.content, self.id_column, "context", "metadata", *RESPONSE_ONLY_COLUMNS}
 
+    def reading(self) -> tuple:
+        """What the columns decided: two mappers with the same reading map every record alike."""
+        return self.content, self.id_column
+
     def add(self, records: list[Record], batch: Batch) -> None:
         for number, record in records:
             try:
@@ -119,6 +123,9 @@ class ResponseColumns:
             raise _missing("text, response or completion (the response)", columns)
         if self.model_column is None and not default_model:
             raise _missing("model", columns, " (or give the model name for the whole file)")
+
+    def reading(self) -> tuple:
+        return self.prompt_column, self.text_column, self.model_column
 
     def add(self, records: list[Record], batch: Batch) -> None:
         for number, record in records:
@@ -157,6 +164,9 @@ class PreferenceColumns:
         self.id_column = first_of(columns, ID_COLUMNS)
         self.default_model, self.k = default_model, k
         self.short = 0  # prompts with fewer than k responses
+
+    def reading(self) -> tuple:
+        return self.pairs, self.list_column, self.id_column
 
     def add(self, records: list[Record], batch: Batch) -> None:
         for number, record in records:
@@ -296,8 +306,11 @@ def _id(record: dict, column: str | None, messages, context) -> str:
         if value in (None, ""):
             raise ValueError(f"{column} is empty")
         return value if isinstance(value, str) else str(jsonable(value))
-    content = json.dumps([messages, context], sort_keys=True, ensure_ascii=False, default=str)
+    content = _content_json([messages, context])
     return "h-" + hashlib.sha256(content.encode()).hexdigest()[:16]
+
+
+_content_json = json.JSONEncoder(sort_keys=True, ensure_ascii=False, default=str).encode  # json.dumps's text, one encoder for every row
 
 
 def jsonable(value):

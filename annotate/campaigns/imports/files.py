@@ -71,11 +71,25 @@ def import_options(data: Mapping) -> ImportOptions:
 
 
 def column_mapper(campaign: Campaign, source: Source, options: ImportOptions):
-    """What the records' columns mean for the import kind (ImportRejected names a missing column); None without records."""
+    """What the records' columns mean for the import kind (ImportRejected names a missing column); None without records.
+
+    Where the source has not read every row's columns yet (a large JSONL file), a mapper that checks
+    each chunk's new columns (ColumnsChanged if they change the reading), or, if the first rows'
+    columns cannot be read, one from every row's columns.
+    """
     if source.fmt == "label_studio":
         if options.kind == "responses":
             raise ImportRejected("a Label Studio export holds prompts with their responses: import it as preferences (or prompts).", field="kind")
         source.convert(label_studio_record)
+    if not source.settled:
+        with contextlib.suppress(ImportRejected):
+            if (mapper := _mapper_for(campaign, source, options)) is not None:
+                return _UnsettledColumns(mapper, lambda: _mapper_for(campaign, source, options), source)
+        source.settle()
+    return _mapper_for(campaign, source, options)
+
+
+def _mapper_for(campaign: Campaign, source: Source, options: ImportOptions):
     if source.first is None:
         return None
     if options.kind == "prompts":
@@ -83,6 +97,36 @@ def column_mapper(campaign: Campaign, source: Source, options: ImportOptions):
     if options.kind == "responses":
         return ResponseColumns(source.columns, options.model)
     return PreferenceColumns(source.columns, source.first, options.model, campaign.responses_per_task)
+
+
+class ColumnsChanged(Exception):
+    """A row past the first pass brought a column that changes how the file's columns read."""
+
+
+class _UnsettledColumns:
+    """A mapper taken from the first rows' columns, checked again before each chunk whose rows bring new ones.
+
+    Nothing it mapped before a ColumnsChanged is kept: the import starts again (a rolled-back transaction)
+    with the columns of every row, so what is imported is what a first pass over every row would give.
+    """
+
+    def __init__(self, mapper, remap, source: Source):
+        self.mapper, self.remap, self.source = mapper, remap, source
+        self.seen = len(source.columns)
+
+    def add(self, records, batch: Batch) -> None:
+        if len(self.source.columns) != self.seen:  # chunks() has added this chunk's columns
+            self.seen = len(self.source.columns)
+            try:
+                same = self.remap().reading() == self.mapper.reading()
+            except ImportRejected:
+                same = False
+            if not same:
+                raise ColumnsChanged
+        self.mapper.add(records, batch)
+
+    def warnings(self) -> list[str]:
+        return self.mapper.warnings()
 
 
 def import_source(campaign: Campaign, source: Source, options: ImportOptions, *, on_progress=None) -> dict:
@@ -93,18 +137,25 @@ def import_source(campaign: Campaign, source: Source, options: ImportOptions, *,
     called as rows are checked.
     """
     mapper = column_mapper(campaign, source, options)
+    try:
+        result = _import_rows(campaign, source, mapper, options, on_progress)
+    except ColumnsChanged:  # rare: a late row's column changes the reading (nothing was written)
+        source.settle()
+        mapper = column_mapper(campaign, source, options)
+        result = _import_rows(campaign, source, mapper, options, on_progress)
     warnings = []
     if options.kind == "prompts" and (source.fmt == "label_studio" or {"chosen", "completions"} & source.columns):
         warnings.append("the file also holds responses; they were not imported (import it as preferences to keep them).")
-    result: copying.Outcome | ImportResult
-    if copying.available():
-        result = copying.import_rows(
-            campaign, source, mapper, on_duplicate=options.on_duplicate, create_models=options.create_models, progress=on_progress
-        )
-    else:
-        result = _import_whole(campaign, source, mapper, options, on_progress)
     warnings += mapper.warnings() if mapper else []
     return {"format": source.fmt, "kind": options.kind, "rows": source.rows, **result.as_dict(), "warnings": warnings, "errors": []}
+
+
+def _import_rows(campaign: Campaign, source: Source, mapper, options: ImportOptions, on_progress) -> copying.Outcome | ImportResult:
+    if copying.available():
+        return copying.import_rows(
+            campaign, source, mapper, on_duplicate=options.on_duplicate, create_models=options.create_models, progress=on_progress
+        )
+    return _import_whole(campaign, source, mapper, options, on_progress)
 
 
 def _import_whole(campaign: Campaign, source: Source, mapper, options: ImportOptions, on_progress) -> ImportResult:

@@ -5,6 +5,10 @@
             ...
     fmt, records, errors = read_file(path_or_file, filename)  # or every row at once
 
+A JSONL file's first pass parses only its first HEAD_ROWS lines (the rest are counted, not parsed): its
+columns are those rows' until the rows are read (source.settled is False till then; settle() reads
+them all), so each line of a large file is parsed once, not twice.
+
 Formats: CSV (UTF-8, a header row; comma, or semicolon/tab separators; lists and objects in
 cells as JSON text), JSONL, JSON (a list of objects; a list of Label Studio tasks is recognised),
 Parquet, and a zip of a folder written by `datasets`' save_to_disk. CSV and JSONL are read line by
@@ -36,6 +40,7 @@ if TYPE_CHECKING:
 
 MB = 1024 * 1024
 FORMATS = ("csv", "jsonl", "json", "parquet", "hf", "label_studio")
+HEAD_ROWS = 5000  # a JSONL file's rows parsed by the first pass, for the columns
 Record = tuple[int, dict]
 
 
@@ -107,13 +112,18 @@ def open_source(source, filename: str, *, fmt: str = "", split: str = "") -> Ite
 
 
 class Source:
-    """A file being imported: fmt, columns (every column any row has), rows, first (the first record)."""
+    """A file being imported: fmt, columns (every column any row has), rows, first (the first record).
+
+    settled: whether columns holds every row's columns; when not (a large JSONL file), they are those of its
+    first HEAD_ROWS rows, and chunks() adds each row's as it reads it.
+    """
 
     def __init__(self, fmt: str, stream, split: str, stack: contextlib.ExitStack):
         self.fmt, self.stream, self.split, self.stack = fmt, stream, split, stack
         self.columns: set[str] = set()
         self.rows = 0
         self.first: dict | None = None
+        self.settled = True
         self.loaded: list | None = None  # a JSON list, read whole
         self.dataset: Dataset | None = None  # a datasets folder, unpacked for as long as the source is open
 
@@ -133,6 +143,8 @@ class Source:
                 raise _too_many_rows(max_rows)
         if self.fmt in ("parquet", "hf"):
             self.first = next((record for _, record in self._items() if isinstance(record, dict)), None)  # these readers yield only dicts
+        elif self.fmt == "jsonl":
+            self._scan_lines(max_rows)
         else:
             self._scan_rows(max_rows)
         if not self.rows:
@@ -148,6 +160,25 @@ class Source:
                 if self.first is None:
                     self.first = item
         self.rows = rows
+
+    def _scan_lines(self, max_rows: int) -> None:
+        """JSONL: count the rows, parsing only the first HEAD_ROWS for the columns."""
+        rows = 0
+        self.stream.seek(0)
+        for rows, (_, line) in enumerate(_jsonl_lines(self.stream), 1):
+            if rows > max_rows:
+                raise _too_many_rows(max_rows)
+            if rows <= HEAD_ROWS and isinstance(item := _json_line(line), dict):
+                self.columns.update(item)
+                if self.first is None:
+                    self.first = item
+        self.rows, self.settled = rows, rows <= HEAD_ROWS
+
+    def settle(self) -> None:
+        """Read every row for its columns (where the first pass read only the first rows')."""
+        if not self.settled:
+            self._scan_rows(limit("IMPORT_MAX_ROWS"))
+            self.settled = True
 
     def _scan_parquet(self, max_rows: int) -> None:
         import pyarrow as pa
@@ -182,6 +213,10 @@ class Source:
         while chunk := list(itertools.islice(items, size)):
             records = [(n, item) for n, item in chunk if isinstance(item, dict)]
             errors = [{"row": n, "error": str(item)} for n, item in chunk if isinstance(item, BadRow)]
+            if not self.settled:
+                update = self.columns.update
+                for _, record in records:
+                    update(record)
             yield records, errors
 
     def _items(self) -> Iterator[tuple[int, dict | BadRow]]:
@@ -315,12 +350,18 @@ def _json_cell(column: str, value: str):
 
 def read_jsonl(stream) -> Iterator[tuple[int, dict | BadRow]]:
     """One JSON object per line; a row's number is its line number."""
+    for number, line in _jsonl_lines(stream):
+        yield number, _json_line(line)
+
+
+def _jsonl_lines(stream) -> Iterator[tuple[int, str]]:
+    """(line number, line) of each line that is not blank."""
     text = io.TextIOWrapper(stream, encoding="utf-8-sig")
     number = 0
     try:
         for number, line in enumerate(text, 1):
             if line.strip():
-                yield number, _json_line(line)
+                yield number, line
     except UnicodeDecodeError:
         raise _not_utf8(f"on line {number + 1}") from None
     finally:
