@@ -87,7 +87,8 @@ class Membership(models.Model):
 
 
 class Prompt(models.Model):
-    campaign = models.ForeignKey(Campaign, on_delete=models.CASCADE, related_name="prompts")
+    # no index of its own: the unique (campaign, external_id) index serves lookups by campaign
+    campaign = models.ForeignKey(Campaign, on_delete=models.CASCADE, related_name="prompts", db_index=False)
     external_id = models.CharField(max_length=200)
     messages = models.JSONField(help_text="Chat turns: [{role, content}, ...].")
     context = models.JSONField(default=list, blank=True, help_text="Retrieved passages shown beside the prompt.")
@@ -122,7 +123,8 @@ class ModelVersion(models.Model):
 
 
 class Response(models.Model):
-    prompt = models.ForeignKey(Prompt, on_delete=models.CASCADE, related_name="responses")
+    # no index of its own: the (prompt, model_version) index serves lookups by prompt
+    prompt = models.ForeignKey(Prompt, on_delete=models.CASCADE, related_name="responses", db_index=False)
     model_version = models.ForeignKey(ModelVersion, on_delete=models.PROTECT, related_name="responses")
     text = models.TextField()
     generation_params = models.JSONField(default=dict, blank=True)
@@ -160,7 +162,8 @@ class Task(models.Model):
 
 
 class TaskResponse(models.Model):
-    task = models.ForeignKey(Task, on_delete=models.CASCADE, related_name="slots")
+    # no index of its own: the unique (task, response) and (task, position) indexes serve lookups by task
+    task = models.ForeignKey(Task, on_delete=models.CASCADE, related_name="slots", db_index=False)
     response = models.ForeignKey(Response, on_delete=models.CASCADE, related_name="+")
     position = models.PositiveSmallIntegerField(help_text="Display order, shuffled per task.")
 
