@@ -7,7 +7,11 @@ model scores both answers in its training format. Figures (Stiennon et al. 2020;
 - rm_win_rate: share of prompts where the reward model scores the new answer higher (ties half);
 - kl: mean over prompts of sum_t log π_new(y_t) − log π_ref(y_t) on the new policy's answers, the
   previous policy being the reference (a Monte Carlo estimate of KL(π_new ‖ π_ref));
-- mean_length: mean answer length in tokens; eos_share: share of answers that ended with EOS.
+- mean_length: mean answer length in tokens; eos_share: share of answers that ended with EOS;
+- examples: the first few prompts' answers of both policies with their scores, to read side by side.
+
+Without a reward model (a DPO or SFT job on a campaign that has none yet) the three reward figures
+are None; the others need only the two policies.
 """
 
 from __future__ import annotations
@@ -38,17 +42,21 @@ class EvaluationConfig:
     """Sampling seed: the same prompts get the same random draws in every evaluation."""
     batch_size: int | None = None
     """Generation batch size (None: the generator's default)."""
+    examples: int = 4
+    """How many prompts' answers (the first ones) are kept as examples."""
 
 
 @dataclass(frozen=True)
 class Evaluation:
     prompts: int
-    reward_mean: float
-    previous_reward_mean: float
+    reward_mean: float | None
+    previous_reward_mean: float | None
     kl: float
     mean_length: float
     eos_share: float
-    rm_win_rate: float
+    rm_win_rate: float | None
+    examples: list[dict]
+    """[{prompt_index, new: {text, score}, previous: {text, score}}] for the first `config.examples` prompts."""
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -62,24 +70,33 @@ def sample_once(model_dir: Path | str, prompts: Sequence[Sequence[Message]], con
     return sorted(completions, key=lambda c: c.prompt_index)
 
 
-def evaluate_policy(policy_dir: Path | str, previous_dir: Path | str, reward_dir: Path | str, prompts: Sequence[Sequence[Message]],
+def evaluate_policy(policy_dir: Path | str, previous_dir: Path | str, reward_dir: Path | str | None, prompts: Sequence[Sequence[Message]],
                     config: EvaluationConfig | None = None) -> Evaluation:
-    """The new policy against the previous one on `prompts` (see the module docstring)."""
+    """The new policy against the previous one on `prompts` (see the module docstring); reward_dir None: no reward figures."""
     config = config or EvaluationConfig()
     new, old = sample_once(policy_dir, prompts, config), sample_once(previous_dir, prompts, config)
-    reward_model, reward_tokenizer = load_reward_model(reward_dir, device="cpu")
-    new_scores = [score(reward_model, reward_tokenizer, p, [c.text])[0] for p, c in zip(prompts, new)]
-    old_scores = [score(reward_model, reward_tokenizer, p, [c.text])[0] for p, c in zip(prompts, old)]
+    new_scores, old_scores = _scores(reward_dir, prompts, new, old)
     n = len(prompts)
+    scored = reward_dir is not None
     return Evaluation(
         prompts=n,
-        reward_mean=sum(new_scores) / n,
-        previous_reward_mean=sum(old_scores) / n,
+        reward_mean=sum(new_scores) / n if scored else None,
+        previous_reward_mean=sum(old_scores) / n if scored else None,
         kl=sequence_kl(policy_dir, previous_dir, prompts, [c.text for c in new]),
         mean_length=sum(c.num_tokens for c in new) / n,
         eos_share=sum(c.finished_with_eos for c in new) / n,
-        rm_win_rate=sum(1.0 if a > b else 0.5 if a == b else 0.0 for a, b in zip(new_scores, old_scores)) / n,
+        rm_win_rate=sum(1.0 if a > b else 0.5 if a == b else 0.0 for a, b in zip(new_scores, old_scores)) / n if scored else None,
+        examples=[{"prompt_index": i, "new": {"text": new[i].text, "score": new_scores[i] if scored else None},
+                   "previous": {"text": old[i].text, "score": old_scores[i] if scored else None}} for i in range(min(config.examples, n))],
     )
+
+
+def _scores(reward_dir: Path | str | None, prompts: Sequence[Sequence[Message]], *answers: list) -> list[list[float]]:
+    """Per list of completions, the reward model's score of each (empty lists without a reward model)."""
+    if reward_dir is None:
+        return [[] for _ in answers]
+    reward_model, reward_tokenizer = load_reward_model(reward_dir, device="cpu")
+    return [[score(reward_model, reward_tokenizer, p, [c.text])[0] for p, c in zip(prompts, completions)] for completions in answers]
 
 
 @torch.no_grad()

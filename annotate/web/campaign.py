@@ -16,6 +16,7 @@ from annotate.models import Membership
 from annotate.runs.endpoints import serving_of_run
 from annotate.runs.readiness import training_blocker
 from annotate.runs.registry import latest_reward_model
+from annotate.runs.round_report import round_details
 from annotate.runs.rounds import round_summaries
 from annotate.stats.dashboard import dashboard_context
 from annotate.web.run_forms import GenerationForm, RewardForm
@@ -39,6 +40,17 @@ def overview(request, slug):
         context["round_memory"] = context["round_form"].memory_line("round")
         context["training_blocker"] = training_blocker(campaign)
     return render(request, "annotate/campaign.html", context)
+
+
+@login_required
+@require_GET
+def rounds_page(request, slug):
+    """The round report: per round its figures, its reward and KL curves, and evaluation answers side by side."""
+    campaign = access.campaign_for(request.user, slug, access.READING_ROLES)  # model names: admins and researchers only
+    details = round_details(campaign)
+    rounds = [{**row, "curves": metric_panels(details[row["policy"]]["curves"]), "examples": details[row["policy"]]["examples"]}
+              for row in round_summaries(campaign)]
+    return render(request, "annotate/rounds.html", {"campaign": campaign, "rounds": rounds, "may_start_round": access.may_start(campaign, "round")})
 
 
 @login_required

@@ -9,6 +9,7 @@ urlpatterns = [
     path("login/", ThrottledLoginView.as_view(), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("c/<slug:slug>/", campaign.overview, name="campaign"),
+    path("c/<slug:slug>/rounds/", campaign.rounds_page, name="campaign-rounds"),
     path("c/<slug:slug>/runs/", campaign.runs_partial, name="campaign-runs"),
     path("c/<slug:slug>/generate/", campaign.start_generation, name="start-generation"),
     path("c/<slug:slug>/runs/<str:kind>/start/", campaign.start_run, name="start-run"),
