@@ -5,8 +5,8 @@ model scores both answers in its training format. Figures (Stiennon et al. 2020;
 
 - reward_mean / previous_reward_mean: mean reward-model score of the new / previous policy's answers;
 - rm_win_rate: share of prompts where the reward model scores the new answer higher (ties half);
-- kl: mean over prompts of sum_t log π_new(y_t) − log π_ref(y_t) on the new policy's answers, the
-  previous policy being the reference (a Monte Carlo estimate of KL(π_new ‖ π_ref));
+- kl: an estimate of KL(π_new ‖ π_ref) on the new policy's answers, the previous policy being the
+  reference: mean over prompts of the summed per-token k3 estimator (never negative; see `k3`);
 - mean_length: mean answer length in tokens; eos_share: share of answers that ended with EOS;
 - examples: the first few prompts' answers of both policies with their scores, to read side by side.
 
@@ -101,9 +101,19 @@ def _scores(reward_dir: Path | str | None, prompts: Sequence[Sequence[Message]],
 
 @torch.no_grad()
 def sequence_kl(policy_dir: Path | str, reference_dir: Path | str, prompts: Sequence[Sequence[Message]], answers: Sequence[str]) -> float:
-    """Mean over prompts of log π(answer) − log π_ref(answer), the answers sampled from π."""
-    total = 0.0
-    for path, sign in ((policy_dir, 1.0), (reference_dir, -1.0)):
+    """Mean over prompts of the summed per-token KL estimate on answers sampled from π (see `k3`)."""
+    logprobs = []
+    for path in (policy_dir, reference_dir):
         model, tokenizer = load_causal_lm(path, device=torch.device("cpu")).eval(), load_tokenizer(path)
-        total += sign * sum(float(response_logprobs(model, tokenizer, p, a).sum()) for p, a in zip(prompts, answers))
-    return total / len(prompts)
+        logprobs.append([response_logprobs(model, tokenizer, p, a) for p, a in zip(prompts, answers)])
+    return sum(float(k3(policy, reference).sum()) for policy, reference in zip(*logprobs)) / len(prompts)
+
+
+def k3(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
+    """Per-token estimate of KL(π ‖ π_ref) from tokens sampled from π: r − 1 − log r with r = π_ref/π (Schulman 2020).
+
+    Unbiased like the plain log-ratio (E_π[r] = 1) but never negative, so a policy that barely moved
+    reports a KL near 0, not a negative one. Shapes: (T,) → (T,).
+    """
+    log_ratio = ref_logp - logp
+    return torch.expm1(log_ratio) - log_ratio
