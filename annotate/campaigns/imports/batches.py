@@ -72,7 +72,7 @@ def normalise_messages(row: dict) -> list[dict]:
 
 
 def normalise_context(value) -> list[dict]:
-    """Context passages as [{title, text}]; plain strings become untitled passages."""
+    """Context passages as [{title, text}]; plain strings become untitled passages (at most MAX_TEXT_CHARS of text in all)."""
     if value is None:
         return []
     if not isinstance(value, list):
@@ -85,6 +85,7 @@ def normalise_context(value) -> list[dict]:
             passages.append({"title": str(item.get("title", "")), "text": item["text"]})
         else:
             raise ValueError("each context passage must be a string or {title?, text}")
+    _check_size("the context", sum(len(p["text"]) for p in passages))
     return passages
 
 
@@ -281,7 +282,6 @@ def prompt_fields(row: dict, *, as_json: bool = False) -> tuple:
     messages = normalise_messages(row)
     _check_size("the prompt", sum(len(t["content"]) for t in messages))
     context = normalise_context(row.get("context"))
-    _check_size("the context", sum(len(p["text"]) for p in context))
     metadata = row.get("metadata", {})
     if metadata is None:
         metadata = {}
