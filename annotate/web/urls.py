@@ -16,6 +16,7 @@ urlpatterns = [
     path("runs/<int:run_id>/", campaign.run_page, name="run"),
     path("runs/<int:run_id>/cancel/", campaign.cancel_run, name="cancel-run"),
     path("runs/<int:run_id>/state/", runs.run_state, name="run-state"),
+    path("runs/<int:run_id>/metrics/", runs.run_metrics, name="run-metrics"),
     path("c/<slug:slug>/label/", labeling.label, name="label"),
     path("tasks/<int:task_id>/submit/", labeling.submit, name="submit"),
     path("tasks/<int:task_id>/skip/", labeling.skip, name="skip"),
