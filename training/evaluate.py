@@ -95,18 +95,22 @@ def _scores(reward_dir: Path | str | None, prompts: Sequence[Sequence[Message]],
     """Per list of completions, the reward model's score of each (empty lists without a reward model)."""
     if reward_dir is None:
         return [[] for _ in answers]
-    reward_model, reward_tokenizer = load_reward_model(reward_dir, device="cpu")
+    reward_model, reward_tokenizer = load_reward_model(reward_dir)  # CUDA if present, as generation
     return [[score(reward_model, reward_tokenizer, p, [c.text])[0] for p, c in zip(prompts, completions)] for completions in answers]
 
 
-@torch.no_grad()
 def sequence_kl(policy_dir: Path | str, reference_dir: Path | str, prompts: Sequence[Sequence[Message]], answers: Sequence[str]) -> float:
     """Mean over prompts of the summed per-token KL estimate on answers sampled from π (see `k3`)."""
-    logprobs = []
-    for path in (policy_dir, reference_dir):
-        model, tokenizer = load_causal_lm(path, device=torch.device("cpu")).eval(), load_tokenizer(path)
-        logprobs.append([response_logprobs(model, tokenizer, p, a) for p, a in zip(prompts, answers)])
+    logprobs = [_answer_logprobs(path, prompts, answers) for path in (policy_dir, reference_dir)]
     return sum(float(k3(policy, reference).sum()) for policy, reference in zip(*logprobs)) / len(prompts)
+
+
+@torch.no_grad()
+def _answer_logprobs(path: Path | str, prompts: Sequence[Sequence[Message]], answers: Sequence[str]) -> list[torch.Tensor]:
+    """Per answer, its tokens' log-probs under the model at `path` (loaded here and let go on return: one model at a time)."""
+    # where generation ran (CUDA if present), in fp32: the KL is a small difference of large log-probs
+    model, tokenizer = load_causal_lm(path, dtype=torch.float32).eval(), load_tokenizer(path)
+    return [response_logprobs(model, tokenizer, p, a) for p, a in zip(prompts, answers)]
 
 
 def k3(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
