@@ -70,3 +70,13 @@ def test_a_policy_without_evaluation_or_curves_says_what_is_missing(report_campa
     RunMetric.objects.all().delete()
     page = browser(join(make_user("carol"), report_campaign, "admin")).get("/c/report/rounds/").content.decode()
     assert "not evaluated" in page and "No per-iteration reward or KL recorded" in page and "No evaluation answers stored" in page
+
+
+def test_a_policy_evaluated_without_a_reward_model_shows_the_figures_it_has(report_campaign):
+    policy = ModelVersion.objects.get(name="r1")
+    policy.metadata["evaluation"].update(reward_mean=None, previous_reward_mean=None, rm_win_rate=None)
+    policy.save()
+    carol = join(make_user("carol"), report_campaign, "admin")
+    page = browser(carol).get("/c/report/rounds/").content.decode()
+    assert "— (no reward model to score with)" in page and "2.5000" in page and "30.0 tokens, 0.90" in page
+    assert "— (no reward model) on 16 prompts" in browser(carol).get("/c/report/").content.decode()
