@@ -48,14 +48,19 @@ def evaluate_job_policy(ctx: RunContext, policy: ModelVersion, reward_name: str 
     """A policy job's evaluation: against its parent, under the job's reward model or else the campaign's latest (if any).
 
     Returns the figures without the examples (for the run's result; the policy's metadata keeps them).
+    A failed evaluation (out of memory, say) is logged and leaves the trained policy registered: None.
     """
     campaign, previous = ctx.campaign, policy.parent
     assert previous is not None  # a job's policy is registered with its parent
     reward = ModelVersion.objects.get(name=reward_name) if reward_name else latest_reward_model(campaign)
     if reward is None:
         ctx.log("evaluation without reward figures: the campaign has no reward model yet")
-    figures = evaluate_against_previous(_Finishing(ctx.run), campaign, policy, previous, reward, max_new_tokens=max_new_tokens,
-                                        metric_prefix="evaluation/")
+    try:
+        figures = evaluate_against_previous(_Finishing(ctx.run), campaign, policy, previous, reward, max_new_tokens=max_new_tokens,
+                                            metric_prefix="evaluation/")
+    except Exception as exc:  # the policy is trained and registered: the figures are a report on it, not a condition of it
+        ctx.log(f"evaluation failed, {policy.name} is registered without it: {type(exc).__name__}: {exc}")
+        return None
     if figures is None:
         return None
     return {**{k: v for k, v in figures.items() if k != "examples"}, "reward_model": reward.name if reward else None}

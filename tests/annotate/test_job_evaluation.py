@@ -98,3 +98,19 @@ def test_a_preference_job_is_evaluated_under_the_campaigns_latest_reward_model_o
     rows = [json.loads(line) for line in snapshot_file(Snapshot.objects.get(name=f"run-{run.pk}-{kind}")).read_text().splitlines()]
     assert rows and not {row["prompt_id"] for row in rows} & {p.external_id for p in evaluation_prompts(campaign)}
     assert round_reports(campaign)[0]["evaluation"]["prompts"] == 16
+
+
+def test_a_failed_evaluation_is_logged_and_leaves_the_trained_policy_registered(tiny_checkpoint, artifacts, monkeypatch):
+    import training.evaluate
+
+    def out_of_memory(*args, **kwargs):
+        raise RuntimeError("CUDA out of memory")
+
+    monkeypatch.setattr(training.evaluate, "evaluate_policy", out_of_memory)
+    campaign = fruit_campaign(tiny_checkpoint, reward_model=False)
+    run = engine.start_run("dpo", campaign=campaign, params={"policy": "tiny-base", "max_steps": 1, "batch_size": 4})
+    work_off_queue()
+    run.refresh_from_db()
+    assert run.status == "succeeded", run.error
+    assert run.result["evaluation"] is None and "evaluation failed" in run.log_tail and "CUDA out of memory" in run.log_tail
+    assert "evaluation" not in ModelVersion.objects.get(run=run, kind="policy").metadata
