@@ -18,6 +18,7 @@ from annotate.jobs.engine import InvalidParams, RunCancelled, RunContext, RunFai
 from annotate.jobs.params import integer, number
 from annotate.models import Campaign, ModelVersion, Run
 from annotate.runs import registry
+from annotate.runs.evaluation import evaluate_job_policy
 from annotate.runs.registry import current_policy, latest_reward_model, policy_name, register_policy
 
 PPO_FIELDS = {"policy", "reward_model", "name", "iterations", "rollout_batch_size", "minibatch_size", "ppo_epochs", "kl_coef",
@@ -75,8 +76,10 @@ def single_process(params: dict) -> dict:
 
 def run_ppo(ctx: RunContext) -> dict:
     version, result = optimise_with_ppo(ctx, ctx.params)
+    # a round evaluates its policy itself; a job evaluates here, on the held-out split, against the parent
+    evaluation = evaluate_job_policy(ctx, version, ctx.params["reward_model"], max_new_tokens=ctx.params["max_new_tokens"])
     return {"model": version.name, "model_id": version.pk, "round": version.round, "iterations": result.iterations,
-            "final_metrics": version.metadata["final_metrics"]}
+            "final_metrics": version.metadata["final_metrics"], "evaluation": evaluation}
 
 
 def optimise_with_ppo(ctx: RunContext, p: dict):

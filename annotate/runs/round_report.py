@@ -1,15 +1,20 @@
 """A campaign's round report: per policy a round made, its reward model, its held-out evaluation and
 the labelers' verdict on its head-to-head tasks against the previous policy.
 
-`GET /api/v1/campaigns/{slug}/rounds/` and the campaign page's round section read `round_reports`.
+`GET /api/v1/campaigns/{slug}/rounds/` and the campaign page's round section read `round_reports`;
+the round report page adds, per policy, its reward and KL curves and a few evaluation examples (`round_details`).
 """
 from __future__ import annotations
 
 import math
 
+from annotate.jobs.engine import metric_series
 from annotate.models import Campaign, Judgement, ModelVersion, Response
 
 EVALUATION_KEYS = ("prompts", "reward_mean", "previous_reward_mean", "kl", "mean_length", "eos_share", "rm_win_rate")
+# The per-iteration metrics of the optimisation that made a policy: PPO's (`training.ppo`) or TRL RLOO's names,
+# bare in a PPO/RLOO job, under `policy/` in a round. DPO and SFT record neither.
+CURVES = {"mean reward": ("objective/scores", "reward"), "KL to the reference": ("objective/kl", "kl")}
 
 
 def human_win_rate(new: ModelVersion, old: ModelVersion) -> tuple[float | None, int]:
@@ -72,3 +77,21 @@ def _report(policy: ModelVersion) -> dict:
         "evaluation": {key: evaluation.get(key) for key in EVALUATION_KEYS} if evaluation else None,
         "human_win_rate": {"value": rate, "low": low, "high": high, "judgements": n},
     }
+
+
+def round_details(campaign: Campaign) -> dict[str, dict]:
+    """Per policy name in `round_reports`: {curves: {label: [(step, value)]}, examples: [...]} for the round report page."""
+    policies = ModelVersion.objects.filter(kind=ModelVersion.Kind.POLICY, metadata__campaign=campaign.slug).exclude(parent=None).select_related("run")
+    return {policy.name: {"curves": training_curves(policy), "examples": (policy.metadata.get("evaluation") or {}).get("examples", [])}
+            for policy in policies}
+
+
+def training_curves(policy: ModelVersion) -> dict[str, list[tuple[int, float]]]:
+    """Mean reward and KL per iteration of the run that optimised the policy (empty when it recorded none)."""
+    series = metric_series(policy.run) if policy.run else {}
+    curves = {}
+    for label, names in CURVES.items():
+        found = [series[prefix + name] for name in names for prefix in ("policy/", "") if series.get(prefix + name)]
+        if found:
+            curves[label] = found[0]
+    return curves

@@ -26,6 +26,7 @@ from annotate.jobs.engine import InvalidParams, RunCancelled, RunContext, RunFai
 from annotate.jobs.params import flag, integer, number
 from annotate.models import Campaign, ModelVersion
 from annotate.runs import registry
+from annotate.runs.evaluation import evaluate_job_policy
 from annotate.runs.fit import quantize_param, refuse_if_it_cannot_fit_here
 from annotate.runs.launching import launch_params, launches, train_launched
 from annotate.runs.registry import current_policy, latest_reward_model, policy_name, register_policy
@@ -115,7 +116,11 @@ def _streaming(ctx: RunContext, epochs: float):
 def run_policy_training(kind: str):
     def handle(ctx: RunContext) -> dict:
         version = train_and_register_policy(kind, ctx, ctx.params)
-        return {"model": version.name, "model_id": version.pk, "round": version.round, "metrics": version.metadata["final_metrics"]}
+        # RLOO is evaluated under its own reward model, SFT and DPO under the campaign's latest (if it has one)
+        max_new_tokens = ctx.params.get("max_completion_length", 64)
+        evaluation = evaluate_job_policy(ctx, version, ctx.params.get("reward_model"), max_new_tokens=max_new_tokens)
+        return {"model": version.name, "model_id": version.pk, "round": version.round, "metrics": version.metadata["final_metrics"],
+                "evaluation": evaluation}
 
     return handle
 

@@ -16,6 +16,7 @@ from annotate.models import Membership
 from annotate.runs.endpoints import serving_of_run
 from annotate.runs.readiness import training_blocker
 from annotate.runs.registry import latest_reward_model
+from annotate.runs.round_report import round_details
 from annotate.runs.rounds import round_summaries
 from annotate.stats.dashboard import dashboard_context
 from annotate.web.run_forms import GenerationForm, RewardForm
@@ -39,6 +40,17 @@ def overview(request, slug):
         context["round_memory"] = context["round_form"].memory_line("round")
         context["training_blocker"] = training_blocker(campaign)
     return render(request, "annotate/campaign.html", context)
+
+
+@login_required
+@require_GET
+def rounds_page(request, slug):
+    """The round report: per round its figures, its reward and KL curves, and evaluation answers side by side."""
+    campaign = access.campaign_for(request.user, slug, access.READING_ROLES)  # model names: admins and researchers only
+    details = round_details(campaign)
+    rounds = [{**row, "curves": metric_panels(details[row["policy"]]["curves"]), "examples": details[row["policy"]]["examples"]}
+              for row in round_summaries(campaign)]
+    return render(request, "annotate/rounds.html", {"campaign": campaign, "rounds": rounds, "may_start_round": access.may_start(campaign, "round")})
 
 
 @login_required
@@ -90,7 +102,9 @@ def start_run(request, slug, kind):
 @require_GET
 def run_page(request, run_id):
     run = access.run_as_seen_by(request.user, access.run_for(request.user, run_id))
-    context: dict[str, Any] = {"run": run, "plots": metric_panels(engine.metric_series(run)), "can_cancel": access.may_manage_run(request.user, run)}
+    series = engine.metric_series(run)
+    context: dict[str, Any] = {"run": run, "plots": metric_panels(series), "can_cancel": access.may_manage_run(request.user, run),
+                               "metric_points": sum(len(points) for points in series.values())}  # run.js re-plots when the count grows
     # the commands name server paths: for staff, who run the serving machines
     serving = access.sees_server_detail(request.user) and run.kind in ("ppo", "sft", "dpo", "rloo", "round") and run.status == "succeeded"
     context["serving"] = serving_of_run(run) if serving else []

@@ -5,7 +5,7 @@ import json
 
 from django.test import Client
 
-from annotate.models import Run, Snapshot
+from annotate.models import Run, RunMetric, Snapshot
 from tests.annotate.test_exports import judge_all
 
 
@@ -47,3 +47,23 @@ def test_a_runs_state_is_small_json_for_readers_only(alice, rita, mallory, carol
     assert state["status"] == "queued" and not state["finished"] and "waiting for a worker" in state["message"]
     assert browser(alice).get(f"/runs/{run.pk}/state/").status_code == 403
     assert browser(mallory).get(f"/runs/{run.pk}/state/").status_code == 404
+
+
+def test_a_runs_state_counts_its_metric_points_and_hides_tracebacks_from_non_staff(rita, campaign, carol):
+    run = Run.objects.create(kind="reward", campaign=campaign, created_by=carol, status="running",
+                             error="boom\n\nTraceback (most recent call last):\n  File \"/srv/arbiter/secret.py\"")
+    RunMetric.objects.bulk_create([RunMetric(run=run, step=s, name="loss", value=1.0 / (s + 1)) for s in range(3)])
+    state = json.loads(browser(rita).get(f"/runs/{run.pk}/state/").content)
+    assert state["metric_points"] == 3 and state["error"] == "boom"  # as the page shows it
+    page = browser(rita).get(f"/runs/{run.pk}/").content.decode()
+    assert 'data-metric-points="3"' in page and 'data-metrics-url="/runs/' in page
+
+
+def test_a_runs_metrics_fragment_is_its_plots_alone_for_readers_only(alice, rita, mallory, carol, campaign):
+    run = Run.objects.create(kind="ppo", campaign=campaign, created_by=carol, status="running")
+    assert "No metrics recorded" in browser(rita).get(f"/runs/{run.pk}/metrics/").content.decode()
+    RunMetric.objects.bulk_create([RunMetric(run=run, step=s, name="objective/kl", value=0.1 * s) for s in range(3)])
+    fragment = browser(rita).get(f"/runs/{run.pk}/metrics/").content.decode()
+    assert fragment.startswith('<section class="card" id="run-metrics"') and fragment.count("<svg") == 1 and "<html" not in fragment
+    assert browser(alice).get(f"/runs/{run.pk}/metrics/").status_code == 403
+    assert browser(mallory).get(f"/runs/{run.pk}/metrics/").status_code == 404

@@ -27,11 +27,25 @@ def crowded(db, monkeypatch, tmp_path):
     join(make_user("alice"), campaign, "labeler")
     run = Run.objects.create(kind="reward", campaign=campaign, created_by=carol, status="succeeded", params={"base_model": LONG_WORD},
                              result={"model": "rm-1", "metrics": {"eval/accuracy": 0.9}}, log_tail=LONG_WORD)
+    add_a_round(campaign, run)
     return run
 
 
+def add_a_round(campaign, run) -> None:
+    """A round-1 policy with evaluation figures, long answers side by side and reward/KL curves (the round report page)."""
+    from annotate.models import ModelVersion, RunMetric
+
+    RunMetric.objects.bulk_create([RunMetric(run=run, step=s, name=name, value=0.1 * s) for s in range(3) for name in ("objective/scores", "objective/kl")])
+    old = ModelVersion.objects.create(name="r0-" + LONG_WORD, kind="policy", checkpoint_path="x", round=0, metadata={"campaign": campaign.slug})
+    example = {"prompt_index": 0, "prompt_id": "q0", "prompt": LONG_WORD, "previous": {"text": LONG_WORD, "score": 0.1}, "new": {"text": LONG_WORD, "score": 0.2}}
+    evaluation = {"prompts": 16, "reward_mean": 0.4, "previous_reward_mean": 0.1, "kl": 2.5, "mean_length": 30.0, "eos_share": 0.9,
+                  "rm_win_rate": 0.7, "examples": [example] * 3}
+    ModelVersion.objects.create(name="r1-" + LONG_WORD, kind="policy", checkpoint_path="x", round=1, parent=old, run=run,
+                                metadata={"campaign": campaign.slug, "method": "ppo", "evaluation": evaluation})
+
+
 PAGES = ["/", "/c/helpful/", "/c/helpful/export/", "/c/helpful/settings/", "/c/helpful/import/", "/c/helpful/tasks/",
-         "/c/helpful/labelers/", "/c/helpful/optimized/", "/c/helpful/label/", "/campaigns/new/"]
+         "/c/helpful/labelers/", "/c/helpful/optimized/", "/c/helpful/label/", "/c/helpful/rounds/", "/campaigns/new/"]
 
 
 def test_no_page_scrolls_sideways_on_a_phone(crowded, daphne_url, page):  # noqa: F811

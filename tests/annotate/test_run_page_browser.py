@@ -52,3 +52,18 @@ def test_a_failed_run_shows_a_wrapped_error_and_what_to_do_on_a_phone(queued, li
     expect(page.get_by_role("alert")).to_contain_text("not-enough-held-out-pairs")
     expect(page.get_by_test_id("run-error")).to_contain_text("What next")
     assert no_sideways_scroll(page)
+
+
+def test_a_running_runs_plots_follow_its_new_metrics_without_a_reload(queued, live_server, page):  # noqa: F811
+    from annotate.models import RunMetric
+
+    Run.objects.filter(pk=queued.pk).update(status="running", started_at=timezone.now(), worker="w1")
+    log_in(page, live_server.url, "rita")
+    page.goto(f"{live_server.url}/runs/{queued.pk}/")
+    page.evaluate("window.sameDocument = true")
+    metrics = page.get_by_test_id("run-metrics")
+    expect(metrics).to_contain_text("No metrics recorded")
+    RunMetric.objects.bulk_create([RunMetric(run=queued, step=s, name="loss", value=1.0 / (s + 1)) for s in range(3)])
+    expect(metrics.locator("svg")).to_have_count(1, timeout=30_000)  # re-fetched while running (polls every 2 s, plots at most every 10 s)
+    expect(page.get_by_test_id("run-status")).to_have_text("running")
+    assert page.evaluate("window.sameDocument") is True

@@ -73,7 +73,7 @@ def normalise_messages(row: dict) -> list[dict]:
 
 
 def normalise_context(value) -> list[dict]:
-    """Context passages as [{title, text}]; plain strings become untitled passages."""
+    """Context passages as [{title, text}]; plain strings become untitled passages (at most MAX_TEXT_CHARS of text in all)."""
     if value is None:
         return []
     if not isinstance(value, list):
@@ -86,6 +86,7 @@ def normalise_context(value) -> list[dict]:
             passages.append({"title": str(item.get("title", "")), "text": item["text"]})
         else:
             raise ValueError("each context passage must be a string or {title?, text}")
+    _check_size("the context", sum(len(p["text"]) for p in passages))
     return passages
 
 
@@ -295,7 +296,6 @@ def prompt_fields(row: dict, *, as_json: bool = False) -> tuple:
     messages = normalise_messages(row)
     _check_size("the prompt", sum(len(t["content"]) for t in messages))
     context = normalise_context(row.get("context"))
-    _check_size("the context", sum(len(p["text"]) for p in context))
     metadata = row.get("metadata", {})
     if metadata is None:
         metadata = {}
