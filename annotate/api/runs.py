@@ -8,7 +8,7 @@ from rest_framework.decorators import api_view
 from rest_framework.response import Response
 
 from annotate import access
-from annotate.campaigns.imports.batches import normalise_context, normalise_messages
+from annotate.campaigns.imports.batches import MAX_TEXT_CHARS, check_size, normalise_context, normalise_messages
 from annotate.core.redact import hide_paths
 from annotate.jobs import engine
 from annotate.models import Campaign, ModelVersion, Run
@@ -92,7 +92,7 @@ def run_cancel(request, run_id):
 
 class ScoreInSerializer(serializers.Serializer):
     prompt = serializers.JSONField(help_text="The prompt: a string (one user turn) or a list of chat messages.")
-    responses = serializers.ListField(child=serializers.CharField(allow_blank=True, trim_whitespace=False), min_length=1, max_length=64)
+    responses = serializers.ListField(child=serializers.CharField(allow_blank=True, trim_whitespace=False, max_length=MAX_TEXT_CHARS), min_length=1, max_length=64)
     context = serializers.JSONField(required=False, default=list, help_text="The prompt's context passages: strings or {title?, text}.")  # type: ignore[assignment, arg-type]  # a declared field named like a base attribute; the stubs allow only mapping defaults for JSON
 
 
@@ -109,6 +109,7 @@ def score(request, model_id):
     body.is_valid(raise_exception=True)
     try:
         messages = normalise_messages({"messages": body.validated_data["prompt"]})
+        check_size("the prompt", sum(len(turn["content"]) for turn in messages))
     except ValueError as exc:
         return Response({"prompt": [str(exc)]}, status=status.HTTP_400_BAD_REQUEST)
     try:

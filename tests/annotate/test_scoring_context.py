@@ -55,3 +55,15 @@ def test_a_bad_context_is_a_400_naming_the_field_and_nothing_is_scored(context, 
     response = client.post(url, {"prompt": "?", "responses": ["y"], "context": context}, format="json")
     assert response.status_code == 400 and list(response.json()) == ["context"], response.content
     assert chats_scored == []
+
+
+@pytest.mark.parametrize("field, body", [
+    ("prompt", {"prompt": "x" * (MAX_TEXT_CHARS + 1), "responses": ["a"]}),
+    ("prompt", {"prompt": [{"role": "user", "content": "x" * MAX_TEXT_CHARS}, {"role": "user", "content": "y"}], "responses": ["a"]}),
+    ("responses", {"prompt": "Hello?", "responses": ["a", "x" * (MAX_TEXT_CHARS + 1)]}),
+])
+def test_an_oversized_prompt_or_response_is_a_400_naming_the_field_and_nothing_is_scored(field, body, scorer, chats_scored):
+    client, url = scorer
+    response = client.post(url, body, format="json")
+    assert response.status_code == 400 and field in response.json()
+    assert chats_scored == []

@@ -86,7 +86,7 @@ def normalise_context(value) -> list[dict]:
             passages.append({"title": str(item.get("title", "")), "text": item["text"]})
         else:
             raise ValueError("each context passage must be a string or {title?, text}")
-    _check_size("the context", sum(len(p["text"]) for p in passages))
+    check_size("the context", sum(len(p["text"]) for p in passages))
     return passages
 
 
@@ -160,7 +160,7 @@ def _check_string(text: str, what: str) -> None:
             raise ValueError(f"{what} contains a lone surrogate ({text[exc.start]!a}), which is not valid Unicode") from None
 
 
-def _check_size(what: str, chars: int) -> None:
+def check_size(what: str, chars: int) -> None:
     if chars > MAX_TEXT_CHARS:
         raise ValueError(f"{what} is {chars:,} characters long; the limit is {MAX_TEXT_CHARS:,}")
 
@@ -294,7 +294,7 @@ def prompt_from_row(campaign: Campaign, external_id: str, row: dict) -> Prompt:
 def prompt_fields(row: dict, *, as_json: bool = False) -> tuple:
     """(messages, context, metadata) of a prompt row, as values or (as_json) as JSON text; ValueError says what is wrong."""
     messages = normalise_messages(row)
-    _check_size("the prompt", sum(len(t["content"]) for t in messages))
+    check_size("the prompt", sum(len(t["content"]) for t in messages))
     context = normalise_context(row.get("context"))
     metadata = row.get("metadata", {})
     if metadata is None:
@@ -338,7 +338,7 @@ def response_from_row(row: dict, *, as_json: bool = False) -> tuple[str, str, st
     text = row.get("text")
     if not isinstance(text, str) or not text.strip():
         raise ValueError("text must be a non-empty string")
-    _check_size("the response", len(text))
+    check_size("the response", len(text))
     _check_string(text, "the response")
     params = row.get("generation_params", {})
     if params is None:
