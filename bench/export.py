@@ -11,8 +11,9 @@ paths also report their CPU time and their PostgreSQL backend's, which the load 
 machine does not inflate (the load average is printed too):
 
 - command: `manage.py export_preferences SLUG --shape pairs --format jsonl --out FILE`
-- gunicorn / daphne: GET /api/v1/campaigns/SLUG/export/ through a real WSGI / ASGI server, read to
-  the end by curl; the RSS is the server's
+- gunicorn / granian / daphne: GET /api/v1/campaigns/SLUG/export/ through a real WSGI / WSGI / ASGI
+  server, read to the end by curl; the RSS is the server's, and the first byte's wait is reported
+  (under WSGI the export is written to a temporary file before its first byte: api/exports.py)
 - naive: what an export usually does: every judgement (with its task and prompt) and every
   response as ORM objects, the same pairs rows built into one list, then written; on the first
   --naive-judgements judgements (200k by default: it holds them all, about 3.5 GB)
@@ -228,10 +229,13 @@ def run_child(path: str, database: str, limit: int | None) -> dict:
 
 
 def run_server(kind: str, database: str, token: str, port: int) -> dict:
-    """Serve with gunicorn (1 sync worker) or daphne, download the export to the end, read the server's VmHWM."""
+    """Serve with gunicorn (1 sync worker), granian (WSGI, 1 worker) or daphne, download the export to the end, read the server's VmHWM."""
     env = {**os.environ, "DATABASE_URL": f"postgres://postgres@127.0.0.1:5432/{database}", "LOG_LEVEL": "WARNING"}
     if kind == "gunicorn":
         cmd = [sys.executable, "-m", "gunicorn", "config.wsgi:application", "-b", f"127.0.0.1:{port}", "-w", "1", "--timeout", "900", "--log-level", "warning"]
+    elif kind == "granian":
+        cmd = [str(Path(sys.executable).parent / "granian"), "--interface", "wsgi", "--workers", "1", "--host", "127.0.0.1", "--port", str(port),
+               "--log-level", "warning", "config.wsgi:application"]
     else:
         cmd = [str(Path(sys.executable).parent / "daphne"), "-b", "127.0.0.1", "-p", str(port), "-v", "0", "config.asgi:application"]
     server = subprocess.Popen(cmd, cwd=ROOT, env=env)
@@ -239,27 +243,30 @@ def run_server(kind: str, database: str, token: str, port: int) -> dict:
         url = f"http://127.0.0.1:{port}/api/v1/campaigns/{SLUG}/export/?shape=pairs&format=jsonl"
         wait_for(f"http://127.0.0.1:{port}/login/")
         started = time.perf_counter()
-        rows, size = download(url, token)
+        rows, size, first_byte = download(url, token)
         seconds = time.perf_counter() - started
         pids = [server.pid] + [int(p) for p in Path(f"/proc/{server.pid}/task/{server.pid}/children").read_text().split()]
-        return {"rows": rows, "seconds": seconds, "peak_rss_mb": max(peak_rss_mb(pid) for pid in pids), "bytes": size}
+        return {"rows": rows, "seconds": seconds, "peak_rss_mb": max(peak_rss_mb(pid) for pid in pids), "bytes": size, "first_byte_s": first_byte}
     finally:
         server.terminate()
         server.wait(timeout=30)
 
 
-def download(url: str, token: str) -> tuple[int, int]:
-    """(lines, bytes) of the response body, read by curl | wc (C tools: the client should not be the bottleneck)."""
+def download(url: str, token: str) -> tuple[int, int, float]:
+    """(lines, bytes, seconds to the first byte) of the response, read by curl | wc (C tools: the client should not be the bottleneck)."""
     if shutil.which("curl"):
-        shell = f"set -o pipefail; curl -sSf -H 'Authorization: Token {token}' '{url}' | wc -lc"
-        lines, size = subprocess.run(["bash", "-c", shell], capture_output=True, text=True, check=True).stdout.split()
-        return int(lines), int(size)
+        shell = f"set -o pipefail; curl -sSf -w '%{{stderr}}%{{time_starttransfer}}' -H 'Authorization: Token {token}' '{url}' | wc -lc"
+        done = subprocess.run(["bash", "-c", shell], capture_output=True, text=True, check=True)
+        lines, size = done.stdout.split()
+        return int(lines), int(size), float(done.stderr)
     request = urllib.request.Request(url, headers={"Authorization": f"Token {token}"})
     rows = size = 0
+    started = time.perf_counter()
     with urllib.request.urlopen(request, timeout=900) as response:
+        first_byte = time.perf_counter() - started
         while chunk := response.read(1 << 20):
             rows, size = rows + chunk.count(b"\n"), size + len(chunk)
-    return rows, size
+    return rows, size, first_byte
 
 
 def wait_for(url: str, seconds: float = 60) -> None:
@@ -278,7 +285,7 @@ def main() -> None:
     parser.add_argument("--database", default="arbiter_export_bench")
     parser.add_argument("--judgements", type=int, default=1_000_000)
     parser.add_argument("--overlap", type=int, default=2, help="judgements per task")
-    parser.add_argument("--paths", default="baseline,command,gunicorn,daphne,naive")
+    parser.add_argument("--paths", default="baseline,command,gunicorn,granian,daphne,naive")
     parser.add_argument("--naive-judgements", type=int, default=200_000,
                         help="judgements the naive path exports (it holds them all: about 3.5 GB at 200k; 0 for all)")
     parser.add_argument("--port", type=int, default=8765)
@@ -299,13 +306,14 @@ def main() -> None:
     token = seed(args.judgements, args.overlap)
     load_before, figures = os.getloadavg()[0], {}
     for path in args.paths.split(","):
-        if path in ("gunicorn", "daphne"):
+        if path in ("gunicorn", "granian", "daphne"):
             report = run_server(path, args.database, token, args.port)
         else:
             report = run_child(path, args.database, args.naive_judgements if path == "naive" else None)
         report["rows_per_s"] = report["rows"] / report["seconds"] if report["rows"] else 0.0
         figures[path] = report
         cpu = f"  CPU {report['cpu_s']:5.1f} s + database {report['db_cpu_s']:5.1f} s" if "cpu_s" in report else ""
+        cpu += f"  first byte after {report['first_byte_s']:.2f} s" if "first_byte_s" in report else ""
         print(f"{path:9} {report['rows']:>9,} rows  {report['seconds']:7.1f} s  {report['rows_per_s']:>9,.0f} rows/s  "
               f"peak RSS {report['peak_rss_mb']:6.0f} MB  {report['bytes'] / 1e6:7.1f} MB out{cpu}", flush=True)
     load_after = os.getloadavg()[0]

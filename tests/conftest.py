@@ -1,6 +1,7 @@
 """Shared people and campaigns: alice and bob label, carol administers, rita researches, mallory is in another campaign."""
 from __future__ import annotations
 
+import time
 import uuid
 
 import pytest
@@ -20,13 +21,35 @@ def make_user(username: str, **extra):
 @pytest.fixture(scope="session", autouse=True)
 def close_connection_pools_at_the_end(django_db_setup, django_db_blocker):
     """Close each alias's connection pool before pytest-django drops the test database: a pool keeps
-    idle connections open, and PostgreSQL refuses to drop a database that has sessions."""
+    idle connections open, and PostgreSQL refuses to drop a database that has sessions. Then fail
+    the run if a session is still open: a test left a connection behind (a thread's, or one opened
+    while Playwright's loop ran), which would keep the test database from being dropped."""
     yield
     with django_db_blocker.unblock():
         for conn in connections.all(initialized_only=True):
             conn.close()
             if hasattr(conn, "close_pool"):
                 conn.close_pool()
+        if connections["default"].vendor == "postgresql":
+            left = sessions_left_on_the_test_database()
+            assert not left, f"sessions left open on the test database (application, started, state, last query): {left}"
+
+
+def sessions_left_on_the_test_database(wait_seconds: float = 5) -> list[tuple]:
+    """Other sessions on the test database, after waiting as long as DROP DATABASE does (5 s) for closed ones to end.
+    Those still there are ended, so the database can be dropped all the same."""
+    database = connections["default"].settings_dict["NAME"]
+    sessions = "FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()"
+    with connections["default"]._nodb_cursor() as cursor:  # the 'postgres' database, as Django's DROP DATABASE uses
+        deadline = time.monotonic() + wait_seconds
+        while True:
+            cursor.execute(f"SELECT application_name, backend_start, state, left(query, 200) {sessions}", [database])
+            left = cursor.fetchall()
+            if not left or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        cursor.execute(f"SELECT pg_terminate_backend(pid) {sessions}", [database])
+    return left
 
 
 @pytest.fixture(autouse=True)

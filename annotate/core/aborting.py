@@ -1,15 +1,23 @@
-"""ASGI: a response that fails after it started is aborted, so the client sees a broken download.
+"""A response that fails after it started must reach the client as a broken download, not a short file.
 
 A streamed export that fails half-way cannot change its status any more; what it can do is end
-without HTTP's final chunk, which every client reports as an error. Servers that follow the ASGI
-spec (uvicorn, granian) close the connection when the application raises after the response
-started. daphne does not: it tries to send a 500 on top of the started response, fails, and leaves
-the client waiting for ever. For daphne this wrapper closes the connection itself.
+without HTTP's final chunk, which every client reports as an error.
+
+ASGI: servers that follow the spec (uvicorn, granian) close the connection when the application
+raises after the response started. daphne does not: it tries to send a 500 on top of the started
+response, fails, and leaves the client waiting for ever. For daphne `abort_failed_responses` closes
+the connection itself.
+
+WSGI has no way to abort a started response, and granian's WSGI interface (2.x) ends the body of an
+iterator that raises with the final chunk, as if it were complete. So under WSGI `can_abort` is
+false and a response that may fail half-way is built whole before its first byte is sent.
 """
 from __future__ import annotations
 
 import functools
 import logging
+
+from django.core.handlers.wsgi import WSGIRequest
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +40,11 @@ def abort_failed_responses(app):
             raise
 
     return wrapped
+
+
+def can_abort(request) -> bool:
+    """Whether a response to this request that fails after its first byte ends broken (ASGI), not short (WSGI)."""
+    return not isinstance(getattr(request, "_request", request), WSGIRequest)  # a DRF Request wraps Django's
 
 
 def _close_daphne_connection(send) -> None:

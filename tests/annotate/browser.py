@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import pytest
+from django.db import connections
 from playwright.sync_api import expect, sync_playwright
 
 from tests.annotate.test_dashboard_browser import daphne_url  # noqa: F401  (re-exported: the ASGI server, websockets included)
@@ -26,6 +27,9 @@ def page(monkeypatch):
         page.on("pageerror", lambda exc: errors.append(f"pageerror: {exc} ({page.url})"))
         page.console_errors = errors
         yield page
+        # While Playwright's loop runs, Django keys this thread's connections by context: the ORM calls
+        # the test made meanwhile opened a connection only this context can close (see test_browser).
+        connections.close_all()
         browser.close()
     assert not errors, errors
 

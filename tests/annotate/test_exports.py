@@ -220,12 +220,14 @@ def test_rows_are_the_same_whatever_the_batch_size(judged, rita, monkeypatch):
     assert pq.read_table(io.BytesIO(body(client.get(URL, {"shape": "tasks", "format": "parquet"})))).to_pylist() == whole
 
 
-def test_the_export_streams(judged, rita, monkeypatch):
+def test_under_wsgi_the_export_is_sent_whole_with_its_length(judged, rita, monkeypatch):
+    """WSGI cannot abort a started response (annotate/core/aborting.py): the export is written first, then sent."""
     monkeypatch.setattr(export, "FLUSH_BYTES", 100)
     response = api_client(rita).get(URL)
     assert response.streaming and response["Content-Type"] == "application/jsonl"
     assert 'filename="helpful-pairs.jsonl"' in response["Content-Disposition"]
-    assert len(list(response.streaming_content)) > 1
+    data = b"".join(response.streaming_content)
+    assert int(response["Content-Length"]) == len(data) and len(jsonl(data)) == 10
 
 
 def test_under_asgi_the_export_streams_chunk_by_chunk(judged, rita, monkeypatch):
