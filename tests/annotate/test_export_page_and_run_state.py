@@ -47,3 +47,18 @@ def test_a_runs_state_is_small_json_for_readers_only(alice, rita, mallory, carol
     assert state["status"] == "queued" and not state["finished"] and "waiting for a worker" in state["message"]
     assert browser(alice).get(f"/runs/{run.pk}/state/").status_code == 403
     assert browser(mallory).get(f"/runs/{run.pk}/state/").status_code == 404
+
+
+def test_a_running_rounds_state_and_page_show_the_time_of_each_phase_done_so_far(rita, carol, campaign):
+    from annotate.jobs.engine import RunContext
+    from annotate.runs.rounds import PhaseContext
+
+    run = Run.objects.create(kind="round", campaign=campaign, created_by=carol, status="running")
+    ctx = RunContext(run)
+    seconds: dict[str, float] = {}
+    PhaseContext(ctx, "reward").done(seconds)
+    state = json.loads(browser(rita).get(f"/runs/{run.pk}/state/").content)
+    assert not state["finished"] and f"phases done: reward {seconds['reward']:.1f} s" in state["times"]
+    PhaseContext(ctx, "policy").done(seconds)
+    page = browser(rita).get(f"/runs/{run.pk}/").content.decode()
+    assert "phases done: reward" in page and f"policy {seconds['policy']:.1f} s" in page
