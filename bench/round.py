@@ -3,7 +3,7 @@ round (reward model → policy → held-out evaluation → head-to-head generati
 
 Simulated labelers prefer the shorter of two responses (10% of answers at random), a rule a reward
 model can learn and a policy can follow. The round runs in this process (`start_run(here=True)`),
-with the CPU preset unless --preset '' is given. The phase times come from the round's own result.
+with the round's default preset (auto: cpu on a machine without CUDA) unless --preset names one. The phase times come from the round's own result.
 
     DATABASE_URL=postgres://postgres@127.0.0.1:5432/arbiter_bench .venv/bin/python -m bench.round            # SmolLM2-135M
     .venv/bin/python -m bench.round --tiny --prompts 24                                                      # a tiny random model
@@ -65,7 +65,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--prompts", type=int, default=60)
     parser.add_argument("--tiny", action="store_true", help="a tiny random model instead of SmolLM2-135M-Instruct")
-    parser.add_argument("--preset", default="cpu")
+    parser.add_argument("--preset", default=None, help="auto (the default), cpu or gpu")
     parser.add_argument("--seed-tokens", type=int, default=48)
     args = parser.parse_args()
     call_command("migrate", verbosity=0)
@@ -97,7 +97,7 @@ def main() -> None:
     print(f"simulated labeling ({labelled} tasks): {label_s:.1f} s")
     for phase, seconds in round_run.result["seconds"].items():
         print(f"round / {phase}: {seconds:.1f} s")
-    print(f"round total: {round_s:.1f} s")
+    print(f"round total: {round_s:.1f} s (preset {round_run.result['preset']})")
     if scores:
         print(f"PPO mean reward by iteration: {', '.join(f'{s:.3f}' for s in scores)}")
     print(f"evaluation: {round_run.result.get('evaluation')}")

@@ -87,6 +87,9 @@ class PPOConfig:
     """Prompts (one completion each) per iteration."""
     minibatch_size: int = 4
     """Sequences per gradient step."""
+    forward_batch_size: int = 16
+    """Sequences per no-grad forward pass when a rollout is scored (reference log-probs, values): no activations
+    are kept for a backward pass, so it can be larger than the minibatch; it bounds the vocabulary-sized logits."""
     ppo_epochs: int = 4
     """Passes over each rollout batch, a fresh permutation each."""
     clip_eps: float = 0.2
@@ -310,6 +313,9 @@ def train_ppo(
     policy = _load_policy(config, device)
     critic = _load_critic(config, _critic_source(config, tokenizer), pad_id, device)
     autocast = _autocast(config, device)
+    # The old log-probs come from the logits the rollout sampled from: no second forward pass over it. Not
+    # under bf16 autocast, where the cached decoding's logits drift from a full forward's (ratio std ≈0.05).
+    reuse_logits = not _autocast_enabled(config, device)
     policy_params = [p for p in policy.parameters() if p.requires_grad]
     critic_params = [p for p in critic.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(policy_params + critic_params, lr=config.learning_rate, eps=1e-5)
@@ -321,6 +327,9 @@ def train_ppo(
         max_new_tokens=config.max_new_tokens,
         eos_token_id=eos_id,
         pad_token_id=pad_id,
+        use_cache=True,  # the KV cache: each decoding step runs on one new token, not the whole sequence
+        output_logits=reuse_logits,
+        return_dict_in_generate=True,
     )
     B, temperature = config.rollout_batch_size, config.temperature
 
@@ -354,13 +363,15 @@ def train_ppo(
         with torch.no_grad(), autocast():
             generated = policy.generate(**query, generation_config=generation_config)
         generation_s = time.perf_counter() - start
-        b_responses, b_mask = truncate_after_eos(generated[:, context_length:], eos_id, pad_id)
+        b_responses, b_mask = truncate_after_eos(generated.sequences[:, context_length:], eos_id, pad_id)
         b_query_responses = torch.cat([query["input_ids"], b_responses], dim=1)
         b_attention_mask = torch.cat([query["attention_mask"], b_mask.long()], dim=1)
         with autocast():
+            b_logprobs = _sampled_logprobs(generated.logits, b_responses, temperature) if reuse_logits else None
             b_logprobs, b_ref_logprobs, b_values = _score_rollout(
-                policy, critic, b_query_responses, b_attention_mask, b_responses, context_length, config
+                policy, critic, b_query_responses, b_attention_mask, b_responses, context_length, config, b_logprobs
             )
+        del generated  # the logits of every decoding step
 
         # REWARDS
         completion_ids = [r[m.bool()].tolist() for r, m in zip(b_responses.cpu(), b_mask.cpu())]
@@ -454,10 +465,14 @@ def train_ppo(
     return result
 
 
+def _autocast_enabled(config: PPOConfig, device: torch.device) -> bool:
+    """bf16 autocast where config.bf16 (or, by default, a bf16-capable GPU) asks for it."""
+    return config.bf16 if config.bf16 is not None else device.type == "cuda" and torch.cuda.is_bf16_supported()
+
+
 def _autocast(config: PPOConfig, device: torch.device) -> Callable[[], torch.autocast]:
-    """A context-manager factory: bf16 autocast where config.bf16 (or, by default, a bf16-capable GPU) asks for it."""
-    on_gpu = device.type == "cuda"
-    enabled = config.bf16 if config.bf16 is not None else on_gpu and torch.cuda.is_bf16_supported()
+    """A context-manager factory for the forward passes: autocast to bf16 or a no-op (_autocast_enabled)."""
+    enabled = _autocast_enabled(config, device)
     return lambda: torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
 
 
@@ -498,6 +513,20 @@ def _encode_prompts(
     return {"input_ids": encoded["input_ids"].to(device), "attention_mask": encoded["attention_mask"].to(device)}
 
 
+def _token_logprobs(logits: Tensor, tokens: Tensor) -> Tensor:
+    """Log-probs of the chosen tokens of already tempered logits, without keeping a vocabulary-sized log-softmax.
+    Shapes: (..., V), (...) -> (...)."""
+    logits = logits.float()
+    return torch.gather(logits, -1, tokens.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+
+
+@torch.no_grad()
+def _sampled_logprobs(step_logits: Sequence[Tensor], responses: Tensor, temperature: float) -> Tensor:
+    """The policy's log-probs of the tokens it sampled, from generate's raw logits of each decoding step. Shapes:
+    T × (B, V), (B, T) -> (B, T); positions after the EOS get numbers too, which the response mask drops."""
+    return torch.stack([_token_logprobs(logits / temperature, responses[:, t]) for t, logits in enumerate(step_logits)], dim=1)
+
+
 @torch.no_grad()
 def _score_rollout(
     policy: PeftModel,
@@ -507,22 +536,20 @@ def _score_rollout(
     responses: Tensor,
     context_length: int,
     config: PPOConfig,
+    logprobs: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """Old log-probs, reference log-probs and values, in minibatch-sized chunks (same passes as the update).
-
-    Shapes: (B, P+T) -> three (B, T).
-    """
-    logprobs, ref_logprobs, values = [], [], []
-    for start in range(0, query_responses.shape[0], config.minibatch_size):
-        chunk = slice(start, start + config.minibatch_size)
+    """Old log-probs (unless given: _sampled_logprobs), reference log-probs and values, in chunks of
+    config.forward_batch_size sequences (no gradients kept). Shapes: (B, P+T) -> three (B, T)."""
+    old, reference, values = [], [], []
+    for start in range(0, query_responses.shape[0], config.forward_batch_size):
+        chunk = slice(start, start + config.forward_batch_size)
         qr, am = query_responses[chunk], attention_mask[chunk]
-        logits = _response_logits(policy, qr, am, context_length, config.temperature)
-        logprobs.append(_logprobs_and_logp(logits, responses[chunk])[0])
+        if logprobs is None:
+            old.append(_token_logprobs(_response_logits(policy, qr, am, context_length, config.temperature), responses[chunk]))
         with policy.disable_adapter():  # the reference: same weights, adapters off
-            ref_logits = _response_logits(policy, qr, am, context_length, config.temperature)
-        ref_logprobs.append(_logprobs_and_logp(ref_logits, responses[chunk])[0])
+            reference.append(_token_logprobs(_response_logits(policy, qr, am, context_length, config.temperature), responses[chunk]))
         values.append(_response_values(critic, qr, am, context_length))
-    return torch.cat(logprobs), torch.cat(ref_logprobs), torch.cat(values)
+    return logprobs if logprobs is not None else torch.cat(old), torch.cat(reference), torch.cat(values)
 
 
 @torch.no_grad()
@@ -543,8 +570,8 @@ def _reference_score(
         query = _encode_prompts(tokenizer, batch_prompts, policy.device, config.max_prompt_tokens)
         context_length = query["input_ids"].shape[1]
         with policy.disable_adapter():
-            generated = policy.generate(**query, generation_config=generation_config)
-        responses, mask = truncate_after_eos(generated[:, context_length:], tokenizer.eos_token_id, tokenizer.pad_token_id)
+            generated = policy.generate(**query, generation_config=generation_config, output_logits=False)
+        responses, mask = truncate_after_eos(generated.sequences[:, context_length:], tokenizer.eos_token_id, tokenizer.pad_token_id)
         completion_ids = [r[m.bool()].tolist() for r, m in zip(responses.cpu(), mask.cpu())]
         completions = tokenizer.batch_decode(completion_ids, skip_special_tokens=True)
         scores.extend(reward_fn(batch_prompts, completions, completion_ids).float().tolist())

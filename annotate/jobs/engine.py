@@ -290,6 +290,12 @@ def _start_heartbeat(run_id: int) -> Callable[[], None]:
     return stop_beating
 
 
+def phase_times(run: Run) -> list[tuple[str, float]]:
+    """(phase, seconds) of each phase finished so far, in the order they finished: the `time/<phase>_s` metrics."""
+    rows = run.metrics.filter(name__startswith="time/", name__endswith="_s").order_by("id").values_list("name", "value")
+    return [(name.removeprefix("time/").removesuffix("_s"), value) for name, value in rows]
+
+
 def metric_series(run: Run) -> dict[str, list[tuple[int, float]]]:
     """All metric points of a run, by name, in step order."""
     series: dict[str, list[tuple[int, float]]] = {}

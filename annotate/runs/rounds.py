@@ -36,9 +36,12 @@ from annotate.runs.round_report import round_reports
 METHODS = ("ppo", "dpo", "rloo")
 # Progress: the three phases share the bar in these proportions.
 PHASES = {"reward": (0.0, 0.3), "policy": (0.3, 0.8), "evaluate": (0.8, 0.85), "generate": (0.85, 1.0)}
-# `preset: "cpu"`: defaults a 2-core CPU machine can afford for a demo or a CI-sized check (the
-# params a round is given still win). Without a preset, each phase keeps its own (GPU-sized) defaults.
+# Phase defaults under the round's own params (which still win). `cpu`: what a 2-core CPU machine can
+# afford for a demo or a CI-sized check; `gpu`: each phase's own (GPU-sized) defaults. `auto` (a round
+# without a preset) takes `cpu` on a worker with no CUDA device and `gpu` on one with, chosen when the
+# round starts; the run's params then name the preset that ran.
 PRESETS: dict[str, dict[str, dict]] = {
+    "gpu": {"reward": {}, "ppo": {}, "dpo": {}, "rloo": {}, "generate": {}},
     "cpu": {
         "reward": {"epochs": 1.0, "batch_size": 8, "max_length": 384},
         "ppo": {"iterations": 6, "rollout_batch_size": 8, "minibatch_size": 8, "ppo_epochs": 2, "max_new_tokens": 32,
@@ -92,12 +95,17 @@ def validate_params(campaign: Campaign | None, params: dict) -> dict:
     method = params.get("method", "ppo")
     if method not in METHODS:
         raise InvalidParams(f"method must be one of {list(METHODS)}.", field="method")
-    preset = params.get("preset")
-    if preset is not None and preset not in PRESETS:
-        raise InvalidParams(f"preset must be one of {sorted(PRESETS)} (or absent: each phase's own defaults).", field="preset")
+    preset = params.get("preset", "auto")
+    if preset != "auto" and preset not in PRESETS:
+        raise InvalidParams(f"preset must be one of {['auto', *sorted(PRESETS)]} (absent: auto).", field="preset")
     for part in ("reward", "policy", "generate"):
         if not isinstance(params.get(part, {}), dict):
             raise InvalidParams(f"{part} must be an object of that phase's params.", field=part)
+    if preset == "auto":  # the worker that runs it chooses (resolve_preset): refuse now what either choice would refuse
+        for choice in ("cpu", "gpu"):
+            validate_params(campaign, {**params, "preset": choice})
+        return {"method": method, "preset": "auto", **{part: params.get(part, {}) for part in ("reward", "policy", "generate")},
+                **({"served_by": params["served_by"]} if params.get("served_by") else {})}
     params = with_preset(params, preset, method)
     reward = validate_reward(campaign, params.get("reward", {}))
     policy = dict(params.get("policy", {}))
@@ -115,10 +123,8 @@ def validate_params(campaign: Campaign | None, params: dict) -> dict:
             **({"served_by": served_by} if served_by else {})}
 
 
-def with_preset(params: dict, preset: str | None, method: str) -> dict:
+def with_preset(params: dict, preset: str, method: str) -> dict:
     """The params with the preset's defaults under each phase's own."""
-    if preset is None:
-        return params
     defaults = PRESETS[preset]
     return {**params, "reward": {**defaults["reward"], **params.get("reward", {})},
             "policy": {**defaults[method], **params.get("policy", {})}, "generate": {**defaults["generate"], **params.get("generate", {})}}
@@ -163,7 +169,20 @@ def _policy_overrides(method: str, previous: str, reward: str) -> dict:
     return {"policy": previous, **({"reward_model": reward} if method in ("ppo", "rloo") else {})}
 
 
+def resolve_preset(ctx: RunContext) -> None:
+    """Turn `preset: auto` into the preset for this worker (cpu without a CUDA device, else gpu), in the run's params too."""
+    if ctx.params["preset"] != "auto":
+        return
+    from training.models import default_device
+
+    choice = "gpu" if default_device().type == "cuda" else "cpu"
+    ctx.params = ctx.run.params = validate_params(ctx.campaign, {**ctx.params, "preset": choice})
+    ctx.run.save(update_fields=["params"])
+    ctx.log(f"preset auto: {choice} on this worker")
+
+
 def run_round(ctx: RunContext) -> dict:
+    resolve_preset(ctx)
     campaign, method = ctx.campaign, ctx.params["method"]
     previous = current_policy(campaign)
     ctx.log(f"round from {previous.name} (round {previous.round or 0}), policy optimisation: {method}")
@@ -197,7 +216,7 @@ def run_round(ctx: RunContext) -> dict:
     except BaseException:
         unregister(ctx, made)
         raise
-    return {"round": policy.round, "previous_policy": previous.name, "policy": policy.name, "reward_model": reward.name,
+    return {"round": policy.round, "preset": ctx.params["preset"], "previous_policy": previous.name, "policy": policy.name, "reward_model": reward.name,
             "reward_accuracy": reward.metadata["metrics"]["eval/accuracy"], "final_metrics": policy.metadata.get("final_metrics", {}),
             "evaluation": evaluation, "seconds": seconds, **generated}
 

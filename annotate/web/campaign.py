@@ -104,7 +104,8 @@ def run_page(request, run_id):
     run = access.run_as_seen_by(request.user, access.run_for(request.user, run_id))
     series = engine.metric_series(run)
     context: dict[str, Any] = {"run": run, "plots": metric_panels(series), "can_cancel": access.may_manage_run(request.user, run),
-                               "metric_points": sum(len(points) for points in series.values())}  # run.js re-plots when the count grows
+                               "metric_points": sum(len(points) for points in series.values()),  # run.js re-plots when it grows
+                               "phase_times": engine.phase_times(run)}
     # the commands name server paths: for staff, who run the serving machines
     serving = access.sees_server_detail(request.user) and run.kind in ("ppo", "sft", "dpo", "rloo", "round") and run.status == "succeeded"
     context["serving"] = serving_of_run(run) if serving else []

@@ -24,7 +24,7 @@ def run_state(request, run_id):
         "finished": run.is_finished,
         "progress": 1.0 if run.status == "succeeded" else run.progress,
         "message": render_to_string("annotate/_run_message.html", {"run": run}).strip(),
-        "times": render_to_string("annotate/_run_times.html", {"run": run}).strip(),
+        "times": render_to_string("annotate/_run_times.html", {"run": run, "phase_times": engine.phase_times(run)}).strip(),
         "worker": run.worker,
         "log": run.log_tail,
         "error": run.error,

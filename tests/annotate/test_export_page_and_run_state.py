@@ -67,3 +67,18 @@ def test_a_runs_metrics_fragment_is_its_plots_alone_for_readers_only(alice, rita
     assert fragment.startswith('<section class="card" id="run-metrics"') and fragment.count("<svg") == 1 and "<html" not in fragment
     assert browser(alice).get(f"/runs/{run.pk}/metrics/").status_code == 403
     assert browser(mallory).get(f"/runs/{run.pk}/metrics/").status_code == 404
+
+
+def test_a_running_rounds_state_and_page_show_the_time_of_each_phase_done_so_far(rita, carol, campaign):
+    from annotate.jobs.engine import RunContext
+    from annotate.runs.rounds import PhaseContext
+
+    run = Run.objects.create(kind="round", campaign=campaign, created_by=carol, status="running")
+    ctx = RunContext(run)
+    seconds: dict[str, float] = {}
+    PhaseContext(ctx, "reward").done(seconds)
+    state = json.loads(browser(rita).get(f"/runs/{run.pk}/state/").content)
+    assert not state["finished"] and f"phases done: reward {seconds['reward']:.1f} s" in state["times"]
+    PhaseContext(ctx, "policy").done(seconds)
+    page = browser(rita).get(f"/runs/{run.pk}/").content.decode()
+    assert "phases done: reward" in page and f"policy {seconds['policy']:.1f} s" in page

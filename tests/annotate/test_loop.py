@@ -66,8 +66,8 @@ def test_one_round_with_simulated_labelers_improves_the_policy_under_their_hidde
     labelers = [join(make_user(f"sim{i}"), campaign, "labeler") for i in range(2)]
     assert simulated_labeling(campaign, labelers, rng) == Task.objects.filter(campaign=campaign).count() == 128
 
-    params = (
-        '{"reward": {"base_model": "tiny-base", "learning_rate": 0.001, "epochs": 4, "eval_fraction": 0.25},'
+    params = (  # the phases' own defaults on any machine (auto would take the CPU preset's 2 PPO epochs here)
+        '{"preset": "gpu", "reward": {"base_model": "tiny-base", "learning_rate": 0.001, "epochs": 4, "eval_fraction": 0.25},'
         ' "policy": {"iterations": 40, "rollout_batch_size": 16, "minibatch_size": 8, "learning_rate": 0.003,'
         ' "temperature": 1.0, "max_new_tokens": 8, "seed": 1},'
         ' "generate": {"n_per_prompt": 1, "max_new_tokens": 8, "temperature": 1.0}}'

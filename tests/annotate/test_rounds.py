@@ -6,6 +6,7 @@ import json
 from io import StringIO
 
 import pytest
+import torch
 from django.core.management import call_command
 
 from annotate.campaigns.imports.batches import import_prompts, import_responses
@@ -53,7 +54,8 @@ def rank_by_length(campaign, labeler) -> int:
     return count
 
 
-def test_a_round_on_a_k4_campaign_fills_the_queue_with_mixed_tasks_and_reports_a_human_win_rate(tiny_checkpoint, artifacts):
+def test_a_round_on_a_k4_campaign_fills_the_queue_with_mixed_tasks_and_reports_a_human_win_rate(tiny_checkpoint, artifacts, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # a CPU-only worker, on any machine
     campaign = ranking_campaign(tiny_checkpoint)
     labeler = join(make_user("sim"), campaign, "labeler")
     assert rank_by_length(campaign, labeler) == 10
@@ -82,6 +84,27 @@ def test_a_round_on_a_k4_campaign_fills_the_queue_with_mixed_tasks_and_reports_a
     held_out = {f"q{i}" for i in range(10)} - {row["prompt_id"] for row in snapshot_rows(campaign)}
     assert {p.external_id for p in evaluation_prompts(campaign)} == held_out and len(held_out) == 5
     assert report == round_reports(campaign)[0]
+    run = Run.objects.get(kind="round")  # no preset given, no CUDA: the CPU preset, under the params given
+    assert run.result["preset"] == run.params["preset"] == "cpu"
+    assert run.params["policy"]["max_prompt_tokens"] == rounds.PRESETS["cpu"]["ppo"]["max_prompt_tokens"]
+    assert run.params["policy"]["iterations"] == 1
+    assert [phase for phase, _ in engine.phase_times(run)] == ["reward", "policy", "evaluate", "generate"]
+
+
+def test_a_round_without_a_preset_takes_the_gpu_defaults_on_a_cuda_worker_and_a_bad_preset_is_refused(tiny_checkpoint, monkeypatch):
+    campaign = ranking_campaign(tiny_checkpoint)
+    run = engine.start_run("round", campaign=campaign, params={"policy": {"seed": 3}})
+    assert run.params["preset"] == "auto" and run.params["policy"] == {"seed": 3}  # the worker chooses
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    rounds.resolve_preset(engine.RunContext(run))
+    run.refresh_from_db()
+    assert run.params["preset"] == "gpu"
+    assert run.params["policy"] == {"seed": 3}  # nothing from the CPU preset: the PPO phase keeps its own defaults
+    assert run.params["generate"] == {} and run.params["reward"]["max_length"] == 1024  # the reward phase's own default
+    for preset in (None, "fast"):
+        with pytest.raises(engine.InvalidParams) as refused:
+            engine.start_run("round", campaign=campaign, params={"preset": preset})
+        assert refused.value.field == "preset"
 
 
 def test_a_bad_generate_param_is_refused_before_anything_is_queued_or_trained(tiny_checkpoint, artifacts):

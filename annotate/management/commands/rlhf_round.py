@@ -16,7 +16,8 @@ class Command(BaseCommand):
         parser.add_argument("slug")
         parser.add_argument("--method", default="ppo")
         parser.add_argument("--params", default="{}", help='JSON: {"reward": {...}, "policy": {...}, "generate": {...}}')
-        parser.add_argument("--preset", default=None, help="cpu: phase defaults a CPU machine can afford (the params still win).")
+        parser.add_argument("--preset", default=None, help="auto (default): cpu on a worker without CUDA, else gpu; cpu: phase defaults a CPU machine can afford; "
+                            "gpu: each phase's own defaults (the params still win).")
         parser.add_argument("--now", action="store_true", help="Run it in this process instead of leaving it to a worker.")
 
     def handle(self, slug, method, params, now=False, preset=None, **options):
