@@ -5,8 +5,10 @@ import time
 import uuid
 
 import pytest
+from django.conf import settings as django_settings
 from django.contrib.auth import get_user_model
 from django.db import connections
+from django.test import override_settings
 from rest_framework.test import APIClient
 
 from annotate.api.tokens import issue_token
@@ -53,10 +55,13 @@ def sessions_left_on_the_test_database(wait_seconds: float = 5) -> list[tuple]:
 
 
 @pytest.fixture(autouse=True)
-def cache_of_its_own(settings, request):
+def cache_of_its_own():
     """Each test sees an empty cache: a key prefix of its own (clearing a Redis cache would flush the
-    channel layer's database too). Login failures and dashboard statistics never cross tests."""
-    settings.CACHES = {"default": {**settings.CACHES["default"], "KEY_PREFIX": f"test-{uuid.uuid4().hex}"}}
+    channel layer's database too). Login failures and dashboard statistics never cross tests.
+    (override_settings, not pytest-django's `settings`: some tests parametrize a `settings` of their own.)"""
+    cache = {**django_settings.CACHES["default"], "KEY_PREFIX": f"test-{uuid.uuid4().hex}"}
+    with override_settings(CACHES={"default": cache}):
+        yield
 
 
 def make_campaign(slug: str = "helpful", *, task_type="pairwise", k=2, overlap=2, prompts=5, lease_seconds=600, models=("m1", "m2")):
