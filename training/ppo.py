@@ -349,6 +349,8 @@ def train_ppo(
     checkpoint_dir = output_dir / "checkpoint"
     if resume and (saved := resumable_checkpoint(checkpoint_dir)) is not None:
         state = load_checkpoint(saved, policy, critic, optimizer)
+        if distributed.world_size() > 1:  # the checkpoint holds rank 0's random state: each rank its own samples again
+            _seed_everything(config.seed + distributed.rank() + 1_000_003 * state["iteration"])
     elif config.normalize_scores:
         with autocast():
             state["score_offset"], state["score_offset_samples"] = _reference_score(
