@@ -4,7 +4,7 @@
     code = run_launched(launch_command("training.dpo", ["--config", str(out / "run.json")], num_processes=2, cpu=True),
                         on_line=print, should_stop=lambda: False)
 
-Every training entry point (`python -m training.reward|sft|dpo|rloo --config run.json`) reads one run file:
+Every training entry point (`python -m training.reward|sft|dpo|rloo|ppo --config run.json`) reads one run file:
 its dataclass config and the paths of its data (`write_run_file`, `read_run_file`). It prints one JSON object
 per log step on rank 0 ({"step": n, ...figures}), the result last, and rank 0 writes the result files.
 

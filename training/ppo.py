@@ -1,5 +1,10 @@
 """PPO for a chat policy with LoRA adapters, on torch, transformers and peft.
 
+`python -m training.ppo --config run.json` runs it (the run file of `training.launch`), on one process or,
+data-parallel, on several through `accelerate launch`: each rank generates and scores its own share of
+every iteration's prompts (`config.rollout_batch_size` each), gradients and logged figures are averaged over
+the ranks (`training.distributed`), and rank 0 writes the logs, checkpoints and the final policy.
+
 One file you can read top to bottom, like CleanRL: the config, the reward interface,
 model setup, then the training loop in `# ROLLOUT`, `# REWARDS`, `# ADVANTAGES`,
 `# POLICY AND VALUE UPDATE`, `# LOGGING` sections (checkpoints: `training.ppo_checkpoints`).
@@ -14,6 +19,7 @@ given, else from the policy) with its own LoRA adapter and a trainable linear he
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import json
 import random
 import time
@@ -35,6 +41,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from training import distributed
 from training.lora import lora_config
 from training.losses import (
     adaptive_kl_coef,
@@ -304,7 +311,8 @@ def train_ppo(
         raise ValueError("rollout_batch_size must be a multiple of minibatch_size")
     output_dir = Path(config.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    (output_dir / "config.json").write_text(json.dumps(dataclasses.asdict(config), indent=2))
+    if distributed.is_main():
+        (output_dir / "config.json").write_text(json.dumps(dataclasses.asdict(config), indent=2))
     _seed_everything(config.seed)
     device = torch.device(config.device) if config.device else default_device()
 
@@ -312,6 +320,10 @@ def train_ppo(
     eos_id, pad_id = tokenizer.eos_token_id, tokenizer.pad_token_id
     policy = _load_policy(config, device)
     critic = _load_critic(config, _critic_source(config, tokenizer), pad_id, device)
+    if distributed.world_size() > 1:  # the same weights everywhere, different samples on each rank
+        distributed.broadcast_parameters(policy)
+        distributed.broadcast_parameters(critic)
+        _seed_everything(config.seed + distributed.rank())
     autocast = _autocast(config, device)
     # The old log-probs come from the logits the rollout sampled from: no second forward pass over it. Not
     # under bf16 autocast, where the cached decoding's logits drift from a full forward's (ratio std ≈0.05).
@@ -337,6 +349,8 @@ def train_ppo(
     checkpoint_dir = output_dir / "checkpoint"
     if resume and (saved := resumable_checkpoint(checkpoint_dir)) is not None:
         state = load_checkpoint(saved, policy, critic, optimizer)
+        if distributed.world_size() > 1:  # the checkpoint holds rank 0's random state: each rank its own samples again
+            _seed_everything(config.seed + distributed.rank() + 1_000_003 * state["iteration"])
     elif config.normalize_scores:
         with autocast():
             state["score_offset"], state["score_offset_samples"] = _reference_score(
@@ -344,11 +358,12 @@ def train_ppo(
             )
     alarms = Alarms(config)
     for log_name in ("metrics.jsonl", "samples.jsonl"):  # drop rows of iterations the checkpoint does not hold
-        truncate_jsonl(output_dir / log_name, state["iteration"])
+        if distributed.is_main():
+            truncate_jsonl(output_dir / log_name, state["iteration"])
 
     stopped = False
     for iteration in range(state["iteration"], config.total_iterations):
-        if should_stop is not None and should_stop():
+        if distributed.any_rank(should_stop is not None and should_stop()):
             stopped = True
             break
         for group in optimizer.param_groups:
@@ -356,7 +371,7 @@ def train_ppo(
         kl_coef = state["kl_coef"]
 
         # ROLLOUT
-        batch_prompts = [prompts[i] for i in _prompt_indices(len(prompts), B, iteration, config.seed)]
+        batch_prompts = [prompts[i] for i in _rank_share(_prompt_indices(len(prompts), B * distributed.world_size(), iteration, config.seed))]
         query = _encode_prompts(tokenizer, batch_prompts, device, config.max_prompt_tokens)
         context_length = query["input_ids"].shape[1]
         start = time.perf_counter()
@@ -404,6 +419,7 @@ def train_ppo(
                 loss = pg_loss + config.vf_coef * vf_loss
                 optimizer.zero_grad()
                 loss.backward()
+                distributed.average_gradients(policy_params + critic_params)  # the ranks' steps stay identical
                 grad_norm = nn.utils.clip_grad_norm_(policy_params, config.max_grad_norm)
                 critic_grad_norm = nn.utils.clip_grad_norm_(critic_params, config.critic_max_grad_norm)
                 optimizer.step()
@@ -422,7 +438,8 @@ def train_ppo(
                 })
         b_kl_sum = b_kl.sum(dim=1)
         if config.target_kl is not None:
-            state["kl_coef"] = adaptive_kl_coef(kl_coef, b_kl_sum.mean().item(), config.target_kl, config.kl_horizon, B)
+            state["kl_coef"] = adaptive_kl_coef(kl_coef, distributed.mean(b_kl_sum.mean().item()), config.target_kl, config.kl_horizon,
+                                                B * distributed.world_size())
 
         # LOGGING
         n_tokens = b_mask.sum().item()
@@ -446,23 +463,39 @@ def train_ppo(
             "lr": optimizer.param_groups[0]["lr"],
             "tokens_per_s": n_tokens / generation_s,
         }
+        metrics = distributed.mean_figures(metrics)  # every rank the same figures, so the same alarms
         alarm = alarms.check(metrics)  # adds alarm/* flags to the metrics
         state["history"].append(metrics)
         state["iteration"] = iteration + 1
-        append_jsonl(output_dir / "metrics.jsonl", {"iteration": iteration, **metrics})
-        append_jsonl(output_dir / "samples.jsonl", sample_row(iteration, batch_prompts, completions, b_raw_scores))
-        if on_log is not None:
-            on_log(iteration, metrics)
+        samples = distributed.gather(list(zip(batch_prompts, completions, b_raw_scores.tolist()))[:4])  # 4 of each rank's
+        if distributed.is_main():
+            append_jsonl(output_dir / "metrics.jsonl", {"iteration": iteration, **metrics})
+            append_jsonl(output_dir / "samples.jsonl", _sample_row(iteration, samples))
+            if on_log is not None:
+                on_log(iteration, metrics)
         if alarm is not None:
             break
-        if state["iteration"] % config.save_every == 0:
+        if state["iteration"] % config.save_every == 0 and distributed.is_main():
             save_checkpoint(checkpoint_dir, policy, critic, optimizer, state)
 
-    save_checkpoint(checkpoint_dir, policy, critic, optimizer, state)
     result = PPOResult(output_dir, None, None, state["iteration"], stopped, state["history"], alarm=alarms.reason)
-    if not stopped and alarms.reason is None:
-        result.adapter_dir, result.policy_dir = save_final_policy(policy, tokenizer, output_dir)
+    if distributed.is_main():
+        save_checkpoint(checkpoint_dir, policy, critic, optimizer, state)
+        if not stopped and alarms.reason is None:
+            result.adapter_dir, result.policy_dir = save_final_policy(policy, tokenizer, output_dir)
+    distributed.barrier()  # all ranks finish together, with the files written
     return result
+
+
+def _sample_row(iteration: int, samples: list[tuple[Messages, str, float]]) -> dict:
+    prompts, completions, scores = zip(*samples)
+    return sample_row(iteration, list(prompts), list(completions), torch.tensor(scores), n=len(samples))
+
+
+def _rank_share(indices: list[int]) -> list[int]:
+    """This rank's consecutive slice of indices (all of them on one process)."""
+    size = len(indices) // distributed.world_size()
+    return indices[distributed.rank() * size : (distributed.rank() + 1) * size]
 
 
 def _autocast_enabled(config: PPOConfig, device: torch.device) -> bool:
@@ -562,11 +595,13 @@ def _reference_score(
     config: PPOConfig,
 ) -> tuple[float, int]:
     """(mean score, samples) of at least config.reference_samples of the starting policy's completions, in
-    rollout-sized batches cycling through `prompts`: the offset that centres scores at 0."""
+    rollout-sized batches cycling through `prompts`: the offset that centres scores at 0. Under several processes
+    each rank scores its share of every batch and the mean is over all of them."""
     scores: list[float] = []
-    batch = 0
-    while len(scores) < max(config.reference_samples, 1):
-        batch_prompts = [prompts[i] for i in _prompt_indices(len(prompts), config.rollout_batch_size, batch, config.seed)]
+    batch, ranks = 0, distributed.world_size()
+    while len(scores) * ranks < max(config.reference_samples, 1):
+        indices = _rank_share(_prompt_indices(len(prompts), config.rollout_batch_size * ranks, batch, config.seed))
+        batch_prompts = [prompts[i] for i in indices]
         query = _encode_prompts(tokenizer, batch_prompts, policy.device, config.max_prompt_tokens)
         context_length = query["input_ids"].shape[1]
         with policy.disable_adapter():
@@ -576,4 +611,49 @@ def _reference_score(
         completions = tokenizer.batch_decode(completion_ids, skip_special_tokens=True)
         scores.extend(reward_fn(batch_prompts, completions, completion_ids).float().tolist())
         batch += 1
-    return sum(scores) / len(scores), len(scores)
+    return distributed.mean(sum(scores) / len(scores)), len(scores) * ranks
+
+
+# ---------------------------------------------------------------- command line
+
+
+def load_result(output_dir: Path | str) -> PPOResult:
+    """The PPOResult a finished `python -m training.ppo` run left in output_dir/metrics.json."""
+    saved = json.loads((Path(output_dir) / "metrics.json").read_text())
+    paths = {key: Path(saved[key]) if saved[key] else None for key in ("policy_dir", "adapter_dir")}
+    return PPOResult(output_dir=Path(saved["output_dir"]), iterations=saved["iterations"], stopped=saved["stopped"],
+                     history=saved["history"], alarm=saved["alarm"], **paths)
+
+
+def _reward_fn(data: dict[str, str], device: str) -> RewardFn:
+    """The reward model at data["reward_model"], or the function data["reward_fn"] names ("package.module:name")."""
+    if "reward_model" in data:
+        return reward_fn_from_checkpoint(data["reward_model"], device)
+    module, name = data["reward_fn"].split(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """`python -m training.ppo --config run.json`; data: "prompts" ({"messages": chat} per JSONL line), optionally
+    "reference_prompts" (the same, for the score offset), and "reward_model" (its directory; every rank loads it and
+    scores its own completions) or "reward_fn" (an importable RewardFn, "package.module:name").
+
+    Rank 0 prints a JSON line per iteration and the result last, and writes the result to output_dir/metrics.json.
+    """
+    from training.launch import print_log, print_result, read_run_file
+    from training.preferences import read_jsonl
+
+    run = read_run_file(argv, "python -m training.ppo", __doc__.split("\n")[0])
+    config = PPOConfig(**run.config)
+    device = distributed.join_ranks(cpu=config.device == "cpu")  # under accelerate launch: this rank's place in the group
+    config.device = config.device or str(device)
+    prompts = [row["messages"] for row in read_jsonl(run.data["prompts"])]
+    reference = [row["messages"] for row in read_jsonl(run.data["reference_prompts"])] if "reference_prompts" in run.data else None
+    result = train_ppo(config, prompts, _reward_fn(run.data, config.device), on_log=print_log, reference_prompts=reference)
+    if distributed.is_main():
+        (Path(config.output_dir) / "metrics.json").write_text(json.dumps(dataclasses.asdict(result), default=str, indent=2))
+        print_result(result, leave_out=("history",))
+
+
+if __name__ == "__main__":
+    main()

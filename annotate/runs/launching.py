@@ -5,7 +5,7 @@
 The child is the training module's own entry point (`python -m training.dpo --config run.json`, the run file
 written next to its output); it prints one JSON object per log step, which becomes the run's metrics and
 progress, and its other lines go to the run's log. Cancelling the run ends every rank (training.launch); the
-heartbeat goes on in the job's thread meanwhile. One follower serves reward, SFT, DPO and RLOO.
+heartbeat goes on in the job's thread meanwhile. One follower serves reward, SFT, DPO, RLOO and PPO.
 
 The run params it reads: `num_processes`, by default the worker's GPU count (one process, in the worker
 itself, without GPUs), and `deepspeed` ("zero2" | "zero3" | "zero3_offload", through accelerate's DeepSpeed
@@ -36,7 +36,7 @@ ERROR_LINE = re.compile(r"^[A-Za-z_][\w.]*(?:Error|Exception|Unavailable|Cancell
 
 
 def launch_params(params: dict) -> dict:
-    """The clean `num_processes` and `deepspeed` of a reward, SFT, DPO or RLOO run (absent ones stay absent)."""
+    """The clean `num_processes` and `deepspeed` of a reward, SFT, DPO, RLOO or PPO run (absent ones stay absent)."""
     clean: dict[str, Any] = {}
     if "num_processes" in params:  # absent: the worker's GPU count (process_count)
         clean["num_processes"] = integer(params, "num_processes", 1, 1, 64)

@@ -1,5 +1,8 @@
 """Policy optimisation jobs: PPO (ours, `training.ppo`) against the campaign's reward model.
 
+With `num_processes` > 1 it trains data-parallel through `accelerate launch` (`launching.train_launched`,
+`python -m training.ppo`); DeepSpeed stays refused (see `no_deepspeed`).
+
 A run registers a new policy ModelVersion (merged checkpoint; the LoRA adapter beside it) with
 its lineage: parent policy, the run, round = parent's round + 1. A cancelled run keeps its last
 checkpoint on disk (resume it with `resume_run`) and registers nothing; a NaN loss fails the run
@@ -19,6 +22,7 @@ from annotate.jobs.params import integer, number
 from annotate.models import Campaign, ModelVersion, Run
 from annotate.runs import registry
 from annotate.runs.evaluation import evaluate_job_policy
+from annotate.runs.launching import launch_params, launches, train_launched
 from annotate.runs.registry import current_policy, latest_reward_model, policy_name, register_policy
 
 PPO_FIELDS = {"policy", "reward_model", "name", "iterations", "rollout_batch_size", "minibatch_size", "ppo_epochs", "kl_coef",
@@ -28,7 +32,8 @@ PPO_FIELDS = {"policy", "reward_model", "name", "iterations", "rollout_batch_siz
 def validate_ppo(campaign: Campaign | None, params: dict) -> dict:
     if campaign is None:
         raise InvalidParams("a PPO run belongs to a campaign.", field="campaign")
-    params = single_process(params)
+    params, processes = no_deepspeed(params), launch_params(params)
+    params = {k: v for k, v in params.items() if k != "num_processes"}
     if unknown := sorted(set(params) - PPO_FIELDS):
         raise InvalidParams(f"unknown params {unknown}; allowed: {sorted(PPO_FIELDS)}.", field=unknown[0])
     policy = params.get("policy")
@@ -60,18 +65,17 @@ def validate_ppo(campaign: Campaign | None, params: dict) -> dict:
     clean["target_kl"] = None if params.get("target_kl") is None else number(params, "target_kl", None, low=0.0, high=100.0, low_open=True)
     if clean["rollout_batch_size"] % clean["minibatch_size"]:
         raise InvalidParams("rollout_batch_size must be a multiple of minibatch_size.", field="minibatch_size")
-    return clean
+    return {**clean, **processes}
 
 
-def single_process(params: dict) -> dict:
-    """PPO is our own loop (training.ppo), not a TRL trainer: one process, no DeepSpeed; num_processes 1 is accepted and dropped."""
-    why = ("PPO trains on one process in the worker (training.ppo is our own loop, not data-parallel yet); "
-           "to train on several GPUs or with DeepSpeed, use RLOO (kind rloo)")
-    if params.get("num_processes", 1) != 1:
-        raise InvalidParams(f"num_processes must be 1 for PPO: {why}.", field="num_processes")
+def no_deepspeed(params: dict) -> dict:
+    """PPO is data-parallel only: every rank holds the whole policy and critic. DeepSpeed is refused, and why."""
     if params.get("deepspeed") is not None:
-        raise InvalidParams(f"deepspeed is not available for PPO: {why}.", field="deepspeed")
-    return {k: v for k, v in params.items() if k not in ("num_processes", "deepspeed")}
+        raise InvalidParams("deepspeed is not available for PPO: training.ppo is our own loop with two models (the policy, whose "
+                            "adapter-free weights are also the reference, and the critic), and it generates with the whole policy "
+                            "on every rank, which ZeRO's sharded weights do not allow; PPO runs data-parallel (num_processes), "
+                            "and for a model that does not fit one GPU use RLOO (kind rloo) with deepspeed.", field="deepspeed")
+    return {k: v for k, v in params.items() if k != "deepspeed"}
 
 
 def run_ppo(ctx: RunContext) -> dict:
@@ -112,8 +116,11 @@ def optimise_with_ppo(ctx: RunContext, p: dict):
                             "lower the learning rate or check the reward model's scores.")
 
     held_out = prompt_chats(evaluation_prompts(campaign)) or None  # the reward offset is measured where nothing trains
-    result = train_ppo(config, prompts, reward_fn_from_checkpoint(reward_path), on_log=on_log, should_stop=ctx.should_stop,
-                       reference_prompts=held_out)
+    if launches(p):
+        result = _launched(ctx, config, prompts, held_out, reward_path, p, on_log)
+    else:
+        result = train_ppo(config, prompts, reward_fn_from_checkpoint(reward_path), on_log=on_log, should_stop=ctx.should_stop,
+                           reference_prompts=held_out)
     if result.alarm is not None:
         raise RunFailed(f"PPO stopped by its alarms after {result.iterations} iterations: {result.alarm}")
     if result.stopped:
@@ -124,6 +131,19 @@ def optimise_with_ppo(ctx: RunContext, p: dict):
                               extra={"reward_model": reward.name, "adapter_dir": str(result.adapter_dir), "final_metrics": last,
                                      "snapshot": reward.metadata.get("snapshot")})  # the judgements behind its reward model
     return version, result
+
+
+def _launched(ctx: RunContext, config, prompts: list, held_out: list | None, reward_path: str, p: dict, on_log):
+    """PPO on the run's processes through `accelerate launch`; the PPOResult rank 0 left. Each rank takes
+    rollout_batch_size prompts an iteration, so an iteration holds num_processes times as many episodes."""
+    from training.ppo import load_result
+    from training.preferences import write_jsonl
+
+    data_dir = Path(config.output_dir).parent / "data"
+    data: dict[str, Path | str] = {"prompts": write_jsonl([{"messages": m} for m in prompts], data_dir / "prompts.jsonl"), "reward_model": reward_path}
+    if held_out:
+        data["reference_prompts"] = write_jsonl([{"messages": m} for m in held_out], data_dir / "reference_prompts.jsonl")
+    return train_launched(ctx, "training.ppo", config, data, p, on_log, load_result)
 
 
 def _refuse_if_it_cannot_fit(config, prompts: list) -> None:

@@ -1,6 +1,6 @@
 """Training runs on several processes: the job launches `accelerate launch` (2 CPU processes, gloo) and follows it.
 
-Also the run params that choose it (`num_processes`, `deepspeed`) and their refusals: PPO stays on one process,
+Also the run params that choose it (`num_processes`, `deepspeed`) and their refusals: PPO refuses DeepSpeed,
 DeepSpeed needs a live worker that reports it (CUDA and the deepspeed package).
 """
 from __future__ import annotations
@@ -57,19 +57,24 @@ def test_a_dpo_run_on_two_processes_learns_and_registers_the_next_round(tiny_che
     assert json.loads((run_dir / "dpo_config.json").read_text())["resolved"]["world_size"] == 2
 
 
-def test_an_rloo_run_on_two_processes_scores_with_the_campaigns_reward_model(tiny_checkpoint, artifacts):
+def fruit_reward_model(tiny_checkpoint, artifacts) -> None:
+    """A reward model as training.reward saves one: the tiny model with a seeded score head, registered as fruit-rm."""
     import torch
     from transformers import AutoModelForSequenceClassification
 
     from training.models import load_tokenizer
 
-    ModelVersion.objects.create(name="tiny-base", kind="base", checkpoint_path=str(tiny_checkpoint), round=0)
-    campaign = make_campaign("fruit", prompts=8)
-    torch.manual_seed(0)  # a reward model as training.reward saves one: the tiny model with a seeded score head
+    torch.manual_seed(0)
     reward_dir = artifacts / "rm"
     AutoModelForSequenceClassification.from_pretrained(tiny_checkpoint, num_labels=1).save_pretrained(reward_dir)
     load_tokenizer(tiny_checkpoint).save_pretrained(reward_dir)
     ModelVersion.objects.create(name="fruit-rm", kind="reward", checkpoint_path=str(reward_dir), metadata={"campaign": "fruit"})
+
+
+def test_an_rloo_run_on_two_processes_scores_with_the_campaigns_reward_model(tiny_checkpoint, artifacts):
+    ModelVersion.objects.create(name="tiny-base", kind="base", checkpoint_path=str(tiny_checkpoint), round=0)
+    campaign = make_campaign("fruit", prompts=8)
+    fruit_reward_model(tiny_checkpoint, artifacts)
     params = {"policy": "tiny-base", "reward_model": "fruit-rm", "max_steps": 2, "batch_size": 4, "num_generations": 4,
               "max_completion_length": 4, "num_processes": 2}
     run = engine.start_run("rloo", campaign=campaign, params=params)
@@ -79,6 +84,22 @@ def test_an_rloo_run_on_two_processes_scores_with_the_campaigns_reward_model(tin
     version = ModelVersion.objects.get(kind="policy", run=run)
     assert run.metrics.filter(name="rewards/reward_model/mean").count() == 2 and "launching 2 processes" in run.log_tail
     assert version.metadata["reward_model"] == "fruit-rm" and (checkpoint_dir(version) / "config.json").is_file()
+
+
+def test_a_ppo_run_on_two_processes_registers_the_next_policy(tiny_checkpoint, artifacts):
+    base = ModelVersion.objects.create(name="tiny-base", kind="base", checkpoint_path=str(tiny_checkpoint), round=0)
+    campaign = make_campaign("fruit", prompts=8)
+    fruit_reward_model(tiny_checkpoint, artifacts)
+    params = {"policy": "tiny-base", "iterations": 2, "rollout_batch_size": 2, "minibatch_size": 2, "ppo_epochs": 1,
+              "max_new_tokens": 4, "num_processes": 2}
+    run = engine.start_run("ppo", campaign=campaign, params=params)
+    work_off_queue()
+    run.refresh_from_db()
+    assert run.status == "succeeded", run.error
+    version = ModelVersion.objects.get(kind="policy", run=run)
+    assert (version.parent, version.round, version.metadata["method"]) == (base, 1, "ppo")
+    assert "launching 2 processes" in run.log_tail and run.metrics.filter(name="objective/scores").count() == 2
+    assert (checkpoint_dir(version) / "config.json").is_file() and version.metadata["final_metrics"]["objective/kl"] >= 0
 
 
 def test_cancelling_a_launched_sft_run_ends_its_processes_and_registers_nothing(tiny_checkpoint, artifacts):
@@ -103,14 +124,18 @@ def test_num_processes_is_checked(campaign):
     assert error.value.field == "num_processes"
 
 
-def test_ppo_stays_on_one_process_and_says_why():
+def test_ppo_takes_several_processes_but_refuses_deepspeed_and_says_why():
+    from annotate.runs.ppo import validate_ppo
+
     campaign = make_campaign("ppo", prompts=1)
     ModelVersion.objects.create(name="ppo-rm", kind="reward", checkpoint_path="/srv/rm", metadata={"campaign": "ppo"})
+    assert validate_ppo(campaign, {"num_processes": 2})["num_processes"] == 2
     carol = join(make_user("carol", is_staff=True), campaign, "admin")
-    for params, field in (({"num_processes": 2}, "num_processes"), ({"deepspeed": "zero2"}, "deepspeed")):
+    for params, field in (({"deepspeed": "zero2"}, "deepspeed"), ({"num_processes": 0}, "num_processes")):
         response = api_client(carol).post("/api/v1/campaigns/ppo/runs/", {"kind": "ppo", "params": params}, format="json")
         assert response.status_code == 400 and response.json()["field"] == field
-        assert "PPO trains on one process" in response.json()["detail"] and "RLOO" in response.json()["detail"]
+    deepspeed = api_client(carol).post("/api/v1/campaigns/ppo/runs/", {"kind": "ppo", "params": {"deepspeed": "zero3"}}, format="json")
+    assert "two models" in deepspeed.json()["detail"] and "RLOO" in deepspeed.json()["detail"]
     assert not Run.objects.exists()
 
 

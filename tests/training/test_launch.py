@@ -9,11 +9,14 @@ import socket
 import pytest
 import torch
 
+from tests.toy_policy import build_toy_policy
 from tests.training.test_dpo import banana_judgements, implicit_rewards
+from tests.training.test_ppo import PROMPTS, config_for
 from tests.training.test_reward import marker_judgements
 from tests.training.test_sft import colour_rows, mean_logprob
 from training.dpo import DPOConfig
 from training.launch import LaunchCancelled, free_port, launch_command, read_run_file, run_launched, write_run_file
+from training.ppo import _prompt_indices, load_result
 from training.preferences import PreferenceOptions, build_preference_dataset, write_jsonl
 from training.reward_config import RewardConfig
 from training.rloo import RLOOConfig
@@ -89,6 +92,27 @@ def test_rloo_on_two_processes_scores_with_the_reward_model_on_every_rank(tiny_m
     assert [r["step"] for r in logged] == [1, 2] and all(r["rewards/reward_model/mean"] != 0 for r in logged)
     assert (tmp_path / "rloo" / "merged" / "config.json").is_file()
     assert json.loads((tmp_path / "rloo" / "rloo_config.json").read_text())["resolved"]["world_size"] == 2
+
+
+def test_ppo_on_two_processes_learns_from_different_prompts_on_each_rank(tiny_model_dir, tmp_path):
+    policy_dir = build_toy_policy(tiny_model_dir, tmp_path / "toy", PROMPTS, steps=80)
+    # each rank 8 prompts of an iteration in minibatches of 4: the single-process learning run's 16 in steps of 8
+    config = config_for(policy_dir, tmp_path / "ppo", total_iterations=30, rollout_batch_size=8, minibatch_size=4, device="cpu",
+                        seed=2)  # seed 0 shuffles the 4 prompts alike for both ranks
+    data = {"prompts": write_jsonl([{"messages": p} for p in PROMPTS], tmp_path / "prompts.jsonl"),
+            "reward_fn": "tests.training.test_ppo:yes_fraction"}
+    records = launched("training.ppo", config, data, tmp_path)
+    scores = [r["objective/scores"] for r in records if "step" in r]
+    assert len(scores) == 30
+    first, last = sum(scores[:5]) / 5, sum(scores[-10:]) / 10
+    assert last > first + 0.1, f"mean score {first:.3f} over the first 5 iterations, {last:.3f} over the last 10"
+    # rank 0 took the first 8 of the iteration's 16 shuffled prompts, rank 1 the other 8 (4 samples of each kept)
+    seen = [s["prompt"] for s in json.loads((tmp_path / "ppo" / "samples.jsonl").read_text().splitlines()[0])["samples"]]
+    order = [PROMPTS[i][-1]["content"] for i in _prompt_indices(len(PROMPTS), 16, 0, config.seed)]
+    assert order[:4] != order[8:12] and seen == order[:4] + order[8:12]
+    result = load_result(tmp_path / "ppo")
+    assert result.iterations == 30 and result.policy_dir is not None and (result.policy_dir / "config.json").is_file()
+    assert records[-1]["iterations"] == 30
 
 
 @pytest.mark.skipif(NO_DEEPSPEED, reason=WHY)
