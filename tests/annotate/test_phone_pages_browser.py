@@ -36,11 +36,11 @@ def add_a_round(campaign, run) -> None:
     from annotate.models import ModelVersion, RunMetric
 
     RunMetric.objects.bulk_create([RunMetric(run=run, step=s, name=name, value=0.1 * s) for s in range(3) for name in ("objective/scores", "objective/kl")])
-    old = ModelVersion.objects.create(name="r0-" + LONG_WORD, kind="policy", checkpoint_path="x", round=0, metadata={"campaign": campaign.slug})
+    old = ModelVersion.objects.create(name="r0-" + LONG_WORD[:190], kind="policy", checkpoint_path="x", round=0, metadata={"campaign": campaign.slug})
     example = {"prompt_index": 0, "prompt_id": "q0", "prompt": LONG_WORD, "previous": {"text": LONG_WORD, "score": 0.1}, "new": {"text": LONG_WORD, "score": 0.2}}
     evaluation = {"prompts": 16, "reward_mean": 0.4, "previous_reward_mean": 0.1, "kl": 2.5, "mean_length": 30.0, "eos_share": 0.9,
                   "rm_win_rate": 0.7, "examples": [example] * 3}
-    ModelVersion.objects.create(name="r1-" + LONG_WORD, kind="policy", checkpoint_path="x", round=1, parent=old, run=run,
+    ModelVersion.objects.create(name="r1-" + LONG_WORD[:190], kind="policy", checkpoint_path="x", round=1, parent=old, run=run,
                                 metadata={"campaign": campaign.slug, "method": "ppo", "evaluation": evaluation})
 
 

@@ -21,9 +21,10 @@ def toy_policy_dir(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactor
 
 
 def test_alarms_stop_a_run_with_a_huge_learning_rate_and_say_why(toy_policy_dir: Path, tmp_path: Path):
-    # a step this large throws the policy off its reference (to near-uniform over the vocabulary) and it stays off
-    config = config_for(toy_policy_dir, tmp_path / "run", total_iterations=6, learning_rate=0.1, ppo_epochs=8, rollout_batch_size=8,
-                        minibatch_size=4, alarm_patience=2, reference_samples=8)
+    # a step this large throws the policy far off its reference in one iteration (KL 0 → over 6 nats here)
+    # and it stays off; the KL threshold is set for the toy's scale
+    config = config_for(toy_policy_dir, tmp_path / "run", total_iterations=6, learning_rate=1.0, ppo_epochs=8, rollout_batch_size=8,
+                        minibatch_size=4, alarm_patience=2, alarm_kl=4.0, reference_samples=8)
     result = train_ppo(config, PROMPTS, yes_fraction)
     assert result.alarm is not None and "2 iterations in a row" in result.alarm
     assert result.iterations < 6 and result.policy_dir is None  # stopped, and no policy to register
