@@ -107,8 +107,9 @@ def generate_from_endpoint(
 ) -> Iterator[list[PromptResult]]:
     """Sample config.n_per_prompt responses to each chat prompt, yielding finished prompts in batches.
 
-    should_stop() is asked every poll_seconds; True (or closing the iterator) cancels the
-    requests in flight and ends the iteration: what was yielded stays valid.
+    should_stop() is asked every poll_seconds; True yields what has already arrived, then cancels
+    the requests in flight and ends the iteration (closing the iterator cancels them too); what was
+    yielded stays valid.
     """
     results: queue.Queue = queue.Queue()
     runner = _Runner(endpoint, prompts, config, results.put)
@@ -124,6 +125,9 @@ def generate_from_endpoint(
                 finished += len(batch)
                 yield batch
             if should_stop is not None and should_stop():
+                # answers that arrived before the stop was seen are kept, not dropped with the requests in flight
+                while rest := _take(results, 0, max_batch):
+                    yield rest
                 return
     finally:
         runner.cancel()

@@ -6,6 +6,8 @@ them produce (429 with Retry-After, 500, timeouts, malformed bodies, fewer choic
 """
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from tests.chat_server import ChatServer
@@ -120,6 +122,23 @@ def test_stopping_cancels_the_requests_in_flight(server):
         stop.append(True)
     assert [r.prompt_index for r in got] == [0]  # the iterator ended without waiting for the held requests
     assert len(chat.seen) == 6
+
+
+def test_answers_that_arrived_before_the_stop_was_seen_are_still_yielded(server):
+    chat, url = server()
+    for prompt in PROMPTS[1:]:
+        chat.faults[prompt[0]["content"]] = ["hold"]
+
+    def stop_once_the_first_answer_is_back() -> bool:
+        # asked before the first answer was taken (polls of 1 ms): the answer is in the queue when the stop comes
+        while not chat.seen:
+            time.sleep(0.01)
+        time.sleep(1.0)  # a 4-token answer from the tiny model: long back by now
+        return True
+
+    batches = generate_from_endpoint(Endpoint(url, "tiny", max_concurrency=6), PROMPTS, SamplingConfig(max_tokens=4),
+                                     should_stop=stop_once_the_first_answer_is_back, poll_seconds=0.001)
+    assert [r.prompt_index for batch in batches for r in batch] == [0]
 
 
 def test_request_seeds_are_stable_and_distinct():
