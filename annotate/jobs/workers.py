@@ -111,6 +111,22 @@ def live_workers(queue: str, now=None) -> list[WorkerHeartbeat]:
     return [row for row in rows if queue in row.queues or "*" in row.queues]
 
 
+def capability_missing(queue: str, has: Callable[[WorkerHeartbeat], bool], needs: str, instead: str,
+                       here: Callable[[], str | None]) -> str | None:
+    """Why no worker of `queue` can do something (None: one can), e.g. load in 4 bits or train with DeepSpeed.
+
+    The live workers' heartbeats say. With none reporting, a `gpu` queue's workers are elsewhere and not
+    up yet (None: the worker checks again when it starts the run); any other queue runs here: `here()`.
+    """
+    if workers := live_workers(queue):
+        if any(has(worker) for worker in workers):
+            return None
+        return f"{needs}, and none of the {len(workers)} live worker(s) of queue {queue!r} has one; {instead}"
+    if queue == "gpu":
+        return None
+    return here()
+
+
 def forget_dead_workers(now=None) -> int:
     """Delete the rows of workers that died without saying so (killed, machine lost): unseen for ten STALE_AFTERs."""
     now = now or timezone.now()

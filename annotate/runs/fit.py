@@ -20,7 +20,7 @@ from django.db.models import Max, TextField
 from django.db.models.functions import Cast, Length
 
 from annotate.jobs.engine import ADMISSION_CHECKS, InvalidParams, RunFailed
-from annotate.jobs.workers import Capacity, capacity, live_workers
+from annotate.jobs.workers import Capacity, capability_missing, capacity, live_workers
 from annotate.models import Campaign, ModelVersion, Prompt, Response
 from annotate.runs import registry
 
@@ -239,17 +239,11 @@ def quantize_param(params: dict, *, use_lora: bool = True) -> str | None:
 
 def quantize_unavailable(value: str, queue: str | None = None) -> str | None:
     """Why no worker can load a base in `value` bits (None: one can). The live workers say; without reports, this machine."""
-    queue = queue or settings.ML_QUEUE
-    if workers := live_workers(queue):
-        if any(w.bitsandbytes for w in workers):
-            return None
-        return (f"bitsandbytes {value} loading needs a CUDA GPU with bitsandbytes installed, and none of the {len(workers)} live "
-                f"worker(s) of queue {queue!r} has one; train without quantize (LoRA in full precision)")
-    if queue == "gpu":  # the GPU workers are elsewhere and have not reported yet: the worker checks again at start
-        return None
     from training.quantized import bnb_unavailable
 
-    return bnb_unavailable("bnb4" if value == "4bit" else "bnb8")
+    return capability_missing(queue or settings.ML_QUEUE, lambda worker: worker.bitsandbytes,
+                              f"bitsandbytes {value} loading needs a CUDA GPU with bitsandbytes installed",
+                              "train without quantize (LoRA in full precision)", lambda: bnb_unavailable("bnb4" if value == "4bit" else "bnb8"))
 
 
 ADMISSION_CHECKS.append(check_fits)

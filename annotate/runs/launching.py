@@ -25,7 +25,7 @@ from django.conf import settings
 
 from annotate.jobs.engine import InvalidParams, RunCancelled, RunContext, RunFailed
 from annotate.jobs.params import integer
-from annotate.jobs.workers import live_workers
+from annotate.jobs.workers import capability_missing
 
 LOGGED_LINES = 200  # of the child's plain output; the JSON log lines are metrics, not log
 DEEPSPEED = ("zero2", "zero3", "zero3_offload")
@@ -56,15 +56,9 @@ def launch_params(params: dict) -> dict:
 
 def deepspeed_unavailable(queue: str | None = None) -> str | None:
     """Why no worker can train with DeepSpeed (None: one can). The live workers say; without reports, this machine."""
-    queue = queue or settings.ML_QUEUE
-    if workers := live_workers(queue):
-        if any(w.deepspeed for w in workers):
-            return None
-        return (f"DeepSpeed needs a CUDA GPU with the deepspeed package installed (requirements-gpu.txt), and none of the "
-                f"{len(workers)} live worker(s) of queue {queue!r} has one; train without deepspeed")
-    if queue == "gpu":  # the GPU workers are elsewhere and have not reported yet: the worker checks again at start
-        return None
-    return deepspeed_unavailable_here()
+    return capability_missing(queue or settings.ML_QUEUE, lambda worker: worker.deepspeed,
+                              "DeepSpeed needs a CUDA GPU with the deepspeed package installed (requirements-gpu.txt)",
+                              "train without deepspeed", deepspeed_unavailable_here)
 
 
 def deepspeed_unavailable_here() -> str | None:
