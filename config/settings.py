@@ -246,7 +246,7 @@ CONTENT_SECURITY_POLICY_REPORT_ONLY = {"DIRECTIVES": _CSP} if env_bool("CSP_REPO
 CACHES = {
     "default": (
         {
-            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "BACKEND": "annotate.core.cache.TolerantRedisCache",  # Redis down: a miss, not a 500
             "LOCATION": REDIS_URL,
             "KEY_PREFIX": "arbiter",
             "OPTIONS": {"socket_connect_timeout": 2, "socket_timeout": 2},

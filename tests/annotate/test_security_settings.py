@@ -85,3 +85,13 @@ def test_with_redis_every_process_counts_the_same_failed_logins():
     run("[record_failure(sys.argv[1]) for _ in range(3)]")
     run("record_failure(sys.argv[1])")
     assert run("print(recent_failures(sys.argv[1]))") == "4"
+
+
+def test_with_redis_unreachable_logging_in_still_works_and_failures_are_not_counted(db, settings):
+    """The cache is a brake, not data: Redis down must not turn the login page into a 500."""
+    settings.CACHES = {"default": {"BACKEND": "annotate.core.cache.TolerantRedisCache", "LOCATION": "redis://127.0.0.1:1/0",
+                                   "OPTIONS": {"socket_connect_timeout": 0.5, "socket_timeout": 0.5}}}
+    make_user("alice")
+    client = Client()
+    assert client.post("/login/", {"username": "alice", "password": "wrong"}).status_code == 200
+    assert client.post("/login/", {"username": "alice", "password": "pw-alice"}).status_code == 302
