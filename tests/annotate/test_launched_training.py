@@ -39,16 +39,21 @@ def test_a_reward_run_on_two_processes_learns_and_reports_as_it_goes(tiny_checkp
     assert resolved["world_size"] == 2
 
 
+def trained_policy(kind: str, campaign, params: dict) -> tuple[Run, ModelVersion]:
+    """A `kind` run worked off the queue, succeeded, and the policy version it registered."""
+    run = engine.start_run(kind, campaign=campaign, params=params)
+    work_off_queue()
+    run.refresh_from_db()
+    assert run.status == "succeeded", run.error
+    return run, ModelVersion.objects.get(kind="policy", run=run)
+
+
 def test_a_dpo_run_on_two_processes_learns_and_registers_the_next_round(tiny_checkpoint, artifacts):
     base = ModelVersion.objects.create(name="tiny-base", kind="base", checkpoint_path=str(tiny_checkpoint), round=0)
     campaign = banana_campaign(prompts=40)
     label_all(campaign, join(make_user("alice"), campaign, "labeler"))
     params = {"policy": "tiny-base", "learning_rate": 1e-2, "max_steps": 6, "batch_size": 4, "num_processes": 2}
-    run = engine.start_run("dpo", campaign=campaign, params=params)
-    work_off_queue()
-    run.refresh_from_db()
-    assert run.status == "succeeded", run.error
-    version = ModelVersion.objects.get(kind="policy", run=run)
+    run, version = trained_policy("dpo", campaign, params)
     assert (version.parent, version.round, version.metadata["method"]) == (base, 1, "dpo")
     final = version.metadata["final_metrics"]
     assert final["train/loss"] < 0.6932 and final["rewards/margins"] > 0  # ln 2: the loss at the reference
@@ -77,11 +82,7 @@ def test_an_rloo_run_on_two_processes_scores_with_the_campaigns_reward_model(tin
     fruit_reward_model(tiny_checkpoint, artifacts)
     params = {"policy": "tiny-base", "reward_model": "fruit-rm", "max_steps": 2, "batch_size": 4, "num_generations": 4,
               "max_completion_length": 4, "num_processes": 2}
-    run = engine.start_run("rloo", campaign=campaign, params=params)
-    work_off_queue()
-    run.refresh_from_db()
-    assert run.status == "succeeded", run.error
-    version = ModelVersion.objects.get(kind="policy", run=run)
+    run, version = trained_policy("rloo", campaign, params)
     assert run.metrics.filter(name="rewards/reward_model/mean").count() == 2 and "launching 2 processes" in run.log_tail
     assert version.metadata["reward_model"] == "fruit-rm" and (checkpoint_dir(version) / "config.json").is_file()
 
@@ -92,11 +93,7 @@ def test_a_ppo_run_on_two_processes_registers_the_next_policy(tiny_checkpoint, a
     fruit_reward_model(tiny_checkpoint, artifacts)
     params = {"policy": "tiny-base", "iterations": 2, "rollout_batch_size": 2, "minibatch_size": 2, "ppo_epochs": 1,
               "max_new_tokens": 4, "num_processes": 2}
-    run = engine.start_run("ppo", campaign=campaign, params=params)
-    work_off_queue()
-    run.refresh_from_db()
-    assert run.status == "succeeded", run.error
-    version = ModelVersion.objects.get(kind="policy", run=run)
+    run, version = trained_policy("ppo", campaign, params)
     assert (version.parent, version.round, version.metadata["method"]) == (base, 1, "ppo")
     assert "launching 2 processes" in run.log_tail and run.metrics.filter(name="objective/scores").count() == 2
     assert (checkpoint_dir(version) / "config.json").is_file() and version.metadata["final_metrics"]["objective/kl"] >= 0
